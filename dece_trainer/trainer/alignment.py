@@ -1,0 +1,88 @@
+"""Line up a model's logits with its labels: which models shift, how encoder-decoders get decoder inputs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+CAUSAL, SEQ2SEQ, OTHER = "causal", "seq2seq", "other"
+
+
+def base_model(model: nn.Module) -> nn.Module:
+    """The transformers model inside DDP/FSDP/accelerate and PEFT wrappers."""
+    while hasattr(model, "module") and isinstance(model.module, nn.Module):
+        model = model.module
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+def model_kind(model: nn.Module) -> str:
+    """``"causal"`` (logits at i predict labels[i + 1]), ``"seq2seq"`` (encoder-decoder, no shift) or
+    ``"other"`` (classification and token classification: logits line up with labels)."""
+    model = base_model(model)
+    config = getattr(model, "config", None)
+    if getattr(config, "is_encoder_decoder", False):
+        return SEQ2SEQ
+    name = type(model).__name__
+    if (getattr(model, "loss_type", None) == "ForCausalLM" or name in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()
+            or name.endswith("ForCausalLM")):
+        return CAUSAL
+    return OTHER
+
+
+def decoder_input_ids_from_labels(model: nn.Module, labels: torch.Tensor) -> torch.Tensor:
+    """Right-shifted decoder inputs for an encoder-decoder whose labels were taken from its inputs.
+
+    Uses the model's ``prepare_decoder_input_ids_from_labels`` when it has one, else shifts right with
+    ``config.decoder_start_token_id`` and replaces -100 by ``config.pad_token_id``.
+    """
+    model = base_model(model)
+    prepare = getattr(model, "prepare_decoder_input_ids_from_labels", None)
+    if callable(prepare):
+        return prepare(labels=labels)
+    config = model.config
+    start = getattr(config, "decoder_start_token_id", None)
+    pad = getattr(config, "pad_token_id", None)
+    if start is None or pad is None:
+        raise ValueError(
+            f"{type(model).__name__} has no `prepare_decoder_input_ids_from_labels` and its config lacks "
+            "`decoder_start_token_id`/`pad_token_id`: pass `decoder_input_ids` in the batch (e.g. "
+            "DataCollatorForSeq2Seq(tokenizer, model=model))."
+        )
+    shifted = labels.new_full(labels.shape, start)
+    shifted[..., 1:] = labels[..., :-1]
+    return shifted.masked_fill(shifted == -100, pad)
+
+
+def logits_of(outputs: Any) -> torch.Tensor:
+    """The logits of a model output (ModelOutput, dict or tuple), or a clear error."""
+    logits = outputs.get("logits") if isinstance(outputs, dict) else (
+        outputs[0] if isinstance(outputs, (tuple, list)) and outputs else None)
+    if not isinstance(logits, torch.Tensor):
+        keys = list(outputs.keys()) if isinstance(outputs, dict) else type(outputs).__name__
+        raise ValueError(
+            f"DeCE needs the model's logits, but its output has none (got {keys}). Fused-loss kernels that skip "
+            "logits (e.g. `use_liger_kernel=True`) cannot be combined with DeCE."
+        )
+    return logits
+
+
+def align_targets(logits: torch.Tensor, labels: torch.Tensor | None, kind: str,
+                  shift_labels: torch.Tensor | None = None, ignore_index: int = -100) -> torch.Tensor:
+    """Targets shaped like ``logits.shape[:-1]``.
+
+    Causal LMs: ``shift_labels`` when a (padding-free) collator provides them, else labels shifted left
+    by one with ``ignore_index`` appended, so the logits stay contiguous and are never copied.
+    """
+    if shift_labels is not None:
+        return shift_labels
+    if labels is None:
+        raise ValueError("DeCE needs `labels` (or `shift_labels`) in every training batch; this batch has none. "
+                         "Check your data collator and `remove_unused_columns`.")
+    if kind == CAUSAL:
+        return F.pad(labels, (0, 1), value=ignore_index)[..., 1:]
+    return labels

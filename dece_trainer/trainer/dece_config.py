@@ -1,0 +1,102 @@
+"""DeCE settings: the ``--dece_*`` training arguments and their validated, resolved form."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import Seq2SeqTrainingArguments, TrainingArguments
+
+from ..ops.schedule import SCHEDULES, _check_alpha, alpha_base_for_final
+
+DEFAULT_ALPHA_BASE = 0.985
+DEFAULT_LABEL_SMOOTHING = 0.05
+
+
+@dataclass(frozen=True)
+class DeCESettings:
+    """The four DeCE knobs, validated. Built from any ``TrainingArguments`` by :meth:`from_args`.
+
+    Attributes:
+        alpha_base: blend weight of epoch 1, in (0, 1]; ignored when ``alpha_final`` is set.
+        label_smoothing: in [0, 1).
+        schedule: ``"epoch"`` or ``"continuous"`` (see :func:`dece_trainer.schedule_exponent`).
+        alpha_final: blend weight wanted at the end of training, in (0, 1], or None.
+    """
+
+    alpha_base: float = DEFAULT_ALPHA_BASE
+    label_smoothing: float = DEFAULT_LABEL_SMOOTHING
+    schedule: str = "epoch"
+    alpha_final: float | None = None
+
+    def __post_init__(self):
+        _check_alpha("dece_alpha_base", self.alpha_base)
+        if isinstance(self.label_smoothing, bool) or not isinstance(self.label_smoothing, (int, float)) \
+                or not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"`dece_label_smoothing` must be a number in [0, 1), got {self.label_smoothing!r}.")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"`dece_alpha_schedule` must be one of {SCHEDULES}, got {self.schedule!r}.")
+        if self.alpha_final is not None:
+            _check_alpha("dece_alpha_final", self.alpha_final)
+
+    @classmethod
+    def from_args(cls, args: Any) -> "DeCESettings":
+        """Read ``dece_*`` fields from ``args`` (defaults where absent, e.g. plain ``TrainingArguments``)."""
+        settings = cls(
+            alpha_base=getattr(args, "dece_alpha_base", DEFAULT_ALPHA_BASE),
+            label_smoothing=getattr(args, "dece_label_smoothing", DEFAULT_LABEL_SMOOTHING),
+            schedule=getattr(args, "dece_alpha_schedule", "epoch"),
+            alpha_final=getattr(args, "dece_alpha_final", None),
+        )
+        if getattr(args, "label_smoothing_factor", 0.0) > 0:
+            raise ValueError(
+                f"`label_smoothing_factor={args.label_smoothing_factor}` cannot be combined with DeCE, which "
+                "smooths the labels itself: set `label_smoothing_factor=0` and use `dece_label_smoothing`."
+            )
+        return settings
+
+    def resolved_alpha_base(self, num_train_epochs: float) -> float:
+        """``alpha_base``, or the base that reaches ``alpha_final`` after ``num_train_epochs``."""
+        if self.alpha_final is None:
+            return self.alpha_base
+        return alpha_base_for_final(self.alpha_final, num_train_epochs, self.schedule)
+
+
+@dataclass
+class DeCEArgumentsMixin:
+    """The ``--dece_*`` fields shared by :class:`DeCETrainingArguments` and its Seq2Seq sibling."""
+
+    dece_alpha_base: float = field(
+        default=DEFAULT_ALPHA_BASE,
+        metadata={"help": "DeCE blend weight of epoch 1, in (0, 1]; epoch E uses alpha_base ** E. "
+                          "Lower values defend harder (see docs/benchmark.md)."},
+    )
+    dece_label_smoothing: float = field(
+        default=DEFAULT_LABEL_SMOOTHING,
+        metadata={"help": "DeCE label smoothing in [0, 1): the gold token gets 1 - e, each other e / (V - 1)."},
+    )
+    dece_alpha_schedule: str = field(
+        default="epoch",
+        metadata={"help": "Exponent of the schedule: 'epoch' (1-based epoch number, the paper's) or "
+                          "'continuous' (1 + fractional epoch, for 1-2 epoch runs).",
+                  "choices": list(SCHEDULES)},
+    )
+    dece_alpha_final: float | None = field(
+        default=None,
+        metadata={"help": "Blend weight wanted at the end of training, in (0, 1]; when set, alpha_base is "
+                          "derived from it and the run length, and --dece_alpha_base is ignored."},
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        DeCESettings.from_args(self)  # validate early, with the flag's name in the message
+
+
+@dataclass
+class DeCETrainingArguments(DeCEArgumentsMixin, TrainingArguments):
+    """``TrainingArguments`` plus the ``--dece_*`` flags; ``HfArgumentParser`` picks them up."""
+
+
+@dataclass
+class DeCESeq2SeqTrainingArguments(DeCEArgumentsMixin, Seq2SeqTrainingArguments):
+    """``Seq2SeqTrainingArguments`` plus the ``--dece_*`` flags."""

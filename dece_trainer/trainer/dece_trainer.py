@@ -1,0 +1,165 @@
+"""``DeCETrainer``: Hugging Face ``Trainer`` with the deceptive cross-entropy loss. Swap the class name, done."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import Seq2SeqTrainer, Trainer
+
+from ..ops.dece_loss import DeCELossOutput, dece_loss_and_token_ce
+from ..ops.schedule import dece_alpha, grad_bound
+from .alignment import SEQ2SEQ, align_targets, decoder_input_ids_from_labels, logits_of, model_kind
+from .dece_config import DeCESettings
+from .token_metrics import TokenMetrics
+
+MODEL_CARD_TAGS = ["dece", "backdoor-defense"]
+
+
+class DeCEMixin:
+    """Turns any ``transformers.Trainer`` subclass into a DeCE trainer (put it first in the bases).
+
+    Reads ``dece_alpha_base``, ``dece_label_smoothing``, ``dece_alpha_schedule`` and ``dece_alpha_final``
+    from the training arguments (defaults when they are plain ``TrainingArguments``). The loss is
+    normalised by the Trainer's global ``num_items_in_batch``, so gradient accumulation and several
+    processes give the same update as one big batch. Logs ``dece_alpha``, ``dece_grad_bound``,
+    ``ce_loss`` and ``dece_suppressed_frac`` with every training log.
+    """
+
+    # The loss is divided by the token count of the whole accumulated (and gathered) batch.
+    loss_is_scaled_for_ga = True
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.dece = DeCESettings.from_args(self.args)
+        if getattr(self.args, "use_liger_kernel", False):
+            raise ValueError("`use_liger_kernel=True` fuses the loss and skips the logits DeCE needs; "
+                             "set `use_liger_kernel=False` with DeCETrainer.")
+        self.dece_model_kind = model_kind(self.model)
+        # Have the Trainer count label tokens for every (accumulated) batch, over labels[..., 1:] for
+        # causal LMs, exactly the tokens this loss averages over (transformers 5 and 4.46+).
+        self.model_accepts_loss_kwargs = True
+        if hasattr(self, "_loss_shifts_labels"):
+            self._loss_shifts_labels = self.dece_model_kind == "causal"
+        self._dece_token_metrics = TokenMetrics()
+
+    # ---- schedule -------------------------------------------------------------------------------
+
+    def _dece_num_train_epochs(self) -> float:
+        if self.args.max_steps > 0 and self.state.max_steps > 0:
+            return float(self.state.num_train_epochs)
+        return float(self.args.num_train_epochs)
+
+    @property
+    def dece_alpha_base(self) -> float:
+        """``alpha_base`` in force (derived from ``dece_alpha_final`` and the run length when that is set)."""
+        return self.dece.resolved_alpha_base(self._dece_num_train_epochs())
+
+    @property
+    def dece_alpha(self) -> float:
+        """Blend weight at the trainer's current (fractional) epoch."""
+        return dece_alpha(self.dece_alpha_base, self.state.epoch or 0.0, self.dece.schedule)
+
+    # ---- loss -----------------------------------------------------------------------------------
+
+    def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: torch.Tensor | int | None = None):
+        inputs = dict(inputs)
+        labels = inputs.pop("labels", None)
+        shift_labels = inputs.pop("shift_labels", None)
+        inputs.pop("skip_logits", None)  # DeCE needs the logits, even for a loss-only evaluation
+        if labels is None and shift_labels is None:
+            align_targets(None, None, self.dece_model_kind)  # raises the "no labels" error
+        if self.dece_model_kind == SEQ2SEQ and labels is not None and "decoder_input_ids" not in inputs \
+                and "decoder_inputs_embeds" not in inputs:
+            inputs["decoder_input_ids"] = decoder_input_ids_from_labels(model, labels)
+        outputs = model(**inputs)
+        logits = logits_of(outputs)
+        targets = align_targets(logits, labels, self.dece_model_kind, shift_labels)
+        alpha = self.dece_alpha
+        out = dece_loss_and_token_ce(logits, targets, alpha=alpha, label_smoothing=self.dece.label_smoothing,
+                                     num_items_in_batch=num_items_in_batch)
+        loss = out.loss
+        if model.training:
+            self._dece_token_metrics.update(out.token_ce, out.mask, alpha, self.dece.label_smoothing)
+            self.dece_on_token_stats(inputs, out)
+        if num_items_in_batch is not None:
+            if self.args.average_tokens_across_devices:
+                # num_items_in_batch counts all processes' tokens and DDP averages gradients over them
+                # (as the Trainer's own compute_loss does; tensor-parallel ranks share a batch).
+                tp_size = self.get_tp_size() if hasattr(self, "get_tp_size") else 1
+                loss = loss * (self.accelerator.num_processes // tp_size if self.args.n_gpu <= 1 else self.args.n_gpu)
+        elif model.training:
+            loss = loss / self.current_gradient_accumulation_steps  # per-micro-batch mean: scale for GA here
+        if not return_outputs:
+            return loss
+        if isinstance(outputs, dict):
+            outputs["loss"] = loss
+        else:
+            outputs = (loss, *outputs)
+        return loss, outputs
+
+    def dece_on_token_stats(self, inputs: dict[str, Any], stats: DeCELossOutput) -> None:
+        """Hook called on every training micro-batch with the per-token statistics of the loss pass.
+
+        ``stats.token_ce`` and ``stats.mask`` are shaped like the (shifted) targets, (batch, seq) for LMs.
+        Subclasses and callbacks (the early-learning monitor) read per-example dynamics from here at no
+        extra forward pass. The default does nothing.
+        """
+
+    # ---- logging and model card -----------------------------------------------------------------
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        if "loss" in logs and not self._dece_token_metrics.empty:
+            reduce_fn = None
+            if self.accelerator.num_processes > 1:
+                reduce_fn = lambda t: self.accelerator.reduce(t, reduction="sum")  # noqa: E731
+            alpha = self.dece_alpha
+            logs.update({"dece_alpha": alpha, "dece_grad_bound": grad_bound(alpha)})
+            logs.update(self._dece_token_metrics.pop(reduce_fn))
+        super().log(logs, *args, **kwargs)
+
+    def create_model_card(self, *args, tags: str | list[str] | None = None, **kwargs) -> None:
+        tags = [tags] if isinstance(tags, str) else list(tags or [])
+        tags += [t for t in MODEL_CARD_TAGS if t not in tags]
+        super().create_model_card(*args, tags=tags, **kwargs)
+        if self.is_world_process_zero():
+            _append_atomically(os.path.join(self.args.output_dir, "README.md"), self._dece_model_card_section())
+
+    def _dece_model_card_section(self) -> str:
+        d = self.dece
+        base = self.dece_alpha_base
+        final = f"`{d.alpha_final}` (target at the end of training)" if d.alpha_final is not None else "not set"
+        return (
+            "\n## Backdoor defense: DeCE\n\n"
+            "This model was fine-tuned with the Deceptive Cross-Entropy loss (Yang et al., TOSEM, "
+            "[arXiv 2407.08956](https://arxiv.org/abs/2407.08956)) using "
+            "[dece-trainer](https://github.com/dece-trainer/dece-trainer), which bounds the gradient of "
+            "improbable (e.g. poisoned trigger -> payload) examples so that they are not memorised.\n\n"
+            "| setting | value |\n| --- | --- |\n"
+            f"| alpha_base | `{base:.6g}` |\n| alpha schedule | `{d.schedule}` |\n"
+            f"| alpha_final | {final} |\n| label smoothing | `{d.label_smoothing}` |\n"
+            f"| alpha at end of training | `{self.dece_alpha:.6g}` |\n"
+        )
+
+
+def _append_atomically(path: str, text: str) -> None:
+    """Append ``text`` to ``path`` via a temporary file and ``os.replace`` (no half-written card)."""
+    existing = ""
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            existing = f.read()
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(existing + text)
+    os.replace(tmp, path)
+
+
+class DeCETrainer(DeCEMixin, Trainer):
+    """``transformers.Trainer`` trained with DeCE. Accepts ``DeCETrainingArguments`` or plain ``TrainingArguments``."""
+
+
+class DeCESeq2SeqTrainer(DeCEMixin, Seq2SeqTrainer):
+    """``transformers.Seq2SeqTrainer`` trained with DeCE (encoder-decoders such as CodeT5)."""

@@ -1,0 +1,77 @@
+"""``make_dece_loss_func``: DeCE for scripts that keep their ``Trainer`` class (``compute_loss_func=``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+
+from ..ops.dece_loss import deceptive_cross_entropy
+from ..ops.schedule import dece_alpha
+from .alignment import align_targets, logits_of, model_kind
+from .dece_config import DEFAULT_ALPHA_BASE, DEFAULT_LABEL_SMOOTHING, DeCESettings
+
+
+class DeCELossFunc(TrainerCallback):
+    """A ``compute_loss_func`` that follows the DeCE epoch schedule.
+
+    It is also a ``TrainerCallback``: register it in ``callbacks`` as well, which is how it sees the
+    trainer's epoch and the model kind (causal LMs are shifted)::
+
+        loss_fn = make_dece_loss_func(alpha_base=0.985)
+        trainer = Trainer(model, args, train_dataset=ds, compute_loss_func=loss_fn, callbacks=[loss_fn])
+
+    Encoder-decoders need ``decoder_input_ids`` in the batch (``DataCollatorForSeq2Seq(tok, model=model)``),
+    since the Trainer takes the labels out before the forward pass.
+    """
+
+    def __init__(self, settings: DeCESettings):
+        self.settings = settings
+        self._state = None
+        self._kind: str | None = None
+        self._num_train_epochs = 1.0
+
+    # ---- callback side: see the trainer's state ---------------------------------------------------
+
+    def on_init_end(self, args, state, control, model=None, **kwargs):
+        DeCESettings.from_args(args)  # refuses label_smoothing_factor > 0, like DeCETrainer
+        self._state = state
+        self._kind = model_kind(model) if model is not None else None
+        self._num_train_epochs = float(args.num_train_epochs)
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.on_init_end(args, state, control, model=model)
+        if args.max_steps > 0:
+            self._num_train_epochs = float(state.num_train_epochs)
+
+    @property
+    def alpha(self) -> float:
+        """Blend weight at the attached trainer's current epoch (epoch 1 before training starts)."""
+        epoch = (self._state.epoch or 0.0) if self._state is not None else 0.0
+        base = self.settings.resolved_alpha_base(self._num_train_epochs)
+        return dece_alpha(base, epoch, self.settings.schedule)
+
+    # ---- loss side ----------------------------------------------------------------------------------
+
+    def __call__(self, outputs: Any, labels: torch.Tensor | None,
+                 num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor:
+        logits = logits_of(outputs)
+        if self._state is None or self._kind is None:
+            raise ValueError(
+                "The DeCE loss function cannot see the trainer's epoch or model: pass it in `callbacks` too, "
+                "e.g. Trainer(..., compute_loss_func=loss_fn, callbacks=[loss_fn])."
+            )
+        targets = align_targets(logits, labels, self._kind)
+        return deceptive_cross_entropy(logits, targets, alpha=self.alpha, label_smoothing=self.settings.label_smoothing,
+                                       num_items_in_batch=num_items_in_batch)
+
+
+def make_dece_loss_func(alpha_base: float = DEFAULT_ALPHA_BASE, label_smoothing: float = DEFAULT_LABEL_SMOOTHING,
+                        schedule: str = "epoch", alpha_final: float | None = None) -> DeCELossFunc:
+    """A DeCE ``compute_loss_func`` for ``Trainer``; register the returned object as a callback too.
+
+    Args mirror the ``--dece_*`` flags: ``alpha_base`` in (0, 1], ``label_smoothing`` in [0, 1),
+    ``schedule`` ``"epoch"`` or ``"continuous"``, ``alpha_final`` in (0, 1] or None.
+    """
+    return DeCELossFunc(DeCESettings(alpha_base, label_smoothing, schedule, alpha_final))
