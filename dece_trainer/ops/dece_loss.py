@@ -130,7 +130,8 @@ def _forward_chunk(z: torch.Tensor, gold: torch.Tensor, k: _Constants):
     if k.smooth:
         if k.blend:
             # sum over k != y of log q[k] = (V - 1) c_off + sum_k softplus(x_off[k]) - softplus(x_off[y])
-            z.sub_((lse - k.log_alpha + k.c_off)[:, None])  # z is now x_off
+            # z becomes x_off = log p - c_off + log a; log p first, so huge logits do not cancel badly
+            z.sub_(lse[:, None]).add_(k.log_alpha - k.c_off)
             sp = torch.nn.functional.softplus(z)
             off_sum = sp.sum(dim=1) - sp.gather(1, gold[:, None]).squeeze(1)
             off_sum = off_sum + (vocab - 1) * k.c_off
@@ -153,13 +154,14 @@ def _backward_chunk(z: torch.Tensor, gold: torch.Tensor, lse: torch.Tensor, scal
         (n, V) float32 gradient.
     """
     rows = torch.arange(z.shape[0], device=z.device)
-    logp_gold = z[rows, gold] - lse
-    p = torch.sub(z, lse[:, None]).exp_()
+    logp = z.sub_(lse[:, None])  # in place: z is now log p
+    logp_gold = logp[rows, gold]
+    p = logp.exp()
     r_gold = torch.sigmoid(logp_gold + (k.log_alpha - k.c_gold)) if k.blend else torch.ones_like(lse)
     # S = sum_k t[k] r[k]
     big_s = k.target_gold * r_gold
     if k.smooth and k.blend:
-        r_off = z.sub_((lse - k.log_alpha + k.c_off)[:, None]).sigmoid_()
+        r_off = logp.add_(k.log_alpha - k.c_off).sigmoid_()
         r_off_gold = r_off[rows, gold]
         big_s = big_s + k.smooth_off * (r_off.sum(dim=1) - r_off_gold)
         # grad = scale * (p * S - s * r_off), then fix the gold column: t[y] r[y] instead of s r_off[y]
