@@ -44,6 +44,7 @@ class DeCEMixin:
         if hasattr(self, "_loss_shifts_labels"):
             self._loss_shifts_labels = self.dece_model_kind == "causal"
         self._dece_token_metrics = TokenMetrics()
+        self._dece_last_alpha = self.dece_alpha
 
     # ---- schedule -------------------------------------------------------------------------------
 
@@ -83,6 +84,7 @@ class DeCEMixin:
                                      num_items_in_batch=num_items_in_batch)
         loss = out.loss
         if model.training:
+            self._dece_last_alpha = alpha
             self._dece_token_metrics.update(out.token_ce, out.mask, alpha, self.dece.label_smoothing)
             self.dece_on_token_stats(inputs, out)
         if num_items_in_batch is not None:
@@ -116,7 +118,7 @@ class DeCEMixin:
             reduce_fn = None
             if self.accelerator.num_processes > 1:
                 reduce_fn = lambda t: self.accelerator.reduce(t, reduction="sum")  # noqa: E731
-            alpha = self.dece_alpha
+            alpha = self._dece_last_alpha  # the weight the logged steps used (state.epoch has moved on since)
             logs.update({"dece_alpha": alpha, "dece_grad_bound": grad_bound(alpha)})
             logs.update(self._dece_token_metrics.pop(reduce_fn))
         super().log(logs, *args, **kwargs)
