@@ -1,0 +1,102 @@
+"""Same update whatever the batch layout: gradient accumulation, two processes, and compute_loss_func."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import Trainer
+
+from dece_trainer import DeCETrainer, DeCETrainingArguments, make_dece_loss_func
+from tests import tiny
+from tests.conftest import REPO_ROOT
+
+
+def varied_rows(n):
+    rows = tiny.make_pairs(n, seed=3)
+    for i, row in enumerate(rows):  # different target lengths: micro-batches hold different token counts
+        row["target"] = " ".join(row["target"].split()[: 8 + (i * 7) % 19])
+    return rows
+
+
+def sgd_args(tmp_path, name, **overrides):
+    base = dict(output_dir=str(tmp_path / name), max_steps=3, learning_rate=0.05, optim="sgd",
+                lr_scheduler_type="constant", logging_steps=1, report_to=[], save_strategy="no", use_cpu=True,
+                disable_tqdm=True, seed=0, dece_alpha_base=0.8, per_device_train_batch_size=8)
+    base.update(overrides)
+    return DeCETrainingArguments(**base)
+
+
+def train(tokenizer, args, data, trainer_cls=DeCETrainer, **kwargs):
+    trainer = trainer_cls(model=tiny.make_model("llama", tokenizer), args=args, train_dataset=data,
+                          data_collator=tiny.pad_collator(tokenizer), **kwargs)
+    trainer.train()
+    return trainer
+
+
+def assert_same_weights(a, b, atol):
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=atol, msg=lambda m: f"{name}: {m}")
+
+
+def test_gradient_accumulation_matches_one_big_batch(tmp_path, tokenizer):
+    data = tiny.causal_dataset(tokenizer, varied_rows(24))
+    counts = [sum(1 for t in data[i]["labels"][1:] if t != -100) for i in range(8)]
+    assert len(set(counts)) > 1  # otherwise a per-micro-batch mean would pass this test too
+    one = train(tokenizer, sgd_args(tmp_path, "ga1", per_device_train_batch_size=8), data)
+    four = train(tokenizer, sgd_args(tmp_path, "ga4", per_device_train_batch_size=2, gradient_accumulation_steps=4),
+                 data)
+    assert_same_weights(one.model, four.model, atol=1e-5)
+    losses = lambda t: [e["loss"] for e in t.state.log_history if "loss" in e]  # noqa: E731
+    assert losses(one) == pytest.approx(losses(four), rel=1e-5)
+    ce = lambda t: [e["ce_loss"] for e in t.state.log_history if "ce_loss" in e]  # noqa: E731
+    assert ce(one) == pytest.approx(ce(four), rel=1e-5)
+
+
+def test_loss_func_matches_dece_trainer_across_epochs(tmp_path, tokenizer):
+    """make_dece_loss_func in a plain Trainer follows the same schedule and gives the same update."""
+    data = tiny.causal_dataset(tokenizer, varied_rows(16))
+    overrides = dict(max_steps=-1, num_train_epochs=3, per_device_train_batch_size=4, gradient_accumulation_steps=2)
+    reference = train(tokenizer, sgd_args(tmp_path, "mixin", **overrides), data)
+    loss_fn = make_dece_loss_func(alpha_base=0.8, label_smoothing=0.05)
+    plain = train(tokenizer, sgd_args(tmp_path, "func", **overrides), data, trainer_cls=Trainer,
+                  compute_loss_func=loss_fn, callbacks=[loss_fn])
+    assert_same_weights(reference.model, plain.model, atol=1e-4)
+    assert loss_fn.alpha == pytest.approx(0.8 ** 4)  # epoch 3 done: the state is at epoch 3.0
+    loss_ref = [e["loss"] for e in reference.state.log_history if "loss" in e]
+    loss_plain = [e["loss"] for e in plain.state.log_history if "loss" in e]
+    assert loss_ref == pytest.approx(loss_plain, rel=1e-4)
+
+
+def test_loss_func_without_callback_is_a_clear_error(tmp_path, tokenizer):
+    loss_fn = make_dece_loss_func()
+    data = tiny.causal_dataset(tokenizer, varied_rows(8))
+    with pytest.raises(ValueError, match="callbacks=\\[loss_fn\\]"):
+        train(tokenizer, sgd_args(tmp_path, "nocb"), data, trainer_cls=Trainer, compute_loss_func=loss_fn)
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process(tmp_path):
+    """torchrun --nproc_per_node 2 (gloo, CPU) with batch 4 each == one process with batch 8."""
+    torchrun = shutil.which("torchrun")
+    if torchrun is None:
+        pytest.skip("torchrun is not on PATH")
+    script = str(REPO_ROOT / "tests" / "dist_train.py")
+    single, double = tmp_path / "single", tmp_path / "double"
+    env_cmd = dict(cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    run1 = subprocess.run([sys.executable, script, str(single), "8"], **env_cmd)
+    assert run1.returncode == 0, run1.stderr[-3000:]
+    run2 = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29533", script, str(double), "4"],
+                          **env_cmd)
+    assert run2.returncode == 0, run2.stderr[-3000:]
+    curve1 = json.loads((single / "curve.json").read_text())
+    curve2 = json.loads((double / "curve.json").read_text())
+    assert len(curve1["loss"]) == 6
+    for key in ("loss", "ce_loss", "dece_alpha", "dece_suppressed_frac"):
+        assert curve2[key] == pytest.approx(curve1[key], rel=1e-5, abs=1e-7), key
+    w1, w2 = load_file(single / "weights.safetensors"), load_file(double / "weights.safetensors")
+    for name in w1:
+        torch.testing.assert_close(w1[name], w2[name], rtol=0, atol=1e-5)
