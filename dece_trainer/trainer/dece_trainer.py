@@ -16,6 +16,7 @@ from .dece_config import DeCESettings
 from .token_metrics import TokenMetrics
 
 MODEL_CARD_TAGS = ["dece", "backdoor-defense"]
+_TRAINER_READS_SCALED_FLAG = hasattr(Trainer, "loss_is_scaled_for_ga")  # transformers >= 5
 
 
 class DeCEMixin:
@@ -93,8 +94,10 @@ class DeCEMixin:
                 # (as the Trainer's own compute_loss does; tensor-parallel ranks share a batch).
                 tp_size = self.get_tp_size() if hasattr(self, "get_tp_size") else 1
                 loss = loss * (self.accelerator.num_processes // tp_size if self.args.n_gpu <= 1 else self.args.n_gpu)
-        elif model.training:
-            loss = loss / self.current_gradient_accumulation_steps  # per-micro-batch mean: scale for GA here
+        elif model.training and _TRAINER_READS_SCALED_FLAG:
+            # A per-micro-batch mean: transformers 5 trusts loss_is_scaled_for_ga, so scale for GA here
+            # (transformers 4.x divides by the accumulation steps itself when num_items_in_batch is None).
+            loss = loss / self.current_gradient_accumulation_steps
         if not return_outputs:
             return loss
         if isinstance(outputs, dict):
