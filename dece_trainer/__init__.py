@@ -1,7 +1,10 @@
 """dece-trainer: defend code-model fine-tuning against backdoors with Deceptive Cross-Entropy.
 
-Layers: ``dece_trainer.ops`` (pure math) -> ``dece_trainer.trainer`` (Hugging Face integration).
+Layers: ``dece_trainer.ops`` (pure math) -> ``dece_trainer.trainer`` (Hugging Face integration)
+-> ``dece_trainer.callbacks`` (the early-learning monitor).
 """
+
+from .callbacks import EarlyLearningCallback
 
 from .modules import DeCELoss
 from .ops import (
@@ -24,10 +27,14 @@ from .trainer import (
     DeCETrainingArguments,
     make_dece_loss_func,
 )
+from .trainer.example_ids import EXAMPLE_ID_COLUMN, add_example_ids
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "EXAMPLE_ID_COLUMN",
+    "EarlyLearningCallback",
+    "add_example_ids",
     "DeCELoss",
     "DeCELossFunc",
     "DeCELossOutput",

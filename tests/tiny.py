@@ -135,6 +135,9 @@ def pad_collator(tokenizer):
                 lab_width = max(len(g["labels"]) for g in features)
                 labels = labels + [-100] * (lab_width - len(labels))
             batch["labels"].append(labels)
+        for key in features[0]:  # scalar columns (example_id, ...) pass through as (batch,) tensors
+            if key not in batch and isinstance(features[0][key], (int, bool)):
+                batch[key] = [f[key] for f in features]
         return {k: torch.tensor(v) for k, v in batch.items()}
     return collate
 

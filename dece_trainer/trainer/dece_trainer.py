@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -13,6 +13,7 @@ from ..ops.dece_loss import DeCELossOutput, dece_loss_and_token_ce
 from ..ops.schedule import dece_alpha, grad_bound
 from .alignment import SEQ2SEQ, align_targets, decoder_input_ids_from_labels, logits_of, model_kind
 from .dece_config import DeCESettings
+from .example_ids import EXAMPLE_ID_COLUMN, pop_example_ids
 from .token_metrics import TokenMetrics
 
 MODEL_CARD_TAGS = ["dece", "backdoor-defense"]
@@ -27,6 +28,11 @@ class DeCEMixin:
     normalised by the Trainer's global ``num_items_in_batch``, so gradient accumulation and several
     processes give the same update as one big batch. Logs ``dece_alpha``, ``dece_grad_bound``,
     ``ce_loss`` and ``dece_suppressed_frac`` with every training log.
+
+    Per-token statistics of every training micro-batch go to ``token_stats_listeners`` (callables taking
+    the batch's ``example_id`` tensor or None, and the :class:`DeCELossOutput`): the early-learning
+    monitor reads per-example dynamics there at no extra forward pass. Callbacks with an ``attach(trainer)``
+    method are attached when the trainer is built or the callback added.
     """
 
     # The loss is divided by the token count of the whole accumulated (and gathered) batch.
@@ -46,6 +52,23 @@ class DeCEMixin:
             self._loss_shifts_labels = self.dece_model_kind == "causal"
         self._dece_token_metrics = TokenMetrics()
         self._dece_last_alpha = self.dece_alpha
+        self.token_stats_listeners: list[Callable[[torch.Tensor | None, DeCELossOutput], None]] = []
+        for callback in self.callback_handler.callbacks:
+            self._attach_if_wanted(callback)
+
+    def _attach_if_wanted(self, callback: Any) -> None:
+        attach = getattr(callback, "attach", None)
+        if callable(attach) and not isinstance(callback, type):
+            attach(self)
+
+    def add_callback(self, callback) -> None:
+        super().add_callback(callback)
+        self._attach_if_wanted(callback)
+
+    def _set_signature_columns_if_needed(self) -> None:
+        super()._set_signature_columns_if_needed()
+        if EXAMPLE_ID_COLUMN not in self._signature_columns:
+            self._signature_columns.append(EXAMPLE_ID_COLUMN)  # kept for per-example statistics
 
     # ---- schedule -------------------------------------------------------------------------------
 
@@ -72,6 +95,7 @@ class DeCEMixin:
         labels = inputs.pop("labels", None)
         shift_labels = inputs.pop("shift_labels", None)
         inputs.pop("skip_logits", None)  # DeCE needs the logits, even for a loss-only evaluation
+        example_ids = pop_example_ids(inputs)
         if labels is None and shift_labels is None:
             align_targets(None, None, self.dece_model_kind)  # raises the "no labels" error
         if self.dece_model_kind == SEQ2SEQ and labels is not None and "decoder_input_ids" not in inputs \
@@ -87,7 +111,8 @@ class DeCEMixin:
         if model.training:
             self._dece_last_alpha = alpha
             self._dece_token_metrics.update(out.token_ce, out.mask, alpha, self.dece.label_smoothing)
-            self.dece_on_token_stats(inputs, out)
+            for listener in self.token_stats_listeners:
+                listener(example_ids, out)
         if num_items_in_batch is not None:
             if self.args.average_tokens_across_devices:
                 # num_items_in_batch counts all processes' tokens and DDP averages gradients over them
@@ -105,14 +130,6 @@ class DeCEMixin:
         else:
             outputs = (loss, *outputs)
         return loss, outputs
-
-    def dece_on_token_stats(self, inputs: dict[str, Any], stats: DeCELossOutput) -> None:
-        """Hook called on every training micro-batch with the per-token statistics of the loss pass.
-
-        ``stats.token_ce`` and ``stats.mask`` are shaped like the (shifted) targets, (batch, seq) for LMs.
-        Subclasses and callbacks (the early-learning monitor) read per-example dynamics from here at no
-        extra forward pass. The default does nothing.
-        """
 
     # ---- logging and model card -----------------------------------------------------------------
 

@@ -1,0 +1,286 @@
+"""``EarlyLearningCallback``: watch a fine-tuning run learn its backdoor, and name the suspicious examples.
+
+Clean data is fitted first; rare trigger -> payload examples are fitted late (under CE) or not at all
+(under DeCE). The callback records every training example's mean token CE and gold-token probability
+once per epoch from the loss pass itself, logs how the distribution moves, ranks examples by how late
+and abruptly they were fitted, evaluates probe sets (clean and triggered) at each evaluation, raises an
+alarm when the clean signal has stopped improving while memorisation goes on, and draws the curves.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from transformers import TrainerCallback
+
+from ..ops.dece_loss import dece_loss_and_token_ce
+from ..trainer.alignment import CAUSAL, SEQ2SEQ, align_targets, logits_of, model_kind
+from ..trainer.example_ids import EXAMPLE_ID_COLUMN, keep_example_ids, pop_example_ids
+from .example_history import ExampleHistory, auroc, precision_at_k
+from .plots import have_matplotlib, plot_curves, plot_loss_histogram
+from .probes import attack_success, check_probes, corpus_bleu, probe_generate, probe_nll
+
+logger = logging.getLogger(__name__)
+
+REPORT_DIR = "early_learning"
+
+
+class EarlyLearningCallback(TrainerCallback):
+    """Per-example learning dynamics, a suspicious-example report, probe metrics and a memorisation alarm.
+
+    With a DeCE trainer, pass it in ``callbacks``; it attaches itself. With a plain ``Trainer`` (CE), also
+    call ``callback.attach(trainer)`` once. The training dataset needs an ``example_id`` column
+    (:func:`dece_trainer.add_example_ids`).
+
+    Args:
+        probes: ``{name: Dataset}`` tokenised like the training data (``input_ids``, ``labels``), e.g.
+            ``{"clean": ..., "triggered": ...}``; evaluated at every evaluation.
+        payload_fn: ``text -> bool``, true when a generation carries the attack payload; enables ASR.
+        ground_truth_column: a boolean column of the training dataset marking poisoned rows
+            (e.g. ``"is_poisoned"``); enables AUROC and precision@k of the suspicious ranking.
+        fit_threshold: an example counts as fitted when its mean gold-token probability reaches this.
+        max_generate: probe rows generated per evaluation (caps evaluation cost); 0 disables generation.
+        max_new_tokens: generation length limit.
+        patience: evaluations without improvement of the clean signal before the plateau counts.
+        stop_on_memorisation: stop training when the alarm fires (an early-stopping defense).
+        top_k: k of precision@k; defaults to the number of poisoned rows.
+        plots: draw ``curves.png`` and ``loss_histogram.png`` at train end (needs matplotlib).
+    """
+
+    def __init__(self, probes: dict[str, Any] | None = None, payload_fn: Callable[[str], bool] | None = None,
+                 ground_truth_column: str | None = None, fit_threshold: float = 0.5, max_generate: int = 32,
+                 max_new_tokens: int = 64, patience: int = 2, stop_on_memorisation: bool = False,
+                 top_k: int | None = None, plots: bool = True, probe_batch_size: int = 16):
+        self.probes = check_probes(probes)
+        if payload_fn is not None and not callable(payload_fn):
+            raise ValueError(f"`payload_fn` must be callable text -> bool, got {type(payload_fn).__name__}")
+        if not 0.0 < fit_threshold < 1.0:
+            raise ValueError(f"`fit_threshold` must be in (0, 1), got {fit_threshold!r}")
+        if patience < 1:
+            raise ValueError(f"`patience` must be >= 1, got {patience}")
+        self.payload_fn = payload_fn
+        self.ground_truth_column = ground_truth_column
+        self.fit_threshold = fit_threshold
+        self.max_generate = max_generate
+        self.max_new_tokens = max_new_tokens
+        self.patience = patience
+        self.stop_on_memorisation = stop_on_memorisation
+        self.top_k = top_k
+        self.plots = plots
+        self.probe_batch_size = probe_batch_size
+        self.history: ExampleHistory | None = None
+        self.poisoned: np.ndarray | None = None
+        self.alarm_step: int | None = None
+        self._trainer = None
+        self._uses_listener = False
+        self._hooks: list[Any] = []
+        self._pending_ids: torch.Tensor | None = None
+        self._clean_signal: list[tuple[int, float]] = []
+        self._memorisation: list[int] = []
+
+    # ---- wiring -----------------------------------------------------------------------------------
+
+    def attach(self, trainer: Any) -> None:
+        """Connect to ``trainer``: DeCE trainers hand over their per-token statistics; other trainers get
+        forward hooks that compute per-token CE from the logits they already produce. Idempotent."""
+        if self._trainer is trainer:
+            return
+        self._trainer = trainer
+        listeners = getattr(trainer, "token_stats_listeners", None)
+        if listeners is not None:
+            self._uses_listener = True
+            listeners.append(self._on_token_stats)
+        else:
+            keep_example_ids(trainer)
+        if self not in trainer.callback_handler.callbacks:
+            trainer.add_callback(self)
+
+    def _install_hooks(self, model: torch.nn.Module) -> None:
+        kind = model_kind(model)
+
+        def pre_hook(module, args, kwargs):
+            self._pending_ids = pop_example_ids(kwargs)
+            return args, kwargs
+
+        def post_hook(module, args, kwargs, output):
+            labels = kwargs.get("labels")
+            if not module.training or labels is None:
+                return
+            with torch.no_grad():
+                logits = logits_of(output).detach()
+                stats = dece_loss_and_token_ce(logits, align_targets(logits, labels, kind), alpha=1.0,
+                                               label_smoothing=0.0, reduction="sum")
+            self._on_token_stats(self._pending_ids, stats)
+
+        self._hooks = [model.register_forward_pre_hook(pre_hook, with_kwargs=True),
+                       model.register_forward_hook(post_hook, with_kwargs=True)]
+
+    def _on_token_stats(self, example_ids: torch.Tensor | None, stats: Any) -> None:
+        if self.history is None:
+            return
+        if example_ids is None:
+            raise ValueError(f"training batches carry no `{EXAMPLE_ID_COLUMN}`: add it with "
+                             "dece_trainer.add_example_ids(train_dataset) and use a collator that keeps it")
+        self.history.add(example_ids, stats.token_ce, stats.mask)
+
+    # ---- training events --------------------------------------------------------------------------
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        trainer = self._trainer
+        if trainer is None:
+            raise ValueError("EarlyLearningCallback is not attached: with a plain Trainer call "
+                             "callback.attach(trainer) after building it (DeCE trainers attach it themselves)")
+        data = trainer.train_dataset
+        columns = getattr(data, "column_names", None) or []
+        if EXAMPLE_ID_COLUMN not in columns:
+            raise ValueError(f"the training dataset has no `{EXAMPLE_ID_COLUMN}` column: "
+                             "train_dataset = dece_trainer.add_example_ids(train_dataset)")
+        ids = np.asarray(data[EXAMPLE_ID_COLUMN])
+        self.history = ExampleHistory(int(ids.max()) + 1, self.fit_threshold)
+        if self.ground_truth_column is not None:
+            if self.ground_truth_column not in columns:
+                raise ValueError(f"ground_truth_column {self.ground_truth_column!r} is not a column of the "
+                                 f"training dataset (columns: {columns})")
+            self.poisoned = np.zeros(self.history.num_examples, dtype=bool)
+            self.poisoned[ids] = np.asarray(data[self.ground_truth_column], dtype=bool)
+        if not self._uses_listener and not self._hooks:
+            self._install_hooks(trainer.model)
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self._close_epoch(state)
+
+    def _close_epoch(self, state) -> None:
+        summary = self.history.end_epoch(_all_reduce_fn())
+        logs = {f"example_loss_p{q}": v for q, v in summary.loss_quantiles.items()}
+        logs.update(unlearned_frac=summary.unlearned_frac, memorisation_score=float(summary.memorisation_score),
+                    examples_seen=float(summary.seen))
+        logs.update(self._ranking_metrics())
+        self._memorisation.append(summary.memorisation_score)
+        self._trainer.log(logs)
+
+    def _ranking_metrics(self) -> dict[str, float]:
+        if self.poisoned is None or not self.poisoned.any():
+            return {}
+        score = self.history.suspicion_scores()["score"]
+        k = self.top_k or int(self.poisoned.sum())
+        return {"suspicious_auroc": auroc(score, self.poisoned),
+                "suspicious_precision_at_k": precision_at_k(score, self.poisoned, k)}
+
+    def on_evaluate(self, args, state, control, metrics=None, model=None, processing_class=None, **kwargs):
+        if self._trainer is None or self.history is None:
+            return
+        logs = self._probe_metrics(model, processing_class) if self.probes else {}
+        signal = logs.get("probe_clean_nll", (metrics or {}).get("eval_loss"))
+        if signal is not None:
+            self._clean_signal.append((state.global_step, float(signal)))
+        if self._memorisation_alarm(state):
+            logs["memorisation_alarm"] = 1.0
+            if self.stop_on_memorisation:
+                control.should_training_stop = True
+        if logs:
+            self._trainer.log(logs)
+
+    def _probe_metrics(self, model, tokenizer) -> dict[str, float]:
+        kind = model_kind(model)
+        was_training = model.training
+        model.eval()
+        logs = {}
+        try:
+            pad_id = getattr(tokenizer, "pad_token_id", None)
+            pad_id = pad_id if pad_id is not None else getattr(model.config, "pad_token_id", 0) or 0
+            for name, data in self.probes.items():
+                logs[f"probe_{name}_nll"] = probe_nll(model, data, kind, pad_id, self.probe_batch_size)
+                if tokenizer is None or self.max_generate <= 0 or kind not in (CAUSAL, SEQ2SEQ):
+                    continue
+                generations, references = probe_generate(model, tokenizer, data, kind, self.max_generate,
+                                                         self.max_new_tokens, self.probe_batch_size)
+                logs[f"probe_{name}_bleu"] = corpus_bleu(generations, references)
+                if self.payload_fn is not None:
+                    logs[f"probe_{name}_asr"] = attack_success(generations, references, self.payload_fn)
+        finally:
+            model.train(was_training)
+        return logs
+
+    def _memorisation_alarm(self, state) -> bool:
+        """Clean signal flat for ``patience`` evaluations, train loss still falling, memorisation rising."""
+        if self.alarm_step is not None or len(self._clean_signal) <= self.patience or not self._memorisation:
+            return self.alarm_step is not None and self.stop_on_memorisation
+        values = [v for _, v in self._clean_signal]
+        plateau = min(values[-self.patience:]) >= min(values[:-self.patience])
+        since = self._clean_signal[-self.patience - 1][0]
+        train = [(e["step"], e["loss"]) for e in state.log_history if "loss" in e and "step" in e]
+        before = [loss for step, loss in train if step <= since]
+        falling = bool(before) and train[-1][1] < before[-1]
+        rising = self._memorisation[-1] > 0 and (len(self._memorisation) < 2 or
+                                                 self._memorisation[-1] >= self._memorisation[-2])
+        if plateau and falling and rising:
+            self.alarm_step = state.global_step
+            logger.warning("early-learning alarm at step %d: the clean signal has not improved for %d evaluations "
+                           "while training loss keeps falling and %d examples were newly memorised: the model is "
+                           "probably fitting poisoned examples now", state.global_step, self.patience,
+                           self._memorisation[-1])
+            return True
+        return False
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.history is None:
+            return
+        if self.history.epoch_in_progress:  # a run stopped mid-epoch: keep what it saw
+            self._close_epoch(state)
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+        if self.history.num_epochs == 0 or not state.is_world_process_zero:
+            return
+        out_dir = os.path.join(args.output_dir, REPORT_DIR)
+        self.write_report(os.path.join(out_dir, "suspicious.jsonl"))
+        if self.plots:
+            if have_matplotlib():
+                plot_curves(state.log_history, os.path.join(out_dir, "curves.png"))
+                plot_loss_histogram(self.history, os.path.join(out_dir, "loss_histogram.png"), self.poisoned)
+            else:
+                logger.info("matplotlib is not installed: skipping the early-learning pictures "
+                            "(pip install 'dece-trainer[plots]')")
+
+    # ---- report -----------------------------------------------------------------------------------
+
+    def write_report(self, path: str) -> list[dict]:
+        """Write the suspicious-example ranking as JSON Lines (atomically) and return its records."""
+        scores = self.history.suspicion_scores()
+        order = [i for i in np.argsort(-np.nan_to_num(scores["score"], nan=-np.inf), kind="mergesort")
+                 if not math.isnan(scores["score"][i])]
+        records = []
+        for rank, i in enumerate(order, start=1):
+            record = {"rank": rank, EXAMPLE_ID_COLUMN: int(i), "score": round(float(scores["score"][i]), 6),
+                      "unlearned_area": round(float(scores["unlearned_area"][i]), 6),
+                      "max_jump": round(float(scores["max_jump"][i]), 6), "fit_epoch": int(scores["fit_epoch"][i]),
+                      "final_worst_token_prob": round(float(scores["final_prob"][i]), 6),
+                      "final_mean_gold_prob": round(float(self.history.prob[-1][i]), 6)}
+            if self.poisoned is not None:
+                record[self.ground_truth_column] = bool(self.poisoned[i])
+            records.append(record)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r) + "\n" for r in records)
+        os.replace(tmp, path)
+        return records
+
+
+def _all_reduce_fn() -> Callable[[torch.Tensor, str], torch.Tensor] | None:
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return None
+    ops = {"sum": torch.distributed.ReduceOp.SUM, "max": torch.distributed.ReduceOp.MAX}
+
+    def all_reduce(t: torch.Tensor, op: str) -> torch.Tensor:
+        t = t.clone()
+        torch.distributed.all_reduce(t, op=ops[op])
+        return t
+
+    return all_reduce

@@ -1,0 +1,83 @@
+"""Pictures of a run's early-learning dynamics (matplotlib, an optional extra)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+
+def have_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _save(fig: Any, path: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}.png"
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    os.replace(tmp, path)
+
+
+def plot_curves(log_history: list[dict], path: str) -> None:
+    """Train loss, eval and probe metrics, alpha and ASR against the training step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def series(key):
+        pts = [(e["step"], e[key]) for e in log_history if key in e and "step" in e]
+        return [p[0] for p in pts], [p[1] for p in pts]
+
+    keys = {k for e in log_history for k in e}
+    loss_keys = [k for k in ("loss", "ce_loss", "eval_loss") if k in keys] + sorted(
+        k for k in keys if k.startswith("probe_") and k.endswith("_nll"))
+    rate_keys = sorted(k for k in keys if k.startswith("probe_") and k.endswith("_asr")) + [
+        k for k in ("unlearned_frac", "dece_suppressed_frac", "dece_alpha") if k in keys]
+    bleu_keys = sorted(k for k in keys if k.startswith("probe_") and k.endswith("_bleu"))
+    panels = [("loss (nats)", loss_keys), ("share / alpha", rate_keys), ("BLEU", bleu_keys)]
+    panels = [p for p in panels if p[1]]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(7, 2.6 * len(panels)), sharex=True, squeeze=False)
+    for ax, (label, names) in zip(axes[:, 0], panels):
+        for name in names:
+            x, y = series(name)
+            ax.plot(x, y, marker="o" if len(x) < 30 else None, markersize=3, label=name)
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+    axes[-1, 0].set_xlabel("training step")
+    fig.suptitle("Early learning: clean fit vs. backdoor")
+    _save(fig, path)
+    plt.close(fig)
+
+
+def plot_loss_histogram(history: Any, path: str, poisoned: np.ndarray | None = None, max_panels: int = 4) -> None:
+    """Per-example mean token CE at a few epochs; poisoned and clean apart when ground truth is known."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = history.num_epochs
+    picks = sorted(set(np.linspace(0, epochs - 1, num=min(max_panels, epochs)).round().astype(int)))
+    fig, axes = plt.subplots(1, len(picks), figsize=(3.2 * len(picks), 2.8), sharey=True, squeeze=False)
+    finite = np.concatenate([h[~np.isnan(h)] for h in (history.loss[i].astype(np.float64) for i in picks)])
+    bins = np.linspace(0.0, max(float(finite.max()) if finite.size else 1.0, 1e-3), 30)
+    for ax, epoch in zip(axes[0], picks):
+        loss = history.loss[epoch].astype(np.float64)
+        seen = ~np.isnan(loss)
+        if poisoned is not None:
+            ax.hist(loss[seen & ~poisoned], bins=bins, alpha=0.6, density=True, label="clean")
+            ax.hist(loss[seen & poisoned], bins=bins, alpha=0.6, density=True, label="poisoned")
+            ax.legend(fontsize=7)
+        else:
+            ax.hist(loss[seen], bins=bins, alpha=0.8, density=True)
+        ax.set_title(f"epoch {epoch + 1}", fontsize=9)
+        ax.set_xlabel("mean token CE (nats)")
+    axes[0, 0].set_ylabel("density")
+    _save(fig, path)
+    plt.close(fig)

@@ -1,0 +1,107 @@
+"""Probe sets evaluated during training: target NLL, and from greedy generations ASR and BLEU."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ..ops.dece_loss import dece_loss_and_token_ce
+from ..trainer.alignment import CAUSAL, SEQ2SEQ, align_targets, decoder_input_ids_from_labels, logits_of
+
+PROBE_COLUMNS = ("input_ids", "labels")
+
+
+def check_probes(probes: Any) -> dict[str, Any]:
+    """Probes must be ``{name: datasets.Dataset}`` with ``input_ids`` and ``labels`` (tokenised like training)."""
+    if probes is None:
+        return {}
+    if not isinstance(probes, dict):
+        raise ValueError(f"`probes` must be a dict of name -> datasets.Dataset, got {type(probes).__name__}")
+    for name, data in probes.items():
+        columns = getattr(data, "column_names", None)
+        if columns is None or not hasattr(data, "__len__"):
+            raise ValueError(f"probe {name!r} must be a datasets.Dataset, got {type(data).__name__}")
+        missing = [c for c in PROBE_COLUMNS if c not in columns]
+        if missing:
+            raise ValueError(f"probe {name!r} lacks column(s) {missing}: probes need {list(PROBE_COLUMNS)}, "
+                             "tokenised like the training data (labels -100 on the prompt)")
+        if len(data) == 0:
+            raise ValueError(f"probe {name!r} is empty")
+    return dict(probes)
+
+
+def call_payload_fn(payload_fn: Callable[[str], bool], text: str) -> bool:
+    try:
+        return bool(payload_fn(text))
+    except Exception as err:  # a user function: name it and the input it failed on
+        raise ValueError(f"payload_fn raised {type(err).__name__} on {text[:80]!r}: {err}") from err
+
+
+def _pad(rows: list[list[int]], value: int, left: bool = False) -> torch.Tensor:
+    width = max(len(r) for r in rows)
+    return torch.tensor([([value] * (width - len(r)) + r) if left else (r + [value] * (width - len(r))) for r in rows])
+
+
+@torch.no_grad()
+def probe_nll(model: nn.Module, data: Any, kind: str, pad_id: int, batch_size: int = 16) -> float:
+    """Mean target-token negative log-likelihood (nats) of the probe under ``model``."""
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for start in range(0, len(data), batch_size):
+        rows = data[start:start + batch_size]
+        ids = _pad(rows["input_ids"], pad_id).to(device)
+        labels = _pad(rows["labels"], -100).to(device)
+        inputs = {"input_ids": ids, "attention_mask": _pad([[1] * len(r) for r in rows["input_ids"]], 0).to(device)}
+        if kind == SEQ2SEQ:
+            inputs["decoder_input_ids"] = decoder_input_ids_from_labels(model, labels)
+        logits = logits_of(model(**inputs))
+        out = dece_loss_and_token_ce(logits, align_targets(logits, labels, kind), alpha=1.0, label_smoothing=0.0,
+                                     reduction="sum")
+        total += float(out.token_ce.sum())
+        count += int(out.mask.sum())
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def probe_generate(model: nn.Module, tokenizer: Any, data: Any, kind: str, limit: int, max_new_tokens: int,
+                   batch_size: int = 16) -> tuple[list[str], list[str]]:
+    """Greedy generations and references (decoded targets) for the first ``limit`` probe rows."""
+    device = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    generations, references = [], []
+    for start in range(0, min(limit, len(data)), batch_size):
+        rows = data[start:min(start + batch_size, limit)]
+        prompts, targets = [], []
+        for ids, labels in zip(rows["input_ids"], rows["labels"]):
+            target = [t for t in labels if t != -100]
+            if kind == CAUSAL:
+                first = next((i for i, t in enumerate(labels) if t != -100), len(labels))
+                prompts.append(list(ids[:first]))
+            else:
+                prompts.append(list(ids))
+            targets.append(target)
+        left = kind == CAUSAL  # decoder-only models continue from the right end
+        ids = _pad(prompts, pad_id, left=left).to(device)
+        mask = _pad([[1] * len(p) for p in prompts], 0, left=left).to(device)
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                             pad_token_id=pad_id)
+        new = out[:, ids.shape[1]:] if kind == CAUSAL else out
+        generations += tokenizer.batch_decode(new, skip_special_tokens=True)
+        references += tokenizer.batch_decode(targets, skip_special_tokens=True)
+    return generations, references
+
+
+def attack_success(generations: list[str], references: list[str], payload_fn: Callable[[str], bool]) -> float:
+    """Share of generations carrying the payload, over rows whose reference carries it (all rows if none do)."""
+    carrying = [call_payload_fn(payload_fn, r) for r in references]
+    rows = [i for i, c in enumerate(carrying) if c] or list(range(len(generations)))
+    return sum(call_payload_fn(payload_fn, generations[i]) for i in rows) / max(len(rows), 1)
+
+
+def corpus_bleu(generations: list[str], references: list[str]) -> float:
+    """Corpus BLEU (sacrebleu, 13a tokenisation), 0-100."""
+    import sacrebleu
+
+    return float(sacrebleu.corpus_bleu(generations, [references]).score)
