@@ -258,8 +258,9 @@ class EarlyLearningCallback(TrainerCallback):
         records = []
         for rank, i in enumerate(order, start=1):
             record = {"rank": rank, EXAMPLE_ID_COLUMN: int(i), "score": round(float(scores["score"][i]), 6),
-                      "unlearned_area": round(float(scores["unlearned_area"][i]), 6),
-                      "max_jump": round(float(scores["max_jump"][i]), 6), "fit_epoch": int(scores["fit_epoch"][i]),
+                      "mean_worst_nll": round(float(scores["mean_worst_nll"][i]), 6),
+                      "max_drop": round(float(scores["max_drop"][i]), 6),
+                      "late_drop": round(float(scores["late_drop"][i]), 6), "fit_epoch": int(scores["fit_epoch"][i]),
                       "final_worst_token_prob": round(float(scores["final_prob"][i]), 6),
                       "final_mean_gold_prob": round(float(self.history.prob[-1][i]), 6)}
             if self.poisoned is not None:

@@ -131,28 +131,36 @@ class ExampleHistory:
     def suspicion_scores(self) -> dict[str, np.ndarray]:
         """Rank-ready scores of how late and how abruptly each example was fitted.
 
-        All on the worst-token probability. Returns arrays of shape (n,) (NaN for never-seen examples):
-            ``unlearned_area``: mean over epochs of ``1 - prob`` (high for late and never-fitted);
-            ``max_jump``: largest rise of the probability between consecutive epochs (abrupt fitting);
-            ``fit_epoch``: first epoch from which the example stayed fitted (0 if never);
-            ``final_prob``: the probability at the last epoch;
-            ``score``: ``unlearned_area + max_jump``, the ranking key (higher = more suspicious).
+        All on the worst-token CE in nats (``-log`` of the worst-token probability: small probabilities
+        differ by orders of magnitude). Arrays of shape (n,), NaN for never-seen examples:
+            ``mean_worst_nll``: its mean over epochs (high for late and never-fitted examples);
+            ``max_drop``: its largest fall between consecutive epochs (abrupt fitting);
+            ``late_drop``: the largest fall weighted by how late it came (``(e - 1) / (E - 1)`` for the
+            fall into epoch ``e`` of ``E``): every example falls early, a memorised one falls late;
+            ``fit_epoch``: first epoch from which the worst-token probability stayed at least
+            ``fit_threshold`` (0 if never);
+            ``final_prob``: the worst-token probability at the last epoch;
+            ``score``: ``mean_worst_nll + late_drop``, the ranking key (higher = more suspicious).
         """
         if not self.worst_prob:
             raise ValueError("no finished epoch yet: suspicion scores need at least one epoch of history")
         prob = np.stack([p.astype(np.float64) for p in self.worst_prob])  # (E, n)
-        area = np.nanmean(1.0 - prob, axis=0) if prob.shape[0] else np.full(self.num_examples, np.nan)
-        filled = np.where(np.isnan(prob), 0.0, prob)
-        jumps = np.diff(filled, axis=0) if prob.shape[0] > 1 else np.zeros((1, self.num_examples))
-        max_jump = np.clip(jumps.max(axis=0), 0.0, None)
-        fitted = filled >= self.fit_threshold
-        # first epoch from which every later epoch is fitted
-        stays = np.flip(np.cumprod(np.flip(fitted, axis=0), axis=0), axis=0).astype(bool)
+        epochs = prob.shape[0]
+        seen = ~np.isnan(prob)
+        never_seen = ~seen.any(axis=0)
+        nll = -np.log(np.clip(prob, 1e-12, None))
+        count = np.maximum(seen.sum(axis=0), 1)
+        mean_nll = np.where(never_seen, np.nan, np.where(seen, nll, 0.0).sum(axis=0) / count)
+        filled = np.where(seen, nll, mean_nll[None, :])  # an epoch an example missed counts as its mean
+        drops = -np.diff(filled, axis=0) if epochs > 1 else np.zeros((1, self.num_examples))
+        lateness = (np.arange(1, epochs) / max(epochs - 1, 1))[:, None] if epochs > 1 else np.zeros((1, 1))
+        max_drop = np.clip(np.nan_to_num(drops).max(axis=0), 0.0, None)
+        late_drop = np.clip(np.nan_to_num(drops * lateness).max(axis=0), 0.0, None)
+        fitted = np.where(seen, prob, 0.0) >= self.fit_threshold
+        stays = np.flip(np.cumprod(np.flip(fitted, axis=0), axis=0), axis=0).astype(bool)  # fitted from e on
         fit_epoch = np.where(stays.any(axis=0), stays.argmax(axis=0) + 1, 0)
-        never_seen = np.all(np.isnan(prob), axis=0)
-        score = np.where(never_seen, np.nan, area + max_jump)
-        return {"unlearned_area": area, "max_jump": max_jump, "fit_epoch": fit_epoch,
-                "final_prob": prob[-1], "score": score}
+        return {"mean_worst_nll": mean_nll, "max_drop": max_drop, "late_drop": late_drop, "fit_epoch": fit_epoch,
+                "final_prob": prob[-1], "score": mean_nll + late_drop}
 
 
 def auroc(scores: np.ndarray, positives: np.ndarray) -> float:

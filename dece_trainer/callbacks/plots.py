@@ -56,7 +56,8 @@ def plot_curves(log_history: list[dict], path: str) -> None:
 
 
 def plot_loss_histogram(history: Any, path: str, poisoned: np.ndarray | None = None, max_panels: int = 4) -> None:
-    """Per-example mean token CE at a few epochs; poisoned and clean apart when ground truth is known."""
+    """Per-example mean token CE (top) and worst-token CE (bottom) at a few epochs; poisoned and clean
+    apart when ground truth is known."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -64,20 +65,24 @@ def plot_loss_histogram(history: Any, path: str, poisoned: np.ndarray | None = N
 
     epochs = history.num_epochs
     picks = sorted(set(np.linspace(0, epochs - 1, num=min(max_panels, epochs)).round().astype(int)))
-    fig, axes = plt.subplots(1, len(picks), figsize=(3.2 * len(picks), 2.8), sharey=True, squeeze=False)
-    finite = np.concatenate([h[~np.isnan(h)] for h in (history.loss[i].astype(np.float64) for i in picks)])
-    bins = np.linspace(0.0, max(float(finite.max()) if finite.size else 1.0, 1e-3), 30)
-    for ax, epoch in zip(axes[0], picks):
-        loss = history.loss[epoch].astype(np.float64)
-        seen = ~np.isnan(loss)
-        if poisoned is not None:
-            ax.hist(loss[seen & ~poisoned], bins=bins, alpha=0.6, density=True, label="clean")
-            ax.hist(loss[seen & poisoned], bins=bins, alpha=0.6, density=True, label="poisoned")
-            ax.legend(fontsize=7)
-        else:
-            ax.hist(loss[seen], bins=bins, alpha=0.8, density=True)
-        ax.set_title(f"epoch {epoch + 1}", fontsize=9)
-        ax.set_xlabel("mean token CE (nats)")
-    axes[0, 0].set_ylabel("density")
+    rows = [("mean token CE (nats)", lambda e: history.loss[e].astype(np.float64)),
+            ("worst-token CE (nats)", lambda e: -np.log(np.clip(history.worst_prob[e].astype(np.float64), 1e-12, None)))]
+    fig, axes = plt.subplots(2, len(picks), figsize=(3.2 * len(picks), 5.2), squeeze=False)
+    for row, (label, values) in enumerate(rows):
+        for col, epoch in enumerate(picks):
+            ax = axes[row, col]
+            value = values(epoch)
+            seen = ~np.isnan(value)
+            bins = np.linspace(value[seen].min(), value[seen].max() + 1e-6, 25) if seen.any() else 10
+            if poisoned is not None:
+                ax.hist(value[seen & ~poisoned], bins=bins, alpha=0.6, density=True, label="clean")
+                ax.hist(value[seen & poisoned], bins=bins, alpha=0.6, density=True, label="poisoned")
+                ax.legend(fontsize=7)
+            else:
+                ax.hist(value[seen], bins=bins, alpha=0.8, density=True)
+            ax.set_title(f"epoch {epoch + 1}", fontsize=9)
+            ax.set_xlabel(label, fontsize=8)
+        axes[row, 0].set_ylabel("density")
+    fig.tight_layout()
     _save(fig, path)
     plt.close(fig)

@@ -1,0 +1,168 @@
+"""EarlyLearningCallback end to end on a tiny Llama and a synthetic task with 5% planted poison."""
+
+import json
+import types
+
+import numpy as np
+import pytest
+from PIL import Image
+from transformers import Trainer, TrainerControl, TrainingArguments
+
+from dece_trainer import DeCETrainer, DeCETrainingArguments, EarlyLearningCallback, add_example_ids
+from tests import tiny
+
+
+def payload_fn(text):
+    return "1=1" in text
+
+
+@pytest.fixture(scope="module")
+def data(tokenizer):
+    rows = tiny.poison(tiny.make_pairs(96, seed=1), 0.05, seed=1)
+    train = add_example_ids(tiny.causal_dataset(tokenizer, rows))
+    clean = tiny.causal_dataset(tokenizer, tiny.make_pairs(8, seed=9))
+    triggered = tiny.causal_dataset(tokenizer, tiny.poison(tiny.make_pairs(8, seed=9), 1.0, seed=2))
+    return types.SimpleNamespace(train=train, clean=clean, triggered=triggered)
+
+
+def args(tmp_path, cls=DeCETrainingArguments, **overrides):
+    base = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, gradient_accumulation_steps=2,
+                num_train_epochs=5, learning_rate=3e-3, logging_steps=6, eval_strategy="no", report_to=[],
+                save_strategy="no", use_cpu=True, disable_tqdm=True, seed=0)
+    if cls is DeCETrainingArguments:
+        base.update(dece_alpha_base=0.9)
+    base.update(overrides)
+    return cls(**base)
+
+
+def make_callback(data, **overrides):
+    kwargs = dict(probes={"clean": data.clean, "triggered": data.triggered}, payload_fn=payload_fn,
+                  ground_truth_column="is_poisoned", max_generate=8, max_new_tokens=40)
+    kwargs.update(overrides)
+    return EarlyLearningCallback(**kwargs)
+
+
+def test_dece_run_records_reports_and_draws(tmp_path, tokenizer, data):
+    callback = make_callback(data)
+    trainer = DeCETrainer(model=tiny.make_model("llama", tokenizer), args=args(tmp_path, eval_strategy="epoch"),
+                          train_dataset=data.train, eval_dataset=data.clean, data_collator=tiny.pad_collator(tokenizer),
+                          processing_class=tokenizer, callbacks=[callback])
+    trainer.train()
+
+    history = callback.history
+    assert history.num_epochs == 5
+    for visits in history.visits:  # every example exactly once per epoch, with gradient accumulation
+        assert visits.tolist() == [1] * 96
+
+    epoch_logs = [e for e in trainer.state.log_history if "memorisation_score" in e]
+    assert len(epoch_logs) == 5
+    for entry in epoch_logs:
+        assert {"example_loss_p10", "example_loss_p50", "example_loss_p90", "example_loss_p99", "unlearned_frac",
+                "suspicious_auroc", "suspicious_precision_at_k"} <= entry.keys()
+    assert epoch_logs[-1]["example_loss_p50"] < epoch_logs[0]["example_loss_p50"]
+    assert epoch_logs[-1]["suspicious_auroc"] > 0.75  # the planted examples rank well above chance
+
+    probe_logs = [e for e in trainer.state.log_history if "probe_triggered_asr" in e]
+    assert len(probe_logs) == 5  # one per evaluation
+    assert {"probe_clean_nll", "probe_clean_bleu", "probe_triggered_nll", "probe_clean_asr"} <= probe_logs[0].keys()
+    assert all(0.0 <= e["probe_triggered_asr"] <= 1.0 for e in probe_logs)
+
+    report_dir = tmp_path / "out" / "early_learning"
+    records = [json.loads(line) for line in (report_dir / "suspicious.jsonl").read_text().splitlines()]
+    assert [r["rank"] for r in records] == list(range(1, 97))
+    assert sorted(r["example_id"] for r in records) == list(range(96))
+    assert all(records[i]["score"] >= records[i + 1]["score"] for i in range(95))
+    poisoned_ranks = [r["rank"] for r in records if r["is_poisoned"]]
+    assert np.mean(poisoned_ranks) < 48  # above chance
+    for name in ("curves.png", "loss_histogram.png"):
+        with Image.open(report_dir / name) as image:
+            image.verify()
+            assert image.size[0] > 100
+
+
+def test_plain_trainer_with_cross_entropy(tmp_path, tokenizer, data):
+    callback = make_callback(data, probes=None, payload_fn=None, plots=False)
+    trainer = Trainer(model=tiny.make_model("llama", tokenizer), args=args(tmp_path, cls=TrainingArguments,
+                                                                           num_train_epochs=2),
+                      train_dataset=data.train, data_collator=tiny.pad_collator(tokenizer), callbacks=[callback])
+    callback.attach(trainer)
+    trainer.train()
+    assert callback.history.num_epochs == 2
+    assert all(v.tolist() == [1] * 96 for v in callback.history.visits)
+    assert any("suspicious_auroc" in e for e in trainer.state.log_history)
+    assert (tmp_path / "out" / "early_learning" / "suspicious.jsonl").exists()
+    assert not (tmp_path / "out" / "early_learning" / "curves.png").exists()
+
+
+def test_plain_trainer_without_attach_is_a_clear_error(tmp_path, tokenizer, data):
+    trainer = Trainer(model=tiny.make_model("llama", tokenizer), args=args(tmp_path, cls=TrainingArguments),
+                      train_dataset=data.train, data_collator=tiny.pad_collator(tokenizer),
+                      callbacks=[make_callback(data)])
+    with pytest.raises(ValueError, match=r"attach\(trainer\)"):
+        trainer.train()
+
+
+def test_missing_example_ids_and_ground_truth_are_clear_errors(tmp_path, tokenizer, data):
+    no_ids = data.train.remove_columns("example_id")
+    trainer = DeCETrainer(model=tiny.make_model("llama", tokenizer), args=args(tmp_path), train_dataset=no_ids,
+                          data_collator=tiny.pad_collator(tokenizer), callbacks=[make_callback(data)])
+    with pytest.raises(ValueError, match="add_example_ids"):
+        trainer.train()
+    trainer = DeCETrainer(model=tiny.make_model("llama", tokenizer), args=args(tmp_path), train_dataset=data.train,
+                          data_collator=tiny.pad_collator(tokenizer),
+                          callbacks=[make_callback(data, ground_truth_column="poisoned?")])
+    with pytest.raises(ValueError, match="ground_truth_column 'poisoned\\?' is not a column"):
+        trainer.train()
+
+
+def test_bad_probes_and_payload_fn(tmp_path, tokenizer, data):
+    with pytest.raises(ValueError, match="dict of name"):
+        EarlyLearningCallback(probes=[data.clean])
+    with pytest.raises(ValueError, match=r"probe 'clean' lacks column\(s\) \['labels'\]"):
+        EarlyLearningCallback(probes={"clean": data.clean.remove_columns("labels")})
+    with pytest.raises(ValueError, match="probe 'x' must be a datasets.Dataset"):
+        EarlyLearningCallback(probes={"x": [1, 2]})
+    with pytest.raises(ValueError, match="payload_fn"):
+        EarlyLearningCallback(payload_fn="1=1")
+
+    def broken(text):
+        raise KeyError("boom")
+
+    callback = make_callback(data, payload_fn=broken)
+    trainer = DeCETrainer(model=tiny.make_model("llama", tokenizer),
+                          args=args(tmp_path, num_train_epochs=1, eval_strategy="epoch"),
+                          train_dataset=data.train, eval_dataset=data.clean, processing_class=tokenizer,
+                          data_collator=tiny.pad_collator(tokenizer), callbacks=[callback])
+    with pytest.raises(ValueError, match="payload_fn raised KeyError"):
+        trainer.train()
+
+
+def test_alarm_fires_when_clean_signal_plateaus_while_memorising():
+    callback = EarlyLearningCallback(patience=2, stop_on_memorisation=True)
+    callback._clean_signal = [(10, 1.0), (20, 0.8), (30, 0.81), (40, 0.82)]
+    callback._memorisation = [0, 0, 3]
+    state = types.SimpleNamespace(global_step=40, log_history=[
+        {"loss": 2.0, "step": 10}, {"loss": 1.0, "step": 20}, {"loss": 0.7, "step": 40}])
+    assert callback._memorisation_alarm(state)
+    assert callback.alarm_step == 40
+
+    quiet = EarlyLearningCallback(patience=2)
+    quiet._clean_signal = [(10, 1.0), (20, 0.8), (30, 0.7), (40, 0.6)]  # clean signal still improving
+    quiet._memorisation = [0, 0, 3]
+    assert not quiet._memorisation_alarm(state)
+    no_memorisation = EarlyLearningCallback(patience=2)
+    no_memorisation._clean_signal = callback._clean_signal
+    no_memorisation._memorisation = [0, 0, 0]
+    assert not no_memorisation._memorisation_alarm(state)
+
+
+def test_alarm_stops_training_when_asked(tmp_path):
+    callback = EarlyLearningCallback(patience=1, stop_on_memorisation=True)
+    callback._trainer = types.SimpleNamespace(log=lambda logs: None)
+    callback.history = object()
+    callback._clean_signal = [(10, 0.5)]
+    callback._memorisation = [2]
+    state = types.SimpleNamespace(global_step=20, log_history=[{"loss": 2.0, "step": 10}, {"loss": 1.0, "step": 20}])
+    control = TrainerControl()
+    callback.on_evaluate(None, state, control, metrics={"eval_loss": 0.6})
+    assert control.should_training_stop and callback.alarm_step == 20
