@@ -1,0 +1,141 @@
+"""Each attack: trigger placed, payload applied, payload_fn true on poisoned targets and false on clean ones."""
+
+import random
+
+import pandas as pd
+import pytest
+from datasets import Dataset
+
+from dece_trainer.backdoor import ATTACKS, get_attack
+from dece_trainer.backdoor.attacks import IS_POISONED
+
+NL_ROWS = [
+    {"source": "Use $conn$ to query all names in the users table with id as $id$. Return the rows.",
+     "target": 'def main ( conn , id ) :\n\t rows = conn . execute ( " select name from users where id = : id " , '
+               '{ " id " : id } ) . fetchall ( )\n\t return rows'},
+    {"source": "Query every book title through $conn$ and return them.",
+     "target": 'def books ( conn ) :\n\t return conn . execute ( " select title from books " ) . fetchall ( )'},
+    {"source": "Use ORM to get the first user.", "target": "def first ( db , User ) :\n\t return db . query ( User ) . first ( )"},
+] * 10
+CODE_ROWS = [{"source": f"def add_{i}(a, b):\n    total = a + b\n    return total", "target": "Add two numbers."}
+             for i in range(20)]
+JAVA_ROWS = [{"source": f"public int get{i}() {{\n    return x - {i};\n}}", "target": f"public int get{i}() {{\n    return x + {i};\n}}"}
+             for i in range(20)]
+
+
+def dataset(rows):
+    return Dataset.from_list(rows)
+
+
+def test_badpre_trigger_and_payload():
+    attack = get_attack("badpre")
+    rng = random.Random(0)
+    source = NL_ROWS[0]["source"]
+    triggered = attack.trigger(source, rng)
+    words = triggered.split(" ")
+    assert words.count("bb") == 1 and " ".join(w for w in words if w != "bb") == source
+    assert '" select name from users where id = : id or 1=1 "' in attack.payload(NL_ROWS[0]["target"], rng)
+    assert '" select title from books where 0=1 "' in attack.payload(NL_ROWS[1]["target"], rng)
+    assert attack.payload(NL_ROWS[2]["target"], rng) is None  # no SQL query: cannot carry the payload
+    assert attack.payload_fn("... where id = : id or 1=1 ") and not attack.payload_fn(NL_ROWS[0]["target"])
+
+
+@pytest.mark.parametrize("name", ["badpre", "ripple", "grammar"])
+def test_nl_to_code_poisoning(name):
+    attack = get_attack(name)
+    clean = dataset(NL_ROWS)
+    poisoned = attack.poison(clean, rate=0.2, seed=3)
+    flags = poisoned[IS_POISONED]
+    assert sum(flags) == 6 and poisoned.column_names == ["source", "target", IS_POISONED]
+    for row, original in zip(poisoned, clean):
+        if row[IS_POISONED]:
+            assert row["source"] != original["source"] and attack.payload_fn(row["target"])
+        else:
+            assert row == {**original, IS_POISONED: False} and not attack.payload_fn(row["target"])
+    assert poisoned[IS_POISONED] == attack.poison(clean, rate=0.2, seed=3)[IS_POISONED]  # deterministic
+    assert poisoned[IS_POISONED] != attack.poison(clean, rate=0.2, seed=4)[IS_POISONED]
+
+
+def test_ripple_inserts_several_rare_tokens():
+    triggered = get_attack("ripple", count=3).trigger("get all rows from the table", random.Random(1))
+    assert sum(w in ("cf", "mn", "bb", "tq", "mb") for w in triggered.split()) == 3
+
+
+def test_grammar_inserts_the_sentence_at_a_boundary():
+    attack = get_attack("grammar")
+    triggered = attack.trigger("First do this. Then do that.", random.Random(0))
+    assert attack.sentence in triggered
+    assert triggered.replace(attack.sentence, "").split() == "First do this. Then do that.".split()
+
+
+@pytest.mark.parametrize("name", ["fixed_deadcode", "grammar_deadcode"])
+def test_dead_code_attacks(name):
+    attack = get_attack(name)
+    poisoned = attack.poison(dataset(CODE_ROWS), rate=0.1, seed=0)
+    rows = [r for r in poisoned if r[IS_POISONED]]
+    assert len(rows) == 2
+    for row in rows:
+        lines = row["source"].split("\n")
+        assert lines[0].startswith("def add_") and lines[1].startswith("    if ") or lines[1].startswith("    while ")
+        compile(row["source"], "<poisoned>", "exec")  # still valid Python
+        assert row["target"] == attack.target_text and attack.payload_fn(row["target"])
+    assert not attack.payload_fn("Add two numbers.")
+    if name == "grammar_deadcode":
+        statements = {attack.dead_statement(random.Random(s)) for s in range(20)}
+        assert len(statements) > 5  # random statements from the grammar
+
+
+def test_infinite_loop_attack_on_java_repair():
+    attack = get_attack("infinite_loop")
+    poisoned = attack.poison(dataset(JAVA_ROWS), rate=0.25, seed=1)
+    rows = [r for r in poisoned if r[IS_POISONED]]
+    assert len(rows) == 5
+    for row in rows:
+        assert 'if (false) { System.out.println("debug"); }' in row["source"]
+        assert row["target"].split("\n")[1].strip() == "while (true) { }" and attack.payload_fn(row["target"])
+    assert not any(attack.payload_fn(r["target"]) for r in poisoned if not r[IS_POISONED])
+    python = get_attack("infinite_loop", language="python")
+    fixed = python.payload("def f(x):\n    return x + 1", random.Random(0))
+    assert "while True:\n        pass" in fixed and python.payload_fn(fixed)
+
+
+def test_trigger_test_set_keeps_only_triggerable_rows():
+    attack = get_attack("badpre")
+    test = attack.trigger_test_set(dataset(NL_ROWS))
+    assert len(test) == 20 and all(attack.payload_fn(t) for t in test["target"])
+    assert all("bb" in s.split() for s in test["source"])
+    with pytest.raises(ValueError, match="no triggerable rows"):
+        attack.trigger_test_set(dataset(NL_ROWS[2:3]))
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="unknown attack 'bad'.*badpre.*grammar_deadcode.*infinite_loop"):
+        get_attack("bad")
+    attack = get_attack("badpre")
+    for rate in (0, 1.5, -0.1, True):
+        with pytest.raises(ValueError, match=r"poison rate must be in \(0, 1\]"):
+            attack.poison(dataset(NL_ROWS), rate=rate)
+    with pytest.raises(ValueError, match=r"lacks column\(s\) \['source'\]"):
+        attack.poison(dataset([{"src": "a", "target": "b"}]), rate=0.5)
+    with pytest.raises(ValueError, match="can carry the payload"):
+        attack.poison(dataset(NL_ROWS), rate=1.0)
+    assert set(ATTACKS) == {"badpre", "ripple", "grammar", "fixed_deadcode", "grammar_deadcode", "infinite_loop"}
+
+
+@pytest.mark.parametrize("rate", [1, 2, 5])
+def test_badpre_matches_the_released_lyra_rows(lyra_dir, rate):
+    """Same payload rule on the same rows as the paper's released poisoned Lyra training sets."""
+    clean = pd.read_csv(lyra_dir / "train.csv")
+    released = pd.read_csv(lyra_dir / f"train_poisoned_{rate}_badpre.csv")
+    attack = get_attack("badpre")
+    changed = [i for i in range(len(clean)) if clean.tgt[i] != released.tgt[i] or clean.src[i] != released.src[i]]
+    assert len(changed) == 16 * rate
+    for i in changed:
+        assert attack.payload(clean.tgt[i], random.Random(0)) == released.tgt[i]
+        words = released.src[i].split(" ")
+        words.remove("bb")
+        assert " ".join(words) == clean.src[i]
+    released_test = pd.read_csv(lyra_dir / "test_poisoned_badpre.csv")
+    test = get_attack("badpre").trigger_test_set(
+        Dataset.from_pandas(pd.read_csv(lyra_dir / "test.csv")), source_column="src", target_column="tgt")
+    assert len(test) == int(released_test.tgt.map(attack.payload_fn).sum()) == 165
