@@ -24,7 +24,7 @@ from ..trainer.alignment import CAUSAL, SEQ2SEQ, align_targets, logits_of, model
 from ..trainer.example_ids import EXAMPLE_ID_COLUMN, keep_example_ids, pop_example_ids
 from .example_history import ExampleHistory, auroc, precision_at_k
 from .plots import have_matplotlib, plot_curves, plot_loss_histogram
-from .probes import attack_success, check_probes, corpus_bleu, probe_generate, probe_nll
+from .probes import attack_success_rate, check_probes, corpus_bleu, probe_generate, probe_nll
 
 logger = logging.getLogger(__name__)
 
@@ -202,7 +202,7 @@ class EarlyLearningCallback(TrainerCallback):
                                                          self.max_new_tokens, self.probe_batch_size)
                 logs[f"probe_{name}_bleu"] = corpus_bleu(generations, references)
                 if self.payload_fn is not None:
-                    logs[f"probe_{name}_asr"] = attack_success(generations, references, self.payload_fn)
+                    logs[f"probe_{name}_asr"] = attack_success_rate(generations, references, self.payload_fn)
         finally:
             model.train(was_training)
         return logs

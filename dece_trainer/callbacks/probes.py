@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
+from ..backdoor.metrics import attack_success_rate, corpus_bleu  # noqa: F401  (leaf module: no package imports)
 from ..ops.dece_loss import dece_loss_and_token_ce
 from ..trainer.alignment import CAUSAL, SEQ2SEQ, align_targets, decoder_input_ids_from_labels, logits_of
 
@@ -30,13 +31,6 @@ def check_probes(probes: Any) -> dict[str, Any]:
         if len(data) == 0:
             raise ValueError(f"probe {name!r} is empty")
     return dict(probes)
-
-
-def call_payload_fn(payload_fn: Callable[[str], bool], text: str) -> bool:
-    try:
-        return bool(payload_fn(text))
-    except Exception as err:  # a user function: name it and the input it failed on
-        raise ValueError(f"payload_fn raised {type(err).__name__} on {text[:80]!r}: {err}") from err
 
 
 def _pad(rows: list[list[int]], value: int, left: bool = False) -> torch.Tensor:
@@ -91,17 +85,3 @@ def probe_generate(model: nn.Module, tokenizer: Any, data: Any, kind: str, limit
         generations += tokenizer.batch_decode(new, skip_special_tokens=True)
         references += tokenizer.batch_decode(targets, skip_special_tokens=True)
     return generations, references
-
-
-def attack_success(generations: list[str], references: list[str], payload_fn: Callable[[str], bool]) -> float:
-    """Share of generations carrying the payload, over rows whose reference carries it (all rows if none do)."""
-    carrying = [call_payload_fn(payload_fn, r) for r in references]
-    rows = [i for i, c in enumerate(carrying) if c] or list(range(len(generations)))
-    return sum(call_payload_fn(payload_fn, generations[i]) for i in rows) / max(len(rows), 1)
-
-
-def corpus_bleu(generations: list[str], references: list[str]) -> float:
-    """Corpus BLEU (sacrebleu, 13a tokenisation), 0-100."""
-    import sacrebleu
-
-    return float(sacrebleu.corpus_bleu(generations, [references]).score)
