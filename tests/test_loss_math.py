@@ -295,3 +295,20 @@ def test_bad_labels_and_shapes():
         deceptive_cross_entropy(torch.randn(2, 1), torch.zeros(2, dtype=torch.long), alpha=0.9)
     with pytest.raises(ValueError, match="alpha_base"):
         DeCELoss(alpha_base=0)
+
+
+def test_generalized_cross_entropy_matches_its_definition():
+    from dece_trainer.ops.gce import generalized_cross_entropy
+
+    logits = torch.randn(4, 5, 9, dtype=torch.float64)
+    labels = torch.randint(0, 9, (4, 5))
+    labels[0, :2] = IGNORE
+    z = logits.float().requires_grad_()
+    out = generalized_cross_entropy(z, labels, q=0.7)
+    p_gold = logits.softmax(-1).gather(-1, labels.clamp(min=0)[..., None]).squeeze(-1)
+    expected = torch.where(labels != IGNORE, (1 - p_gold ** 0.7) / 0.7, 0.0).sum() / (labels != IGNORE).sum()
+    torch.testing.assert_close(out.loss.double(), expected, rtol=1e-5, atol=1e-6)
+    out.loss.backward()
+    assert torch.count_nonzero(z.grad[0, :2]) == 0
+    with pytest.raises(ValueError, match="q"):
+        generalized_cross_entropy(z, labels, q=0.0)

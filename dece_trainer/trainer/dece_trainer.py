@@ -105,8 +105,7 @@ class DeCEMixin:
         logits = logits_of(outputs)
         targets = align_targets(logits, labels, self.dece_model_kind, shift_labels)
         alpha = self.dece_alpha
-        out = dece_loss_and_token_ce(logits, targets, alpha=alpha, label_smoothing=self.dece.label_smoothing,
-                                     num_items_in_batch=num_items_in_batch)
+        out = self.token_loss(logits, targets, alpha, num_items_in_batch)
         loss = out.loss
         if model.training:
             self._dece_last_alpha = alpha
@@ -130,6 +129,13 @@ class DeCEMixin:
         else:
             outputs = (loss, *outputs)
         return loss, outputs
+
+    def token_loss(self, logits: torch.Tensor, targets: torch.Tensor, alpha: float,
+                   num_items_in_batch: torch.Tensor | int | None) -> DeCELossOutput:
+        """The loss of aligned logits (..., V) and targets (...), with per-token CE. DeCE here; subclasses
+        swap in other losses (the benchmark's baselines) and keep everything else."""
+        return dece_loss_and_token_ce(logits, targets, alpha=alpha, label_smoothing=self.dece.label_smoothing,
+                                      num_items_in_batch=num_items_in_batch)
 
     # ---- logging and model card -----------------------------------------------------------------
 
