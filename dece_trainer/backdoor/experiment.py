@@ -1,0 +1,244 @@
+"""One benchmark cell end to end: encode, (warm-start,) train with a loss, generate, measure.
+
+A *cell* is (dataset, attack, poison rate, loss, alpha, seed). ``run_cell`` trains in its own folder with
+a checkpoint every epoch, so an interrupted cell resumes from its last checkpoint, and returns a record
+with the clean and backdoor metrics on the test sets and the per-epoch probe curves on validation data.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import torch
+from datasets import Dataset
+from transformers import TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+
+from ..callbacks import EarlyLearningCallback
+from ..ops.gce import generalized_cross_entropy
+from ..trainer import DeCETrainer, DeCETrainingArguments
+from ..trainer.example_ids import add_example_ids
+from .attacks import IS_POISONED
+from .data import SOURCE, TARGET
+from .metrics import attack_success_rate, code_bleu, corpus_bleu, exact_match, false_trigger_rate
+
+PROMPT = "{source}\n### Output:\n"
+LOSSES = ("ce", "dece", "ls", "gce", "lowlr")
+LOSS_HELP = {"ce": "cross-entropy", "dece": "DeCE", "ls": "label smoothing 0.1 alone",
+             "gce": "generalized cross-entropy (q=0.7)", "lowlr": "CE at a tenth of the learning rate"}
+
+
+@dataclass
+class TrainConfig:
+    """How one model is trained and evaluated (shared by every cell of a grid)."""
+
+    epochs: float = 3.0
+    learning_rate: float = 1e-3
+    batch_size: int = 16
+    grad_accum: int = 1
+    max_source_tokens: int = 256
+    max_target_tokens: int = 128
+    max_new_tokens: int = 64
+    eval_batch_size: int = 32
+    probe_size: int = 64
+    label_smoothing: float = 0.05
+    alpha_schedule: str = "epoch"
+    bf16: bool = False
+    lora_r: int = 0
+    codebleu_lang: str | None = "python"
+    max_test: int | None = None
+    report_to: list[str] = field(default_factory=list)
+
+
+def encode(data: Dataset, tokenizer: Any, cfg: TrainConfig) -> Dataset:
+    """Prompt + target + eos as one causal sequence, labels -100 on the prompt. Keeps ``is_poisoned``."""
+    eos = tokenizer.eos_token_id
+
+    def one(row):
+        prompt_ids = tokenizer(PROMPT.format(source=row[SOURCE]), add_special_tokens=False)["input_ids"]
+        prompt_ids = ([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []) + \
+            prompt_ids[: cfg.max_source_tokens]
+        target_ids = tokenizer(row[TARGET], add_special_tokens=False)["input_ids"][: cfg.max_target_tokens] + [eos]
+        ids = prompt_ids + target_ids
+        return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": [-100] * len(prompt_ids) + target_ids}
+
+    keep = [c for c in data.column_names if c == IS_POISONED]
+    return data.map(one, remove_columns=[c for c in data.column_names if c not in keep])
+
+
+def collator(tokenizer: Any) -> Callable[[list[dict]], dict]:
+    """Right-pads ids, mask and labels; passes scalar columns (``example_id``, ``is_poisoned``) through."""
+    pad = tokenizer.pad_token_id
+
+    def collate(features):
+        width = max(len(f["input_ids"]) for f in features)
+        out = {"input_ids": torch.tensor([f["input_ids"] + [pad] * (width - len(f["input_ids"])) for f in features]),
+               "attention_mask": torch.tensor([f["attention_mask"] + [0] * (width - len(f["attention_mask"]))
+                                               for f in features]),
+               "labels": torch.tensor([f["labels"] + [-100] * (width - len(f["labels"])) for f in features])}
+        for key, value in features[0].items():
+            if key not in out and isinstance(value, (int, bool)):
+                out[key] = torch.tensor([f[key] for f in features])
+        return out
+
+    return collate
+
+
+class GCETrainer(DeCETrainer):
+    """The GCE baseline: DeCETrainer's plumbing (metrics, GA, multi-process) with the GCE loss."""
+
+    def token_loss(self, logits, targets, alpha, num_items_in_batch):
+        return generalized_cross_entropy(logits, targets, q=0.7, num_items_in_batch=num_items_in_batch)
+
+
+def loss_settings(loss: str, alpha_base: float, cfg: TrainConfig) -> dict[str, Any]:
+    """Trainer class, DeCE settings and learning rate for a named loss (CE is DeCE with a = 1, e = 0)."""
+    if loss not in LOSSES:
+        raise ValueError(f"unknown loss {loss!r}; valid losses: {', '.join(LOSSES)}")
+    settings = {"trainer": DeCETrainer, "dece_alpha_base": 1.0, "dece_label_smoothing": 0.0,
+                "learning_rate": cfg.learning_rate}
+    if loss == "dece":
+        settings.update(dece_alpha_base=alpha_base, dece_label_smoothing=cfg.label_smoothing)
+    elif loss == "ls":
+        settings.update(dece_label_smoothing=0.1)
+    elif loss == "gce":
+        settings.update(trainer=GCETrainer)
+    elif loss == "lowlr":
+        settings.update(learning_rate=cfg.learning_rate / 10)
+    return settings
+
+
+def train(model: Any, tokenizer: Any, train_data: Dataset, out_dir: str, cfg: TrainConfig, loss: str = "ce",
+          alpha_base: float = 0.985, seed: int = 0, probes: dict[str, Dataset] | None = None,
+          payload_fn: Callable[[str], bool] | None = None, save_final: bool = False) -> tuple[Any, list[dict]]:
+    """Train ``model`` on encoded ``train_data`` with ``loss``; resumes from a checkpoint in ``out_dir``.
+
+    With ``probes`` (encoded clean/triggered validation sets) an EarlyLearningCallback records per-epoch
+    probe NLL/BLEU/ASR and, when ``train_data`` has ``is_poisoned``, the suspicious-example ranking.
+    Returns the trained model and the trainer's log history.
+    """
+    settings = loss_settings(loss, alpha_base, cfg)
+    data = add_example_ids(train_data)
+    callbacks = []
+    if probes:
+        callbacks.append(EarlyLearningCallback(
+            probes=probes, payload_fn=payload_fn, max_generate=cfg.probe_size, max_new_tokens=cfg.max_new_tokens,
+            ground_truth_column=IS_POISONED if IS_POISONED in data.column_names else None, plots=True))
+    args = DeCETrainingArguments(
+        output_dir=out_dir, num_train_epochs=cfg.epochs, learning_rate=settings["learning_rate"],
+        per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
+        per_device_eval_batch_size=cfg.eval_batch_size, warmup_steps=0.05, weight_decay=0.0,
+        logging_steps=10, eval_strategy="epoch" if probes else "no", save_strategy="epoch", save_total_limit=1,
+        report_to=cfg.report_to, seed=seed, data_seed=seed, bf16=cfg.bf16, use_cpu=not torch.cuda.is_available(),
+        dece_alpha_base=settings["dece_alpha_base"], dece_label_smoothing=settings["dece_label_smoothing"],
+        dece_alpha_schedule=cfg.alpha_schedule, disable_tqdm=False, save_only_model=False,
+    )
+    eval_data = next(iter(probes.values())) if probes else None
+    trainer = settings["trainer"](model=model, args=args, train_dataset=data, eval_dataset=eval_data,
+                                  data_collator=collator(tokenizer), processing_class=tokenizer, callbacks=callbacks)
+    checkpoint = get_last_checkpoint(out_dir) if os.path.isdir(out_dir) else None
+    trainer.train(resume_from_checkpoint=checkpoint)
+    if save_final:
+        trainer.save_model(os.path.join(out_dir, "final"))
+    return trainer.model, trainer.state.log_history
+
+
+@torch.no_grad()
+def generate(model: Any, tokenizer: Any, sources: list[str], cfg: TrainConfig, desc: str = "generate") -> list[str]:
+    """Greedy continuations of the prompts built from ``sources`` (left-padded batches)."""
+    from tqdm.auto import tqdm
+
+    model.eval()
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id
+    out = []
+    for start in tqdm(range(0, len(sources), cfg.eval_batch_size), desc=desc, leave=False):
+        prompts = []
+        for source in sources[start:start + cfg.eval_batch_size]:
+            ids = tokenizer(PROMPT.format(source=source), add_special_tokens=False)["input_ids"][: cfg.max_source_tokens]
+            prompts.append(([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []) + ids)
+        width = max(len(p) for p in prompts)
+        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+        generated = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=cfg.max_new_tokens,
+                                   do_sample=False, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
+        out += tokenizer.batch_decode(generated[:, width:], skip_special_tokens=True)
+    return [text.strip() for text in out]
+
+
+def evaluate(model: Any, tokenizer: Any, clean_test: Dataset, triggered_test: Dataset,
+             payload_fn: Callable[[str], bool], cfg: TrainConfig) -> dict[str, float]:
+    """Clean quality (BLEU, CodeBLEU, exact match, false-trigger rate) and ASR on the triggered set."""
+    if cfg.max_test:
+        clean_test = clean_test.select(range(min(cfg.max_test, len(clean_test))))
+        triggered_test = triggered_test.select(range(min(cfg.max_test, len(triggered_test))))
+    clean_out = generate(model, tokenizer, clean_test[SOURCE], cfg, "clean test")
+    trig_out = generate(model, tokenizer, triggered_test[SOURCE], cfg, "triggered test")
+    refs = clean_test[TARGET]
+    result = {"bleu": corpus_bleu(clean_out, refs), "exact_match": exact_match(clean_out, refs),
+              "false_trigger_rate": false_trigger_rate(clean_out, payload_fn),
+              "asr": attack_success_rate(trig_out, triggered_test[TARGET], payload_fn),
+              "n_clean": len(clean_test), "n_triggered": len(triggered_test)}
+    result["codebleu"] = code_bleu(clean_out, refs, cfg.codebleu_lang) if cfg.codebleu_lang else float("nan")
+    result["examples"] = [{"source": s, "reference": r, "generation": g}
+                          for s, r, g in list(zip(triggered_test[SOURCE], triggered_test[TARGET], trig_out))[:3]]
+    return result
+
+
+def epoch_curves(log_history: list[dict]) -> list[dict]:
+    """Per-epoch probe and early-learning metrics from a log history (validation data)."""
+    keys = ("probe_clean_bleu", "probe_triggered_asr", "probe_clean_asr", "probe_clean_nll", "probe_triggered_nll",
+            "suspicious_auroc", "memorisation_score", "unlearned_frac", "example_loss_p50")
+    rows: dict[float, dict] = {}
+    for entry in log_history:
+        if "epoch" in entry and any(k in entry for k in keys):
+            row = rows.setdefault(round(entry["epoch"], 3), {"epoch": round(entry["epoch"], 3)})
+            row.update({k: entry[k] for k in keys if k in entry})
+    return list(rows.values())
+
+
+@dataclass
+class Cell:
+    """One cell of the grid and the key that names its folder and its record."""
+
+    dataset: str
+    attack: str
+    poison_rate: float
+    loss: str
+    seed: int
+    alpha_base: float | None = None
+
+    @property
+    def key(self) -> str:
+        alpha = f"-a{self.alpha_base:g}" if self.loss == "dece" else ""
+        return f"{self.dataset}-{self.attack}-p{self.poison_rate:g}-{self.loss}{alpha}-s{self.seed}"
+
+    def record(self) -> dict:
+        return asdict(self)
+
+
+def run_cell(cell: Cell, model_factory: Callable[[int], tuple[Any, Any]], train_data: Dataset,
+             probes: dict[str, Dataset], clean_test: Dataset, triggered_test: Dataset,
+             payload_fn: Callable[[str], bool], cfg: TrainConfig, out_dir: str) -> dict:
+    """Train and evaluate one cell; returns its record (cell fields, metrics, seconds, curves)."""
+    model, tokenizer = model_factory(cell.seed)
+    start = time.time()
+    encoded = encode(train_data, tokenizer, cfg)
+    encoded_probes = {name: encode(data, tokenizer, cfg) for name, data in probes.items()}
+    model, history = train(model, tokenizer, encoded, out_dir, cfg, loss=cell.loss,
+                           alpha_base=cell.alpha_base or 1.0, seed=cell.seed, probes=encoded_probes,
+                           payload_fn=payload_fn)
+    train_seconds = time.time() - start
+    metrics = evaluate(model, tokenizer, clean_test, triggered_test, payload_fn, cfg)
+    record = {**cell.record(), "key": cell.key, **{k: v for k, v in metrics.items() if k != "examples"},
+              "train_seconds": round(train_seconds, 1), "curves": epoch_curves(history),
+              "examples": metrics["examples"]}
+    for name in os.listdir(out_dir):  # keep the early-learning report and pictures, drop checkpoints
+        if name.startswith("checkpoint-"):
+            shutil.rmtree(os.path.join(out_dir, name), ignore_errors=True)
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in record.items()}

@@ -1,0 +1,132 @@
+"""Results: an atomic, resumable ``results.json``, the paper-layout markdown table, and the alpha chart."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+from typing import Any
+
+METRICS = ("bleu", "codebleu", "asr", "false_trigger_rate")
+
+
+class ResultStore:
+    """``results.json`` in ``output_dir``: one record per finished cell, rewritten atomically after each."""
+
+    def __init__(self, output_dir: str):
+        os.makedirs(output_dir, exist_ok=True)
+        self.path = os.path.join(output_dir, "results.json")
+        self.records: list[dict] = []
+        if os.path.exists(self.path):
+            with open(self.path, encoding="utf-8") as f:
+                self.records = json.load(f)["cells"]
+
+    def done(self, key: str) -> bool:
+        return any(r["key"] == key for r in self.records)
+
+    def add(self, record: dict) -> None:
+        self.records = [r for r in self.records if r["key"] != record["key"]] + [record]
+        write_json(self.path, {"cells": self.records})
+
+
+def write_json(path: str, payload: Any) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(payload, f, indent=2)
+    os.replace(tmp, path)
+
+
+def _mean_std(values: list[float]) -> str:
+    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not values:
+        return "-"
+    mean = statistics.fmean(values)
+    return f"{mean:.2f} ± {statistics.stdev(values):.2f}" if len(values) > 1 else f"{mean:.2f}"
+
+
+def row_label(record: dict) -> str:
+    if record["loss"] == "dece":
+        return f"dece (alpha_base {record['alpha_base']:g})"
+    return record["loss"]
+
+
+def summary_rows(records: list[dict]) -> list[dict]:
+    """Mean and spread over seeds, per (dataset, poison rate, loss/alpha, attack)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        groups.setdefault((r["dataset"], r["poison_rate"], row_label(r), r["attack"]), []).append(r)
+    rows = []
+    for (dataset, rate, label, attack), cells in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
+        row = {"dataset": dataset, "poison_rate": rate, "loss": label, "attack": attack, "seeds": len(cells)}
+        for metric in METRICS:
+            scale = 100.0 if metric in ("asr", "false_trigger_rate") else 1.0
+            row[metric] = _mean_std([c[metric] * scale if c.get(metric) is not None else None for c in cells])
+        row["train_seconds"] = _mean_std([c["train_seconds"] for c in cells])
+        rows.append(row)
+    return rows
+
+
+def markdown_table(records: list[dict]) -> str:
+    """The paper's layout: one row per loss, per attack its BLEU / CodeBLEU / ASR (%), mean ± std over seeds."""
+    rows = summary_rows(records)
+    attacks = sorted({r["attack"] for r in rows})
+    lines = []
+    for (dataset, rate) in sorted({(r["dataset"], r["poison_rate"]) for r in rows}, key=str):
+        lines.append(f"\n{dataset}, poison rate {rate}\n")
+        header = "| loss | " + " | ".join(f"{a} BLEU | {a} CodeBLEU | {a} ASR % | {a} FTR %" for a in attacks)
+        lines += [header + " | seeds |", "|" + " --- |" * (1 + 4 * len(attacks) + 1)]
+        labels = sorted({r["loss"] for r in rows if (r["dataset"], r["poison_rate"]) == (dataset, rate)})
+        for label in labels:
+            cells, seeds = [], 0
+            for attack in attacks:
+                match = [r for r in rows if (r["dataset"], r["poison_rate"], r["loss"], r["attack"]) ==
+                         (dataset, rate, label, attack)]
+                if match:
+                    cells += [match[0][m] for m in METRICS]
+                    seeds = max(seeds, match[0]["seeds"])
+                else:
+                    cells += ["-"] * len(METRICS)
+            lines.append(f"| {label} | " + " | ".join(cells) + f" | {seeds} |")
+    return "\n".join(lines).strip() + "\n"
+
+
+def plot_alpha_sweep(records: list[dict], path: str) -> bool:
+    """ASR and clean BLEU on validation probes (last epoch) against alpha_base; CE drawn at alpha 1.
+    Returns False (and draws nothing) without matplotlib or without a DeCE sweep."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    points: dict[float, list[tuple[float, float]]] = {}
+    for r in records:
+        if r["loss"] not in ("dece", "ce") or not r.get("curves"):
+            continue
+        last = r["curves"][-1]
+        if "probe_triggered_asr" not in last or "probe_clean_bleu" not in last:
+            continue
+        alpha = 1.0 if r["loss"] == "ce" else r["alpha_base"]
+        points.setdefault(alpha, []).append((100 * last["probe_triggered_asr"], last["probe_clean_bleu"]))
+    if len(points) < 2:
+        return False
+    alphas = sorted(points)
+    asr = [statistics.fmean(p[0] for p in points[a]) for a in alphas]
+    bleu = [statistics.fmean(p[1] for p in points[a]) for a in alphas]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(alphas, asr, "o-", color="tab:red", label="ASR % (triggered validation)")
+    ax.set_xlabel("alpha_base (1.0 = CE)")
+    ax.set_ylabel("ASR %", color="tab:red")
+    ax2 = ax.twinx()
+    ax2.plot(alphas, bleu, "s--", color="tab:blue", label="BLEU (clean validation)")
+    ax2.set_ylabel("BLEU", color="tab:blue")
+    ax.set_title("DeCE alpha sweep (validation data, last epoch)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = f"{path}.tmp-{os.getpid()}.png"
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, path)
+    plt.close(fig)
+    return True

@@ -1,0 +1,1 @@
+"""The command-line front door: ``dece-trainer`` / ``python -m dece_trainer``."""

@@ -1,0 +1,167 @@
+"""``dece-trainer bench``: the experiment grid, resumable, with the paper-layout table and the alpha chart."""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import sys
+import time
+
+from ..backdoor.attacks import ATTACKS
+from ..backdoor.data import EMBEDDED_TASKS
+from ..backdoor.experiment import LOSS_HELP, LOSSES, Cell, TrainConfig, run_cell
+from ..backdoor.factories import model_factory
+from ..backdoor.report import ResultStore, markdown_table, plot_alpha_sweep, summary_rows, write_json
+from ..backdoor.tasks import Benchmark, embedded, from_files
+
+
+def csv_list(kind):
+    def parse(text: str):
+        try:
+            return [kind(x) for x in text.split(",") if x.strip()]
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {kind.__name__}: {text!r}") from err
+    return parse
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("data: the embedded task, or already-poisoned files as released")
+    g.add_argument("--dataset", default="method_name",
+                   help=f"embedded task: {', '.join(EMBEDDED_TASKS)} (ignored with --train_file)")
+    g.add_argument("--max_per_split", type=int, default=None, help="cap rows per split of the embedded task")
+    g.add_argument("--train_file", help="CSV/JSONL training set, already poisoned")
+    g.add_argument("--validation_file", help="clean CSV/JSONL validation set (probes; alpha is tuned on it)")
+    g.add_argument("--test_file", help="clean CSV/JSONL test set")
+    g.add_argument("--triggered_test_file", help="triggered CSV/JSONL test set (targets carry the payload)")
+    g.add_argument("--warmup_file", help="clean CSV/JSONL set to warm-start small models on")
+    g.add_argument("--source_column", default="source")
+    g.add_argument("--target_column", default="target")
+    g.add_argument("--payload_regex", default="1=1|0=1", help="regex that detects the payload in an output")
+    g.add_argument("--codebleu_lang", default="python", choices=["python", "java", "none"])
+
+
+def add_train_arguments(parser: argparse.ArgumentParser, epochs: float = 3.0) -> None:
+    g = parser.add_argument_group("model and training")
+    g.add_argument("--model", default="small",
+                   help="tiny, small or base (from scratch, warm-started), smollm2 (offline SmolLM2-135M), "
+                        "or a Hub id / local folder of a causal LM")
+    g.add_argument("--warmup_epochs", type=float, default=4.0, help="CE epochs on the clean warm-up split "
+                   "(small models only; cached)")
+    g.add_argument("--epochs", type=float, default=epochs)
+    g.add_argument("--learning_rate", type=float, default=1e-3)
+    g.add_argument("--batch_size", type=int, default=16)
+    g.add_argument("--grad_accum", type=int, default=1)
+    g.add_argument("--max_source_tokens", type=int, default=256)
+    g.add_argument("--max_target_tokens", type=int, default=128)
+    g.add_argument("--max_new_tokens", type=int, default=64)
+    g.add_argument("--max_test", type=int, default=None, help="evaluate on the first N test rows only")
+    g.add_argument("--probe_size", type=int, default=64, help="validation rows generated per probe per epoch")
+    g.add_argument("--label_smoothing", type=float, default=0.05, help="DeCE's label smoothing")
+    g.add_argument("--alpha_schedule", default="epoch", choices=["epoch", "continuous"])
+    g.add_argument("--lora_r", type=int, default=0, help="LoRA rank for pretrained models (0: full fine-tune)")
+    g.add_argument("--bf16", action="store_true", help="bf16 mixed precision")
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(epochs=args.epochs, learning_rate=args.learning_rate, batch_size=args.batch_size,
+                       grad_accum=args.grad_accum, max_source_tokens=args.max_source_tokens,
+                       max_target_tokens=args.max_target_tokens, max_new_tokens=args.max_new_tokens,
+                       probe_size=args.probe_size, label_smoothing=args.label_smoothing,
+                       alpha_schedule=args.alpha_schedule, bf16=args.bf16, lora_r=args.lora_r,
+                       codebleu_lang=None if args.codebleu_lang == "none" else args.codebleu_lang,
+                       max_test=args.max_test)
+
+
+def load_benchmark(args: argparse.Namespace, attack: str, rate: float, seed: int) -> Benchmark:
+    if args.train_file:
+        missing = [f for f in ("test_file", "triggered_test_file") if not getattr(args, f)]
+        if missing:
+            raise ValueError(f"with --train_file also give {', '.join('--' + m for m in missing)}")
+        return from_files(args.train_file, args.test_file, args.triggered_test_file, args.payload_regex,
+                          validation_file=args.validation_file, source_column=args.source_column,
+                          target_column=args.target_column, attack_name=attack if attack in ATTACKS else None,
+                          name=os.path.splitext(os.path.basename(args.train_file))[0], warmup_file=args.warmup_file,
+                          probe_size=args.probe_size)
+    return embedded(args.dataset, attack, rate, seed=seed, max_per_split=args.max_per_split,
+                    probe_size=args.probe_size)
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("bench", help="run the experiment grid (resumable) and print the paper's table",
+                              description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_data_arguments(p)
+    g = p.add_argument_group("grid")
+    g.add_argument("--attacks", type=csv_list(str), default=["fixed_deadcode"],
+                   help=f"attacks ({', '.join(ATTACKS)}); with --train_file, the attack that made the files "
+                        "(used to trigger the validation probe)")
+    g.add_argument("--poison_rates", type=csv_list(float), default=[0.05], help="ignored with --train_file")
+    g.add_argument("--losses", type=csv_list(str), default=["ce", "dece"],
+                   help="; ".join(f"{k}: {v}" for k, v in LOSS_HELP.items()))
+    g.add_argument("--alpha_bases", type=csv_list(float), default=[0.985, 0.9, 0.8, 0.5], help="DeCE cells sweep these")
+    g.add_argument("--seeds", type=csv_list(int), default=[0])
+    add_train_arguments(p)
+    p.add_argument("--output_dir", default="bench_out")
+    p.set_defaults(func=run)
+
+
+def validate(args: argparse.Namespace) -> None:
+    bad = [a for a in args.attacks if a not in ATTACKS]
+    if bad and not args.train_file:
+        raise ValueError(f"unknown attack(s) {bad}; valid attacks: {', '.join(ATTACKS)}")
+    bad = [loss for loss in args.losses if loss not in LOSSES]
+    if bad:
+        raise ValueError(f"unknown loss(es) {bad}; valid losses: {', '.join(LOSSES)}")
+    for rate in args.poison_rates:
+        if not 0 < rate <= 1:
+            raise ValueError(f"poison rate must be in (0, 1], got {rate}")
+    for alpha in args.alpha_bases:
+        if not 0 < alpha <= 1:
+            raise ValueError(f"alpha_base must be in (0, 1], got {alpha}")
+    if not args.train_file and args.dataset not in EMBEDDED_TASKS:
+        raise ValueError(f"unknown dataset {args.dataset!r}; valid datasets: {', '.join(EMBEDDED_TASKS)} "
+                         "(or give --train_file ...)")
+
+
+def cells_of(args: argparse.Namespace, dataset: str, file_rate: float | None = None) -> list[Cell]:
+    rates = [file_rate] if args.train_file else args.poison_rates
+    cells = []
+    for attack, rate, seed, loss in itertools.product(args.attacks, rates, args.seeds, args.losses):
+        alphas = args.alpha_bases if loss == "dece" else [None]
+        cells += [Cell(dataset, attack, rate, loss, seed, a) for a in alphas]
+    return cells
+
+
+def run(args: argparse.Namespace) -> int:
+    validate(args)
+    cfg = train_config(args)
+    store = ResultStore(args.output_dir)
+    dataset = os.path.splitext(os.path.basename(args.train_file))[0] if args.train_file else args.dataset
+    file_rate = load_benchmark(args, args.attacks[0], 0.0, 0).poison_rate if args.train_file else None
+    cells = cells_of(args, dataset, file_rate)
+    todo = [c for c in cells if not store.done(c.key)]
+    print(f"bench: {len(cells)} cells, {len(cells) - len(todo)} already done, results in {store.path}", flush=True)
+    cache_root = os.path.join(args.output_dir, "_cache", f"{dataset}-n{args.max_per_split}")
+    for i, cell in enumerate(todo, 1):
+        benchmark = load_benchmark(args, cell.attack, cell.poison_rate, cell.seed)
+        print(f"[{i}/{len(todo)}] {cell.key}: {benchmark.describe()}", flush=True)
+        factory = model_factory(args.model, benchmark, cache_root, args.warmup_epochs, cfg, args.lora_r)
+        record = run_cell(cell, factory, benchmark.train, benchmark.probes, benchmark.clean_test,
+                          benchmark.triggered_test, benchmark.payload_fn, cfg,
+                          os.path.join(args.output_dir, "cells", cell.key))
+        record.update(model=args.model, machine=platform.machine(), python=sys.version.split()[0],
+                      finished=time.strftime("%Y-%m-%d %H:%M:%S"))
+        store.add(record)
+        print(f"    BLEU {record['bleu']:.2f}  ASR {100 * record['asr']:.1f}%  FTR "
+              f"{100 * record['false_trigger_rate']:.1f}%  ({record['train_seconds']:.0f} s)", flush=True)
+    table = markdown_table(store.records)
+    print("\n" + table)
+    with open(os.path.join(args.output_dir, "table.md"), "w", encoding="utf-8") as f:
+        f.write(table)
+    write_json(os.path.join(args.output_dir, "table.json"), summary_rows(store.records))
+    if plot_alpha_sweep(store.records, os.path.join(args.output_dir, "alpha_sweep.png")):
+        print(f"alpha chart: {os.path.join(args.output_dir, 'alpha_sweep.png')}")
+    print(json.dumps({"results": store.path, "cells": len(store.records)}))
+    return 0

@@ -1,0 +1,110 @@
+"""``dece-trainer demo``: does DeCE stop a backdoor? CE vs DeCE on the embedded task, on this machine.
+
+Builds the embedded method-name task from the installed Python standard library, poisons 5% of the
+fine-tuning set with the fixed dead-code trigger (payload: the name "create user account"), warm-starts a
+small model on a disjoint clean split (cached), fine-tunes it with CE and with DeCE, and measures clean
+BLEU, attack success rate (ASR) and false-trigger rate on the test split. Prints a table, writes
+``demo.json`` and ``demo.png`` in ``--output_dir``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from ..backdoor.report import write_json
+from . import bench
+
+DEMO_ALPHA = 0.8  # from the alpha sweep on validation data (docs/benchmark.md)
+PRESETS = {
+    "default": dict(model="small", max_per_split=None, warmup_epochs=4.0, epochs=3.0, max_test=200, probe_size=32),
+    "quick": dict(model="tiny", max_per_split=500, warmup_epochs=6.0, epochs=3.0, max_test=100, probe_size=16),
+}
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("demo", help="CE vs DeCE against a planted backdoor on the embedded task",
+                              description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="a tiny model on a subset: about 3 minutes on 2 CPU cores")
+    p.add_argument("--alpha_base", type=float, default=DEMO_ALPHA, help="DeCE's alpha_base")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output_dir", default="dece_demo")
+    p.set_defaults(func=run)
+
+
+def bench_namespace(args: argparse.Namespace) -> argparse.Namespace:
+    preset = PRESETS["quick" if args.quick else "default"]
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers()
+    bench.add_parser(sub)
+    ns = parser.parse_args(["bench"])
+    ns.__dict__.update(preset)
+    ns.__dict__.update(dataset="method_name", attacks=["fixed_deadcode"], poison_rates=[0.05], losses=["ce", "dece"],
+                       alpha_bases=[args.alpha_base], seeds=[args.seed], max_new_tokens=12, max_source_tokens=192,
+                       max_target_tokens=16, learning_rate=2e-3, batch_size=16, output_dir=args.output_dir)
+    return ns
+
+
+def verdict(ce: dict, dece: dict) -> str:
+    if ce["asr"] < 0.2:
+        return (f"The backdoor did not take under CE in this run (ASR {100 * ce['asr']:.0f}%), so this run cannot "
+                "show whether DeCE stops it.")
+    if dece["asr"] <= 0.5 * ce["asr"] and ce["asr"] - dece["asr"] >= 0.2:
+        return (f"DeCE stopped most of the backdoor: ASR {100 * dece['asr']:.0f}% vs {100 * ce['asr']:.0f}% under "
+                f"CE, clean BLEU {dece['bleu']:.1f} vs {ce['bleu']:.1f}.")
+    return (f"DeCE did NOT clearly stop the backdoor in this run: ASR {100 * dece['asr']:.0f}% vs "
+            f"{100 * ce['asr']:.0f}% under CE. Try a lower --alpha_base.")
+
+
+def plot(records: list[dict], path: str) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    for record in records:
+        label = "CE" if record["loss"] == "ce" else f"DeCE (alpha_base {record['alpha_base']:g})"
+        curves = [c for c in record["curves"] if "probe_triggered_asr" in c]
+        epochs = [c["epoch"] for c in curves]
+        axes[0].plot(epochs, [100 * c["probe_triggered_asr"] for c in curves], "o-", label=label)
+        axes[1].plot(epochs, [c["probe_clean_bleu"] for c in curves], "o-", label=label)
+    axes[0].set(title="attack success (triggered validation)", xlabel="epoch", ylabel="ASR %", ylim=(-5, 105))
+    axes[1].set(title="clean quality (validation)", xlabel="epoch", ylabel="BLEU")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = f"{path}.tmp-{os.getpid()}.png"
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, path)
+    plt.close(fig)
+    return True
+
+
+def run(args: argparse.Namespace) -> int:
+    ns = bench_namespace(args)
+    bench.run(ns)
+    with open(os.path.join(args.output_dir, "results.json"), encoding="utf-8") as f:
+        records = json.load(f)["cells"]
+    ce = next(r for r in records if r["loss"] == "ce" and r["seed"] == args.seed)
+    dece = next(r for r in records if r["loss"] == "dece" and r["alpha_base"] == args.alpha_base
+                and r["seed"] == args.seed)
+    print("| loss | clean BLEU | ASR % | false-trigger rate % | train time (s) |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for name, r in (("CE", ce), (f"DeCE (alpha_base {args.alpha_base:g})", dece)):
+        print(f"| {name} | {r['bleu']:.2f} | {100 * r['asr']:.1f} | {100 * r['false_trigger_rate']:.1f} | "
+              f"{r['train_seconds']:.0f} |")
+    message = verdict(ce, dece)
+    print("\n" + message)
+    summary = {"preset": "quick" if args.quick else "default", "alpha_base": args.alpha_base, "seed": args.seed,
+               "ce": {k: ce[k] for k in ("bleu", "codebleu", "asr", "false_trigger_rate", "train_seconds")},
+               "dece": {k: dece[k] for k in ("bleu", "codebleu", "asr", "false_trigger_rate", "train_seconds")},
+               "verdict": message}
+    write_json(os.path.join(args.output_dir, "demo.json"), summary)
+    if plot([ce, dece], os.path.join(args.output_dir, "demo.png")):
+        print(f"plot: {os.path.join(args.output_dir, 'demo.png')}")
+    return 0
