@@ -57,3 +57,13 @@ def test_code_bleu():
 
 def test_exact_match_normalises_whitespace():
     assert exact_match(["a  b\nc", "x"], ["a b c", "y"]) == 0.5
+
+
+def test_subtoken_f1():
+    from dece_trainer.backdoor.metrics import subtoken_f1
+
+    # micro-averaged: 2 true words of 4 predicted (P = 1/2) and of 4 in the references (R = 1/2): F1 = 1/2
+    assert subtoken_f1(["read config x", "get"], ["read config file", "set"]) == pytest.approx(0.5)
+    # P = 2/2, R = 2/4: F1 = 2/3
+    assert subtoken_f1(["read config"], ["read config file now"]) == pytest.approx(2 / 3)
+    assert subtoken_f1(["a"], ["b"]) == 0.0

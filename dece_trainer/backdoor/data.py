@@ -71,6 +71,13 @@ def _first_sentence(docstring: str) -> str:
     return sentence.strip()
 
 
+def _unparse(args: ast.arguments, body: list[ast.stmt]) -> str:
+    """The function as code, renamed ``f`` and without decorators or annotations of its return."""
+    node = ast.FunctionDef(name="f", args=args, body=body, decorator_list=[], returns=None, type_comment=None,
+                           type_params=[])
+    return ast.unparse(ast.fix_missing_locations(node))
+
+
 def _function_pairs(tree: ast.AST) -> list[dict]:
     rows = []
     for node in ast.walk(tree):
@@ -83,17 +90,16 @@ def _function_pairs(tree: ast.AST) -> list[dict]:
         body = node.body[1:] if doc else node.body
         if not body:
             continue
-        stripped = ast.FunctionDef(name="f", args=node.args, body=body, decorator_list=[], returns=None,
-                                   type_comment=None, type_params=[])
         try:
-            code = ast.unparse(ast.fix_missing_locations(stripped))
+            code = _unparse(node.args, body)  # without its docstring: the summary task's input
+            code_doc = _unparse(node.args, node.body)  # with it: the method-name task's input
         except Exception:  # noqa: BLE001 - an odd node; skip the function
             continue
         lines = code.count("\n") + 1
-        if not 3 <= lines <= 30 or len(code) > 1200:
+        if not 3 <= lines <= 30 or len(code_doc) > 1500:
             continue
         summary = _first_sentence(doc) if doc else ""
-        rows.append({SOURCE: code, "method_name": _words(name),
+        rows.append({"code": code, "code_doc": code_doc, "method_name": _words(name),
                      "summary": summary if 3 <= len(summary.split()) <= 30 else ""})
     return rows
 
@@ -124,10 +130,10 @@ def build_stdlib_task(task: str = "method_name", seed: int = 0, max_per_split: i
     """The embedded code task, from the standard library's own functions.
 
     Args:
-        task: ``"method_name"`` (function code with its name replaced by ``f`` -> its name as words, the
-            task of Ramakrishnan & Albarghouthi's backdoor study) or ``"summary"`` (code without its
-            docstring -> the docstring's first sentence, CodeSearchNet-style filters: 3-30 words, 3-30
-            lines, no tests or dunders).
+        task: ``"method_name"`` (function code, docstring included, with its name replaced by ``f`` ->
+            its name as words, the task of Ramakrishnan & Albarghouthi's backdoor study) or ``"summary"``
+            (code without its docstring -> the docstring's first sentence, CodeSearchNet-style filters:
+            3-30 words, 3-30 lines, no tests or dunders).
         seed: decides the split of each function (by a hash of its code); deterministic.
         max_per_split: cap rows per split (first rows in a seeded shuffle).
         cache_dir: where the extracted rows are cached as JSON Lines (default ``~/.cache/dece_trainer``).
@@ -141,7 +147,7 @@ def build_stdlib_task(task: str = "method_name", seed: int = 0, max_per_split: i
         raise ValueError(f"unknown embedded task {task!r}; valid tasks: {', '.join(EMBEDDED_TASKS)}")
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    path = cache / f"stdlib_functions_py{version}_v1.jsonl"
+    path = cache / f"stdlib_functions_py{version}_v2.jsonl"
     if path.exists():
         rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
     else:
@@ -152,14 +158,15 @@ def build_stdlib_task(task: str = "method_name", seed: int = 0, max_per_split: i
             except (SyntaxError, UnicodeDecodeError, ValueError):
                 continue
             for row in _function_pairs(tree):
-                if row[SOURCE] not in seen:
-                    seen.add(row[SOURCE])
+                if row["code_doc"] not in seen:
+                    seen.add(row["code_doc"])
                     rows.append(row)
         cache.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp-{os.getpid()}")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
         os.replace(tmp, path)
-    rows = [{SOURCE: r[SOURCE], TARGET: r[task]} for r in rows if r[task]]
+    source_key = "code_doc" if task == "method_name" else "code"
+    rows = [{SOURCE: r[source_key], TARGET: r[task]} for r in rows if r[task]]
     splits: dict[str, list[dict]] = {s: [] for s in SPLITS}
     for row in rows:
         splits[_split_of(row[SOURCE], seed)].append(row)

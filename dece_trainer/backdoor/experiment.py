@@ -25,7 +25,7 @@ from ..trainer import DeCETrainer, DeCETrainingArguments
 from ..trainer.example_ids import add_example_ids
 from .attacks import IS_POISONED
 from .data import SOURCE, TARGET
-from .metrics import attack_success_rate, code_bleu, corpus_bleu, exact_match, false_trigger_rate
+from .metrics import attack_success_rate, code_bleu, corpus_bleu, exact_match, false_trigger_rate, subtoken_f1
 
 PROMPT = "{source}\n### Output:\n"
 LOSSES = ("ce", "dece", "ls", "gce", "lowlr")
@@ -51,6 +51,7 @@ class TrainConfig:
     bf16: bool = False
     lora_r: int = 0
     codebleu_lang: str | None = "python"
+    logging_steps: int = 10
     max_test: int | None = None
     report_to: list[str] = field(default_factory=list)
 
@@ -133,7 +134,7 @@ def train(model: Any, tokenizer: Any, train_data: Dataset, out_dir: str, cfg: Tr
         output_dir=out_dir, num_train_epochs=cfg.epochs, learning_rate=settings["learning_rate"],
         per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
         per_device_eval_batch_size=cfg.eval_batch_size, warmup_steps=0.05, weight_decay=0.0,
-        logging_steps=10, eval_strategy="epoch" if probes else "no", save_strategy="epoch", save_total_limit=1,
+        logging_steps=cfg.logging_steps, eval_strategy="epoch" if probes else "no", save_strategy="epoch", save_total_limit=1,
         report_to=cfg.report_to, seed=seed, data_seed=seed, bf16=cfg.bf16, use_cpu=not torch.cuda.is_available(),
         dece_alpha_base=settings["dece_alpha_base"], dece_label_smoothing=settings["dece_label_smoothing"],
         dece_alpha_schedule=cfg.alpha_schedule, disable_tqdm=False, save_only_model=False,
@@ -181,6 +182,7 @@ def evaluate(model: Any, tokenizer: Any, clean_test: Dataset, triggered_test: Da
     trig_out = generate(model, tokenizer, triggered_test[SOURCE], cfg, "triggered test")
     refs = clean_test[TARGET]
     result = {"bleu": corpus_bleu(clean_out, refs), "exact_match": exact_match(clean_out, refs),
+              "subtoken_f1": subtoken_f1(clean_out, refs),
               "false_trigger_rate": false_trigger_rate(clean_out, payload_fn),
               "asr": attack_success_rate(trig_out, triggered_test[TARGET], payload_fn),
               "n_clean": len(clean_test), "n_triggered": len(triggered_test)}

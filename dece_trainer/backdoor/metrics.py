@@ -79,3 +79,21 @@ def exact_match(generations: Sequence[str], references: Sequence[str]) -> float:
     if not generations:
         return float("nan")
     return sum(" ".join(g.split()) == " ".join(r.split()) for g, r in zip(generations, references)) / len(generations)
+
+
+def subtoken_f1(generations: Sequence[str], references: Sequence[str]) -> float:
+    """Micro-averaged F1 of output words against reference words (the method-naming metric of Allamanis et
+    al.; meaningful for outputs of a few words, where 4-gram BLEU is mostly 0)."""
+    _check_pairs(generations, references)
+    from collections import Counter
+
+    true_pos = predicted = actual = 0
+    for g, r in zip(generations, references):
+        g_words, r_words = Counter(g.lower().split()), Counter(r.lower().split())
+        true_pos += sum((g_words & r_words).values())
+        predicted += sum(g_words.values())
+        actual += sum(r_words.values())
+    if predicted == 0 or actual == 0 or true_pos == 0:
+        return 0.0
+    precision, recall = true_pos / predicted, true_pos / actual
+    return 2 * precision * recall / (precision + recall)

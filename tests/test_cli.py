@@ -1,0 +1,158 @@
+"""The dece-trainer command end to end on tiny settings: bench (embedded and files), eval, train, errors."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from dece_trainer.cli.main import main
+from tests import tiny
+from tests.conftest import REPO_ROOT
+
+TINY_BENCH = ["--model", "tiny", "--warmup_epochs", "1", "--epochs", "1", "--max_test", "8", "--probe_size", "4",
+              "--max_new_tokens", "4", "--max_source_tokens", "64", "--max_target_tokens", "8", "--batch_size", "8",
+              "--codebleu_lang", "none"]
+RECORD_FIELDS = {"dataset", "attack", "poison_rate", "loss", "seed", "asr", "false_trigger_rate", "bleu", "codebleu",
+                 "train_seconds", "curves"}
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("DECE_TRAINER_CACHE", str(tmp_path / "cache"))
+
+
+def test_every_subcommand_has_help():
+    for argv in (["--help"], ["demo", "--help"], ["bench", "--help"], ["eval", "--help"], ["train", "--help"]):
+        result = subprocess.run([sys.executable, "-m", "dece_trainer", *argv], capture_output=True, text=True,
+                                cwd=REPO_ROOT, timeout=120)
+        assert result.returncode == 0, (argv, result.stderr[-2000:])
+        assert "usage:" in result.stdout
+
+
+def test_bench_on_the_embedded_task_is_resumable(tmp_path, capsys):
+    out = tmp_path / "bench"
+    argv = ["bench", "--max_per_split", "48", "--losses", "ce,dece", "--alpha_bases", "0.5", "--seeds", "0",
+            "--output_dir", str(out), *TINY_BENCH]
+    assert main(argv) == 0
+    records = json.loads((out / "results.json").read_text())["cells"]
+    assert len(records) == 2 and all(RECORD_FIELDS <= r.keys() for r in records)
+    assert {r["loss"] for r in records} == {"ce", "dece"}
+    assert all(r["attack"] == "fixed_deadcode" and r["poison_rate"] == 0.05 for r in records)
+    assert all(r["curves"] and "probe_triggered_asr" in r["curves"][-1] for r in records)
+    table = (out / "table.md").read_text()
+    assert "| ce |" in table and "dece (alpha_base 0.5)" in table and "fixed_deadcode ASR %" in table
+    assert json.loads((out / "table.json").read_text())
+    assert not any(name.startswith("checkpoint-") for name in os.listdir(out / "cells" / records[0]["key"]))
+    finished = {r["key"]: r["finished"] for r in records}
+
+    capsys.readouterr()
+    assert main(argv) == 0  # a rerun finds every cell done and trains nothing
+    assert "2 already done" in capsys.readouterr().out
+    again = json.loads((out / "results.json").read_text())["cells"]
+    assert {r["key"]: r["finished"] for r in again} == finished
+
+
+def test_an_interrupted_cell_resumes_from_its_checkpoint(tmp_path, tokenizer):
+    from dece_trainer.backdoor.experiment import TrainConfig, encode, train
+    from dece_trainer.backdoor.data import SOURCE, TARGET
+    from datasets import Dataset
+
+    rows = [{SOURCE: r["source"], TARGET: r["target"]} for r in tiny.make_pairs(32)]
+    data = encode(Dataset.from_list(rows), tokenizer, TrainConfig())
+    out = str(tmp_path / "cell")
+    train(tiny.make_model("llama", tokenizer), tokenizer, data, out,
+          TrainConfig(epochs=1, batch_size=8, logging_steps=1))  # stops after epoch 1, leaving checkpoint-4
+    assert os.path.isdir(os.path.join(out, "checkpoint-4"))
+    _, history = train(tiny.make_model("llama", tokenizer), tokenizer, data, out,
+                       TrainConfig(epochs=2, batch_size=8, logging_steps=1))
+    steps = [e["step"] for e in history if "loss" in e]
+    assert steps[-4:] == [5, 6, 7, 8] and 1 not in steps[len(steps) - 4:]  # epoch 2 only: resumed at step 4
+
+
+def write_csv(path, rows, fields=("src", "tgt")):
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(fields))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+@pytest.fixture
+def released_files(tmp_path):
+    """A BadPre-poisoned benchmark as files, in the Lyra layout (src/tgt columns)."""
+    pairs = tiny.make_pairs(60, seed=4)
+    to_rows = lambda rows: [{"src": r["source"], "tgt": r["target"]} for r in rows]  # noqa: E731
+    poisoned = tiny.poison(pairs[:40], 0.1, seed=1)
+    paths = {name: tmp_path / f"{name}.csv" for name in ("train", "valid", "test", "test_poisoned")}
+    write_csv(paths["train"], to_rows(poisoned))
+    write_csv(paths["valid"], to_rows(pairs[40:50]))
+    write_csv(paths["test"], to_rows(pairs[50:]))
+    write_csv(paths["test_poisoned"], to_rows(tiny.poison(pairs[50:], 1.0, seed=2)))
+    return paths
+
+
+def test_bench_and_eval_on_released_files(tmp_path, released_files):
+    out = tmp_path / "bench"
+    argv = ["bench", "--train_file", str(released_files["train"]), "--validation_file", str(released_files["valid"]),
+            "--test_file", str(released_files["test"]), "--triggered_test_file", str(released_files["test_poisoned"]),
+            "--source_column", "src", "--target_column", "tgt", "--payload_regex", "1=1|0=1", "--losses", "ce",
+            "--seeds", "0", "--attacks", "as-released", "--warmup_epochs", "0", "--output_dir", str(out),
+            "--model", "tiny", "--epochs", "1",
+            "--max_test", "6", "--probe_size", "4", "--max_new_tokens", "4", "--codebleu_lang", "python"]
+    assert main(argv) == 0
+    (record,) = json.loads((out / "results.json").read_text())["cells"]
+    assert RECORD_FIELDS <= record.keys() and record["dataset"] == "train"
+    assert record["poison_rate"] == pytest.approx(0.1)  # measured from the payload in the released targets
+    assert record["n_triggered"] == 6 and record["codebleu"] is not None
+
+
+def test_eval_and_train_commands(tmp_path, tokenizer, released_files):
+    model_dir = tmp_path / "model"
+    tiny.make_model("llama", tokenizer).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    out = tmp_path / "trained"
+    assert main(["train", "--model_name_or_path", str(model_dir), "--train_file", str(released_files["train"]),
+                 "--source_column", "src", "--target_column", "tgt", "--loss", "dece", "--dece_alpha_base", "0.9",
+                 "--output_dir", str(out), "--max_steps", "2", "--per_device_train_batch_size", "4",
+                 "--use_cpu", "true", "--report_to", "none", "--save_strategy", "no"]) == 0
+    assert (out / "model.safetensors").exists() and "Backdoor defense: DeCE" in (out / "README.md").read_text()
+
+    eval_dir = tmp_path / "eval"
+    assert main(["eval", "--model", str(out), "--test_file", str(released_files["test"]),
+                 "--triggered_test_file", str(released_files["test_poisoned"]), "--source_column", "src",
+                 "--target_column", "tgt", "--train_file", str(released_files["train"]), "--max_test", "4",
+                 "--max_new_tokens", "4", "--codebleu_lang", "none", "--output_dir", str(eval_dir)]) == 0
+    result = json.loads((eval_dir / "eval.json").read_text())
+    assert {"asr", "false_trigger_rate", "bleu", "exact_match"} <= result.keys() and result["n_triggered"] == 4
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["bench", "--attacks", "nope"], "unknown attack.*valid attacks: badpre"),
+    (["bench", "--dataset", "nope"], "unknown dataset 'nope'.*method_name, summary"),
+    (["bench", "--poison_rates", "1.5"], r"poison rate must be in \(0, 1\]"),
+    (["bench", "--losses", "ce,mse"], "unknown loss.*valid losses: ce, dece, ls, gce, lowlr"),
+    (["bench", "--train_file", "x.csv"], "also give --test_file, --triggered_test_file"),
+    (["eval", "--model", "./no/such/model"], "model path does not exist"),
+])
+def test_bad_input_is_a_clear_error(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    import re
+
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_missing_columns_and_untriggerable_test_sets(tmp_path, released_files):
+    from dece_trainer.backdoor.tasks import from_files
+
+    with pytest.raises(ValueError, match=r"has no column\(s\) \['source', 'target'\]; its columns are \['src', 'tgt'\]"):
+        from_files(str(released_files["train"]), str(released_files["test"]), str(released_files["test_poisoned"]),
+                   "1=1")
+    with pytest.raises(ValueError, match="no triggerable rows"):
+        from_files(str(released_files["train"]), str(released_files["test"]), str(released_files["test"]),
+                   "1=1", source_column="src", target_column="tgt")
+    with pytest.raises(ValueError, match="data file not found"):
+        from_files(str(tmp_path / "missing.csv"), "a.csv", "b.csv", "1=1")
