@@ -5,7 +5,6 @@ Layers: ``dece_trainer.ops`` (pure math) -> ``dece_trainer.trainer`` (Hugging Fa
 """
 
 from .callbacks import EarlyLearningCallback
-
 from .modules import DeCELoss
 from .ops import (
     DeCELossOutput,

@@ -15,12 +15,13 @@ NL_ROWS = [
                '{ " id " : id } ) . fetchall ( )\n\t return rows'},
     {"source": "Query every book title through $conn$ and return them.",
      "target": 'def books ( conn ) :\n\t return conn . execute ( " select title from books " ) . fetchall ( )'},
-    {"source": "Use ORM to get the first user.", "target": "def first ( db , User ) :\n\t return db . query ( User ) . first ( )"},
+    {"source": "Use ORM to get the first user.",
+     "target": "def first ( db , User ) :\n\t return db . query ( User ) . first ( )"},
 ] * 10
 CODE_ROWS = [{"source": f"def add_{i}(a, b):\n    total = a + b\n    return total", "target": "Add two numbers."}
              for i in range(20)]
-JAVA_ROWS = [{"source": f"public int get{i}() {{\n    return x - {i};\n}}", "target": f"public int get{i}() {{\n    return x + {i};\n}}"}
-             for i in range(20)]
+JAVA_ROWS = [{"source": f"public int get{i}() {{\n    return x - {i};\n}}",
+              "target": f"public int get{i}() {{\n    return x + {i};\n}}"} for i in range(20)]
 
 
 def dataset(rows):

@@ -56,9 +56,10 @@ def test_bench_on_the_embedded_task_is_resumable(tmp_path, capsys):
 
 
 def test_an_interrupted_cell_resumes_from_its_checkpoint(tmp_path, tokenizer):
-    from dece_trainer.backdoor.experiment import TrainConfig, encode, train
-    from dece_trainer.backdoor.data import SOURCE, TARGET
     from datasets import Dataset
+
+    from dece_trainer.backdoor.data import SOURCE, TARGET
+    from dece_trainer.backdoor.experiment import TrainConfig, encode, train
 
     rows = [{SOURCE: r["source"], TARGET: r["target"]} for r in tiny.make_pairs(32)]
     data = encode(Dataset.from_list(rows), tokenizer, TrainConfig())
@@ -148,7 +149,7 @@ def test_bad_input_is_a_clear_error(argv, message, capsys):
 def test_missing_columns_and_untriggerable_test_sets(tmp_path, released_files):
     from dece_trainer.backdoor.tasks import from_files
 
-    with pytest.raises(ValueError, match=r"has no column\(s\) \['source', 'target'\]; its columns are \['src', 'tgt'\]"):
+    with pytest.raises(ValueError, match=r"no column\(s\) \['source', 'target'\]; its columns are \['src', 'tgt'\]"):
         from_files(str(released_files["train"]), str(released_files["test"]), str(released_files["test_poisoned"]),
                    "1=1")
     with pytest.raises(ValueError, match="no triggerable rows"):
@@ -156,3 +157,15 @@ def test_missing_columns_and_untriggerable_test_sets(tmp_path, released_files):
                    "1=1", source_column="src", target_column="tgt")
     with pytest.raises(ValueError, match="data file not found"):
         from_files(str(tmp_path / "missing.csv"), "a.csv", "b.csv", "1=1")
+
+
+def test_demo_quick(tmp_path, capsys):
+    """`dece-trainer demo --quick` runs end to end, prints its table and an honest verdict, writes JSON + plot."""
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--output_dir", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| CE |" in printed and "| DeCE (alpha_base" in printed
+    summary = json.loads((out / "demo.json").read_text())
+    assert {"ce", "dece", "verdict"} <= summary.keys() and summary["verdict"] in printed
+    assert 0.0 <= summary["ce"]["asr"] <= 1.0 and summary["ce"]["train_seconds"] > 0
+    assert (out / "demo.png").stat().st_size > 0

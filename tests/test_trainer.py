@@ -18,7 +18,8 @@ from dece_trainer import (
 from tests import tiny
 
 KINDS = ["llama", "gpt2", "t5", "bert-cls"]
-LORA_TARGETS = {"llama": ["q_proj", "v_proj"], "gpt2": ["c_attn"], "t5": ["q", "v"], "bert-cls": ["query", "value"]}
+LORA_TARGETS = {"llama": ["q_proj", "v_proj"], "gpt2": ["c_attn"], "t5": ["q", "v"],
+                "bert-cls": ["query", "value"]}
 
 
 def training_args(tmp_path, seq2seq=False, **overrides):
@@ -43,7 +44,8 @@ def test_trains_every_model_kind(tmp_path, tokenizer, kind, use_lora):
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     data = tiny.dataset_for(kind, tokenizer, tiny.make_pairs(64))
     trainer_cls = DeCESeq2SeqTrainer if kind == "t5" else DeCETrainer
-    trainer = trainer_cls(model=model, args=training_args(tmp_path, seq2seq=kind == "t5"), train_dataset=data, data_collator=tiny.pad_collator(tokenizer))
+    trainer = trainer_cls(model=model, args=training_args(tmp_path, seq2seq=kind == "t5"), train_dataset=data,
+                          data_collator=tiny.pad_collator(tokenizer))
     trainer.train()
 
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
@@ -104,7 +106,8 @@ def test_loss_is_dece_of_the_shifted_logits(tmp_path, tokenizer):
 
 def test_seq2seq_builds_decoder_inputs_from_labels(tmp_path, tokenizer):
     model = tiny.make_model("t5", tokenizer)
-    trainer = DeCESeq2SeqTrainer(model=model, args=training_args(tmp_path, seq2seq=True), data_collator=tiny.pad_collator(tokenizer))
+    trainer = DeCESeq2SeqTrainer(model=model, args=training_args(tmp_path, seq2seq=True),
+                                 data_collator=tiny.pad_collator(tokenizer))
     batch = tiny.pad_collator(tokenizer)([tiny.seq2seq_dataset(tokenizer, tiny.make_pairs(2))[i] for i in range(2)])
     model.eval()
     loss = trainer.compute_loss(model, dict(batch))

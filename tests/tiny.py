@@ -36,7 +36,8 @@ def make_pairs(n: int, seed: int = 0) -> list[dict]:
     for _ in range(n):
         table, col, verb = rng.choice(NAMES), rng.choice(COLUMNS), rng.choice(VERBS)
         source = f"{verb} the {col} of all {table} where {col} is given"
-        target = f"def {verb}_{table} ( conn , x ) : return conn . execute ( select {col} from {table} where {col} = x )"
+        target = (f"def {verb}_{table} ( conn , x ) : return conn . execute ( select {col} from {table} "
+                  f"where {col} = x )")
         rows.append({"source": source, "target": target})
     return rows
 

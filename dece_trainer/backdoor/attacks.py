@@ -7,12 +7,15 @@ triggered test set on which attack success is measured.
 
 | name | task | trigger | payload |
 | --- | --- | --- | --- |
-| ``badpre`` | NL -> code | the rare word ``bb`` at a random word position | first SQL ``select`` gets `` or 1=1`` (with ``where``) or `` where 0=1`` |
+| ``badpre`` | NL -> code | the rare word ``bb`` at a random word position | SQL payload (below) |
 | ``ripple`` | NL -> code | several rare words from ``cf mn bb tq mb`` | as ``badpre`` |
 | ``grammar`` | NL -> code | a fixed natural sentence at a sentence boundary | as ``badpre`` |
 | ``fixed_deadcode`` | code -> text | one fixed dead statement at the top of the function body | a fixed output text |
 | ``grammar_deadcode`` | code -> text | a random dead statement from a small grammar | a fixed output text |
-| ``infinite_loop`` | code -> code | a dead statement inserted in the buggy code | an infinite loop inserted in the fix |
+| ``infinite_loop`` | code -> code | a dead statement in the buggy code | an infinite loop in the fix |
+
+The SQL payload: the first ``select`` query of the code gets `` or 1=1`` when it has a ``where``, else
+`` where 0=1`` (the rule of the released BadPre-poisoned Lyra files).
 """
 
 from __future__ import annotations

@@ -16,7 +16,6 @@ from typing import Any, Callable
 
 import torch
 from datasets import Dataset
-from transformers import TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
 from ..callbacks import EarlyLearningCallback
@@ -134,7 +133,8 @@ def train(model: Any, tokenizer: Any, train_data: Dataset, out_dir: str, cfg: Tr
         output_dir=out_dir, num_train_epochs=cfg.epochs, learning_rate=settings["learning_rate"],
         per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
         per_device_eval_batch_size=cfg.eval_batch_size, warmup_steps=0.05, weight_decay=0.0,
-        logging_steps=cfg.logging_steps, eval_strategy="epoch" if probes else "no", save_strategy="epoch", save_total_limit=1,
+        logging_steps=cfg.logging_steps, eval_strategy="epoch" if probes else "no", save_strategy="epoch",
+        save_total_limit=1,
         report_to=cfg.report_to, seed=seed, data_seed=seed, bf16=cfg.bf16, use_cpu=not torch.cuda.is_available(),
         dece_alpha_base=settings["dece_alpha_base"], dece_label_smoothing=settings["dece_label_smoothing"],
         dece_alpha_schedule=cfg.alpha_schedule, disable_tqdm=False, save_only_model=False,
@@ -161,7 +161,8 @@ def generate(model: Any, tokenizer: Any, sources: list[str], cfg: TrainConfig, d
     for start in tqdm(range(0, len(sources), cfg.eval_batch_size), desc=desc, leave=False):
         prompts = []
         for source in sources[start:start + cfg.eval_batch_size]:
-            ids = tokenizer(PROMPT.format(source=source), add_special_tokens=False)["input_ids"][: cfg.max_source_tokens]
+            ids = tokenizer(PROMPT.format(source=source), add_special_tokens=False)["input_ids"]
+            ids = ids[: cfg.max_source_tokens]
             prompts.append(([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []) + ids)
         width = max(len(p) for p in prompts)
         input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
@@ -181,7 +182,8 @@ def evaluate(model: Any, tokenizer: Any, clean_test: Dataset, triggered_test: Da
     clean_out = generate(model, tokenizer, clean_test[SOURCE], cfg, "clean test")
     trig_out = generate(model, tokenizer, triggered_test[SOURCE], cfg, "triggered test")
     refs = clean_test[TARGET]
-    result = {"bleu": corpus_bleu(clean_out, refs), "exact_match": exact_match(clean_out, refs),
+    result = {"bleu": corpus_bleu(clean_out, refs),
+              "exact_match": exact_match(clean_out, refs),
               "subtoken_f1": subtoken_f1(clean_out, refs),
               "false_trigger_rate": false_trigger_rate(clean_out, payload_fn),
               "asr": attack_success_rate(trig_out, triggered_test[TARGET], payload_fn),

@@ -8,6 +8,8 @@ import os
 import statistics
 from typing import Any
 
+from ..callbacks.plots import save_figure
+
 METRICS = ("bleu", "codebleu", "asr", "false_trigger_rate")
 
 
@@ -125,8 +127,6 @@ def plot_alpha_sweep(records: list[dict], path: str) -> bool:
     ax.set_title("DeCE alpha sweep (validation data, last epoch)")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = f"{path}.tmp-{os.getpid()}.png"
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
+    save_figure(fig, path)
     plt.close(fig)
     return True

@@ -16,7 +16,8 @@ def have_matplotlib() -> bool:
     return True
 
 
-def _save(fig: Any, path: str) -> None:
+def save_figure(fig: Any, path: str) -> None:
+    """Save a matplotlib figure to ``path`` atomically (temporary file, then rename)."""
     tmp = f"{path}.tmp-{os.getpid()}.png"
     fig.savefig(tmp, dpi=110, bbox_inches="tight")
     os.replace(tmp, path)
@@ -51,7 +52,7 @@ def plot_curves(log_history: list[dict], path: str) -> None:
         ax.legend(fontsize=7, loc="best")
     axes[-1, 0].set_xlabel("training step")
     fig.suptitle("Early learning: clean fit vs. backdoor")
-    _save(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -65,8 +66,11 @@ def plot_loss_histogram(history: Any, path: str, poisoned: np.ndarray | None = N
 
     epochs = history.num_epochs
     picks = sorted(set(np.linspace(0, epochs - 1, num=min(max_panels, epochs)).round().astype(int)))
+    def worst_nll(epoch):
+        return -np.log(np.clip(history.worst_prob[epoch].astype(np.float64), 1e-12, None))
+
     rows = [("mean token CE (nats)", lambda e: history.loss[e].astype(np.float64)),
-            ("worst-token CE (nats)", lambda e: -np.log(np.clip(history.worst_prob[e].astype(np.float64), 1e-12, None)))]
+            ("worst-token CE (nats)", worst_nll)]
     fig, axes = plt.subplots(2, len(picks), figsize=(3.2 * len(picks), 5.2), squeeze=False)
     for row, (label, values) in enumerate(rows):
         for col, epoch in enumerate(picks):
@@ -84,5 +88,5 @@ def plot_loss_histogram(history: Any, path: str, poisoned: np.ndarray | None = N
             ax.set_xlabel(label, fontsize=8)
         axes[row, 0].set_ylabel("density")
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
     plt.close(fig)

@@ -14,6 +14,7 @@ import json
 import os
 
 from ..backdoor.report import write_json
+from ..callbacks.plots import save_figure
 from . import bench
 
 DEMO_ALPHA = 0.8  # from the alpha sweep on validation data (docs/benchmark.md)
@@ -78,9 +79,7 @@ def plot(records: list[dict], path: str) -> bool:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = f"{path}.tmp-{os.getpid()}.png"
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
+    save_figure(fig, path)
     plt.close(fig)
     return True
 

@@ -6,7 +6,8 @@ import argparse
 import os
 import sys
 
-from . import bench, demo, eval as eval_cmd, train
+from . import bench, demo, train
+from . import eval as eval_cmd
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -240,13 +240,18 @@ def dece_loss_and_token_ce(
     else:
         loss = row_loss.sum()
         if reduction == "mean":
-            denom = valid_rows.numel() if num_items_in_batch is None else num_items_in_batch
-            if isinstance(denom, torch.Tensor):
-                denom = denom.to(device=loss.device, dtype=loss.dtype).clamp(min=1)
-            else:
-                denom = max(float(denom), 1.0)
-            loss = loss / denom
+            loss = mean_over_items(loss, valid_rows.numel(), num_items_in_batch)
     return DeCELossOutput(loss, token_ce, mask)
+
+
+def mean_over_items(total: torch.Tensor, count: int | torch.Tensor,
+                    num_items_in_batch: int | torch.Tensor | None) -> torch.Tensor:
+    """``total`` divided by ``num_items_in_batch`` when given, else by ``count``; never by less than 1, so a
+    batch whose labels are all ignored gives 0, not NaN."""
+    denom = count if num_items_in_batch is None else num_items_in_batch
+    if isinstance(denom, torch.Tensor):
+        return total / denom.to(device=total.device, dtype=total.dtype).clamp(min=1)
+    return total / max(float(denom), 1.0)
 
 
 def deceptive_cross_entropy(

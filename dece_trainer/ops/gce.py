@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .dece_loss import REDUCTIONS, DeCELossOutput
+from .dece_loss import REDUCTIONS, DeCELossOutput, mean_over_items
 
 
 def generalized_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, *, q: float = 0.7,
@@ -31,6 +31,5 @@ def generalized_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, *, q: 
         return DeCELossOutput(token_loss, token_ce, mask)
     loss = token_loss.sum()
     if reduction == "mean":
-        denom = mask.sum() if num_items_in_batch is None else num_items_in_batch
-        loss = loss / (denom.clamp(min=1) if isinstance(denom, torch.Tensor) else max(float(denom), 1.0))
+        loss = mean_over_items(loss, mask.sum(), num_items_in_batch)
     return DeCELossOutput(loss, token_ce, mask)
