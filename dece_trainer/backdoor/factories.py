@@ -1,5 +1,11 @@
 """Model factories for the grid: each call gives a fresh (model, tokenizer) for a seed, from the same
-competent starting point, so every cell of a comparison starts equal."""
+competent starting point, so every cell of a comparison starts equal.
+
+DeCE's premise is a model that learns the clean task first. A model that does not know the task's output
+format yet (a from-scratch model, or a pretrained one meeting a new prompt format) finds every target
+improbable, and DeCE then slows clean learning as much as the backdoor. So both factories can warm-start:
+CE for ``warmup_epochs`` on the benchmark's clean warm-up split, once per seed, cached.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
 from .data import SOURCE, TARGET
 from .experiment import PROMPT, TrainConfig, encode, train
@@ -17,10 +23,33 @@ from .tasks import Benchmark
 ModelFactory = Callable[[int], tuple[Any, Any]]
 
 
+def warm_started(fresh: ModelFactory, benchmark: Benchmark, warm_dir: str, warmup_epochs: float,
+                 cfg: TrainConfig) -> ModelFactory:
+    """Wrap ``fresh`` so each seed's model is first trained with CE on the clean warm-up split, once; the
+    result is cached in ``{warm_dir}-s{seed}/final`` and reloaded for every cell."""
+    if warmup_epochs <= 0 or benchmark.warmup is None:
+        return fresh
+
+    def make(seed: int):
+        final = Path(f"{warm_dir}-s{seed}") / "final"
+        if not (final / "model.safetensors").exists():
+            model, tokenizer = fresh(seed)
+            warm_cfg = TrainConfig(**{**cfg.__dict__, "epochs": warmup_epochs})
+            model, _ = train(model, tokenizer, encode(benchmark.warmup, tokenizer, warm_cfg), str(final.parent),
+                             warm_cfg, loss="ce", seed=seed)
+            if hasattr(model, "merge_and_unload"):  # LoRA: fold the warm-up into the weights
+                model = model.merge_and_unload()
+            model.save_pretrained(final)
+            tokenizer.save_pretrained(final)
+        return (AutoModelForCausalLM.from_pretrained(final, use_safetensors=True),
+                AutoTokenizer.from_pretrained(final))
+
+    return make
+
+
 def small_factory(benchmark: Benchmark, size: str, cache_dir: str, warmup_epochs: float, cfg: TrainConfig,
                   vocab_size: int = 4000) -> ModelFactory:
-    """From-scratch small Llama with a BPE tokenizer trained on the benchmark's text, warm-started with CE on
-    the clean warm-up split for ``warmup_epochs`` (cached per seed) when the benchmark has one."""
+    """From-scratch small Llama with a BPE tokenizer trained on the benchmark's text (cached), warm-started."""
     if size not in SMALL_SIZES:
         raise ValueError(f"unknown model {size!r}; valid: {', '.join(SMALL_SIZES)}, smollm2, or a path/Hub id")
     cache = Path(cache_dir)
@@ -34,41 +63,39 @@ def small_factory(benchmark: Benchmark, size: str, cache_dir: str, warmup_epochs
         tokenizer = train_bpe_tokenizer(texts, vocab_size)
         tokenizer.save_pretrained(tok_dir)
 
+    def fresh(seed: int):
+        positions = cfg.max_source_tokens + cfg.max_target_tokens + 32
+        return small_causal_lm(tokenizer, size, seed=seed, max_positions=positions), tokenizer
+
+    return warm_started(fresh, benchmark, str(cache / f"warm-{size}-e{warmup_epochs:g}"), warmup_epochs, cfg)
+
+
+def pretrained_factory(name_or_path: str) -> ModelFactory:
+    """A pretrained causal LM: Hub id, local folder, or ``smollm2`` (the offline SmolLM2-135M)."""
+    return lambda seed: load_pretrained(name_or_path)
+
+
+def with_lora(factory: ModelFactory, lora_r: int, lora_alpha: int = 32) -> ModelFactory:
+    """Wrap each model ``factory`` makes in a fresh LoRA adapter of rank ``lora_r`` (0: unchanged)."""
+    if lora_r <= 0:
+        return factory
+
     def make(seed: int):
-        if warmup_epochs <= 0 or benchmark.warmup is None:
-            return small_causal_lm(tokenizer, size, seed=seed, max_positions=cfg.max_source_tokens +
-                                   cfg.max_target_tokens + 32), tokenizer
-        warm_dir = cache / f"warm-{size}-e{warmup_epochs:g}-s{seed}"
-        final = warm_dir / "final"
-        if not (final / "model.safetensors").exists():
-            model = small_causal_lm(tokenizer, size, seed=seed,
-                                    max_positions=cfg.max_source_tokens + cfg.max_target_tokens + 32)
-            warm_cfg = TrainConfig(**{**cfg.__dict__, "epochs": warmup_epochs})
-            train(model, tokenizer, encode(benchmark.warmup, tokenizer, warm_cfg), str(warm_dir), warm_cfg,
-                  loss="ce", seed=seed, save_final=True)
-        return AutoModelForCausalLM.from_pretrained(final, use_safetensors=True), tokenizer
+        from peft import LoraConfig, get_peft_model
 
-    return make
-
-
-def pretrained_factory(name_or_path: str, lora_r: int = 0, lora_alpha: int = 32) -> ModelFactory:
-    """A pretrained causal LM (Hub id, local folder, or ``smollm2``), LoRA-wrapped when ``lora_r > 0``."""
-    def make(seed: int):
-        model, tokenizer = load_pretrained(name_or_path)
-        if lora_r > 0:
-            from peft import LoraConfig, get_peft_model
-
-            model = get_peft_model(model, LoraConfig(r=lora_r, lora_alpha=lora_alpha, target_modules="all-linear",
-                                                     task_type="CAUSAL_LM"))
-        return model, tokenizer
+        model, tokenizer = factory(seed)
+        config = LoraConfig(r=lora_r, lora_alpha=lora_alpha, target_modules="all-linear", task_type="CAUSAL_LM")
+        return get_peft_model(model, config), tokenizer
 
     return make
 
 
 def model_factory(model: str, benchmark: Benchmark, cache_dir: str, warmup_epochs: float, cfg: TrainConfig,
                   lora_r: int = 0) -> ModelFactory:
-    """``tiny``/``small``/``base`` (from scratch, warm-started) or a pretrained model."""
+    """``tiny``/``small``/``base`` (from scratch) or a pretrained model, warm-started (full weights) when
+    asked, then LoRA-wrapped for the cell when ``lora_r > 0``."""
+    cache = os.path.join(cache_dir, benchmark.name.replace("/", "_"))
     if model in SMALL_SIZES:
-        return small_factory(benchmark, model, os.path.join(cache_dir, benchmark.name.replace("/", "_")),
-                             warmup_epochs, cfg)
-    return pretrained_factory(model, lora_r)
+        return with_lora(small_factory(benchmark, model, cache, warmup_epochs, cfg), lora_r)
+    warm_dir = os.path.join(cache, f"warm-{model.replace('/', '_')}-e{warmup_epochs:g}")
+    return with_lora(warm_started(pretrained_factory(model), benchmark, warm_dir, warmup_epochs, cfg), lora_r)

