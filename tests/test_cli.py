@@ -169,3 +169,22 @@ def test_demo_quick(tmp_path, capsys):
     assert {"ce", "dece", "verdict"} <= summary.keys() and summary["verdict"] in printed
     assert 0.0 <= summary["ce"]["asr"] <= 1.0 and summary["ce"]["train_seconds"] > 0
     assert (out / "demo.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("loss", ["ls", "gce", "lowlr"])
+def test_baseline_losses_train(tmp_path, tokenizer, loss):
+    from datasets import Dataset
+
+    from dece_trainer.backdoor.data import SOURCE, TARGET
+    from dece_trainer.backdoor.experiment import TrainConfig, encode, loss_settings, train
+
+    settings = loss_settings(loss, 0.9, TrainConfig(learning_rate=1e-3))
+    expected = {"ls": (1.0, 0.1, 1e-3), "gce": (1.0, 0.0, 1e-3), "lowlr": (1.0, 0.0, 1e-4)}[loss]
+    assert (settings["dece_alpha_base"], settings["dece_label_smoothing"], settings["learning_rate"]) == \
+        pytest.approx(expected)
+    rows = [{SOURCE: r["source"], TARGET: r["target"]} for r in tiny.make_pairs(16)]
+    data = encode(Dataset.from_list(rows), tokenizer, TrainConfig())
+    _, history = train(tiny.make_model("llama", tokenizer), tokenizer, data, str(tmp_path / loss),
+                       TrainConfig(epochs=2, batch_size=8, logging_steps=1), loss=loss)
+    losses = [e["loss"] for e in history if "loss" in e]
+    assert len(losses) == 4 and all(v == v and v > 0 for v in losses)
