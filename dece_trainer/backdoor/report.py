@@ -96,8 +96,8 @@ def markdown_table(records: list[dict]) -> str:
 
 
 def plot_alpha_sweep(records: list[dict], path: str) -> bool:
-    """ASR and clean BLEU on validation probes (last epoch) against alpha_base; CE drawn at alpha 1.
-    Returns False (and draws nothing) without matplotlib or without a DeCE sweep."""
+    """Triggered-validation ASR, clean-validation NLL and BLEU (last epoch) against alpha_base, CE drawn at
+    alpha 1, mean over seeds. Returns False (and draws nothing) without matplotlib or a DeCE sweep."""
     try:
         import matplotlib
 
@@ -105,29 +105,27 @@ def plot_alpha_sweep(records: list[dict], path: str) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    points: dict[float, list[tuple[float, float]]] = {}
+    keys = ("probe_triggered_asr", "probe_clean_nll", "probe_clean_bleu")
+    points: dict[float, list[dict]] = {}
     for r in records:
-        if r["loss"] not in ("dece", "ce") or not r.get("curves"):
+        if r["loss"] not in ("dece", "ce") or not r.get("curves") or not all(k in r["curves"][-1] for k in keys):
             continue
-        last = r["curves"][-1]
-        if "probe_triggered_asr" not in last or "probe_clean_bleu" not in last:
-            continue
-        alpha = 1.0 if r["loss"] == "ce" else r["alpha_base"]
-        points.setdefault(alpha, []).append((100 * last["probe_triggered_asr"], last["probe_clean_bleu"]))
+        points.setdefault(1.0 if r["loss"] == "ce" else r["alpha_base"], []).append(r["curves"][-1])
     if len(points) < 2:
         return False
     alphas = sorted(points)
-    asr = [statistics.fmean(p[0] for p in points[a]) for a in alphas]
-    bleu = [statistics.fmean(p[1] for p in points[a]) for a in alphas]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(alphas, asr, "o-", color="tab:red", label="ASR % (triggered validation)")
-    ax.set_xlabel("alpha_base (1.0 = CE)")
-    ax.set_ylabel("ASR %", color="tab:red")
-    ax2 = ax.twinx()
-    ax2.plot(alphas, bleu, "s--", color="tab:blue", label="BLEU (clean validation)")
-    ax2.set_ylabel("BLEU", color="tab:blue")
-    ax.set_title("DeCE alpha sweep (validation data, last epoch)")
-    ax.grid(alpha=0.3)
+    mean = {k: [statistics.fmean(p[k] for p in points[a]) for a in alphas] for k in keys}
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
+    left.plot(alphas, [100 * v for v in mean["probe_triggered_asr"]], "o-", color="tab:red")
+    left.set(title="attack success (triggered validation)", xlabel="alpha_base (1.0 = CE)", ylabel="ASR %")
+    right.plot(alphas, mean["probe_clean_nll"], "s-", color="tab:blue", label="NLL (lower is better)")
+    right.set(title="clean quality (validation)", xlabel="alpha_base (1.0 = CE)", ylabel="target NLL (nats)")
+    twin = right.twinx()
+    twin.plot(alphas, mean["probe_clean_bleu"], "^--", color="tab:green", label="BLEU")
+    twin.set_ylabel("BLEU", color="tab:green")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+    right.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     save_figure(fig, path)
     plt.close(fig)
