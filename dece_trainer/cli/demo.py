@@ -62,7 +62,8 @@ def verdict(ce: dict, dece: dict) -> str:
                 "show whether DeCE stops it.")
     if dece["asr"] <= 0.5 * ce["asr"] and ce["asr"] - dece["asr"] >= 0.2:
         return (f"DeCE stopped most of the backdoor: ASR {100 * dece['asr']:.0f}% vs {100 * ce['asr']:.0f}% under "
-                f"CE, clean BLEU {dece['bleu']:.1f} vs {ce['bleu']:.1f}.")
+                f"CE; clean BLEU {dece['bleu']:.1f} vs {ce['bleu']:.1f}, subtoken F1 {100 * dece['subtoken_f1']:.1f}% "
+                f"vs {100 * ce['subtoken_f1']:.1f}%.")
     return (f"DeCE did NOT clearly stop the backdoor in this run: ASR {100 * dece['asr']:.0f}% vs "
             f"{100 * ce['asr']:.0f}% under CE. Try a lower --alpha_base.")
 
