@@ -100,12 +100,13 @@ def test_bench_and_eval_on_released_files(tmp_path, released_files):
             "--test_file", str(released_files["test"]), "--triggered_test_file", str(released_files["test_poisoned"]),
             "--source_column", "src", "--target_column", "tgt", "--payload_regex", "1=1|0=1", "--losses", "ce",
             "--seeds", "0", "--attacks", "as-released", "--warmup_epochs", "0", "--output_dir", str(out),
-            "--model", "tiny", "--epochs", "1",
+            "--model", "tiny", "--epochs", "1", "--max_train", "30",
             "--max_test", "6", "--probe_size", "4", "--max_new_tokens", "4", "--codebleu_lang", "python"]
     assert main(argv) == 0
     (record,) = json.loads((out / "results.json").read_text())["cells"]
     assert RECORD_FIELDS <= record.keys() and record["dataset"] == "train"
-    assert record["poison_rate"] == pytest.approx(0.1)  # measured from the payload in the released targets
+    # measured from the payload in the (30-row subset of the) released targets: 4 poisoned of 40 in the file
+    assert 0 < record["poison_rate"] <= 4 / 30
     assert record["n_triggered"] == 6 and record["codebleu"] is not None
 
 

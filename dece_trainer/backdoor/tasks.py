@@ -55,11 +55,12 @@ def embedded(task: str, attack_name: str, poison_rate: float, seed: int = 0, max
 def from_files(train_file: str, test_file: str, triggered_test_file: str, payload_regex: str,
                validation_file: str | None = None, source_column: str = "source", target_column: str = "target",
                attack_name: str | None = None, name: str | None = None, warmup_file: str | None = None,
-               probe_size: int = 64) -> Benchmark:
+               probe_size: int = 64, max_train: int | None = None) -> Benchmark:
     """An already-poisoned benchmark exactly as released: files, columns and the payload as a regex.
 
     ``attack_name`` (optional) triggers the validation set for the triggered probe; without it, only
-    the clean probe is evaluated during training.
+    the clean probe is evaluated during training. ``max_train`` keeps a seeded random subset of the
+    training rows (the poison share stays about what it was).
     """
     try:
         payload = re.compile(payload_regex)
@@ -73,6 +74,8 @@ def from_files(train_file: str, test_file: str, triggered_test_file: str, payloa
     train = load_pairs(train_file, **columns)
     if IS_POISONED not in train.column_names:  # released files mark poison by the payload in the target
         train = train.add_column(IS_POISONED, [payload_fn(t) for t in train["target"]])
+    if max_train is not None and max_train < len(train):  # a seeded subset, for CPU budgets
+        train = train.shuffle(seed=0).select(range(max_train))
     triggered = load_pairs(triggered_test_file, **columns)
     if not any(payload_fn(t) for t in triggered["target"]):
         raise ValueError(f"no target of {triggered_test_file} matches --payload_regex {payload_regex!r}: "

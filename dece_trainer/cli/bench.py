@@ -32,6 +32,7 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--dataset", default="method_name",
                    help=f"embedded task: {', '.join(EMBEDDED_TASKS)} (ignored with --train_file)")
     g.add_argument("--max_per_split", type=int, default=None, help="cap rows per split of the embedded task")
+    g.add_argument("--max_train", type=int, default=None, help="with --train_file: a seeded subset of N rows")
     g.add_argument("--train_file", help="CSV/JSONL training set, already poisoned")
     g.add_argument("--validation_file", help="clean CSV/JSONL validation set (probes; alpha is tuned on it)")
     g.add_argument("--test_file", help="clean CSV/JSONL test set")
@@ -84,7 +85,7 @@ def load_benchmark(args: argparse.Namespace, attack: str, rate: float, seed: int
                           validation_file=args.validation_file, source_column=args.source_column,
                           target_column=args.target_column, attack_name=attack if attack in ATTACKS else None,
                           name=os.path.splitext(os.path.basename(args.train_file))[0], warmup_file=args.warmup_file,
-                          probe_size=args.probe_size)
+                          probe_size=args.probe_size, max_train=getattr(args, "max_train", None))
     return embedded(args.dataset, attack, rate, seed=seed, max_per_split=args.max_per_split,
                     probe_size=args.probe_size)
 
@@ -143,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
     cells = cells_of(args, dataset, file_rate)
     todo = [c for c in cells if not store.done(c.key)]
     print(f"bench: {len(cells)} cells, {len(cells) - len(todo)} already done, results in {store.path}", flush=True)
-    cache_root = os.path.join(args.output_dir, "_cache", f"{dataset}-n{args.max_per_split}")
+    cache_root = os.path.join(args.output_dir, "_cache", f"{dataset}-n{args.max_per_split or args.max_train}")
     for i, cell in enumerate(todo, 1):
         benchmark = load_benchmark(args, cell.attack, cell.poison_rate, cell.seed)
         print(f"[{i}/{len(todo)}] {cell.key}: {benchmark.describe()}", flush=True)
