@@ -15,7 +15,6 @@ import re
 import sys
 import sysconfig
 from pathlib import Path
-from typing import Any
 
 from datasets import Dataset, load_dataset, load_from_disk
 
@@ -177,7 +176,3 @@ def build_stdlib_task(task: str = "method_name", seed: int = 0, max_per_split: i
             data = data.select(range(max_per_split))
         out[split] = data
     return out
-
-
-def describe(splits: dict[str, Any]) -> str:
-    return ", ".join(f"{name} {len(data)}" for name, data in splits.items())

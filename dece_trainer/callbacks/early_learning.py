@@ -19,12 +19,13 @@ import numpy as np
 import torch
 from transformers import TrainerCallback
 
+from ..backdoor.metrics import attack_success_rate, corpus_bleu  # a leaf module: imports nothing of the package
 from ..ops.dece_loss import dece_loss_and_token_ce
 from ..trainer.alignment import CAUSAL, SEQ2SEQ, align_targets, logits_of, model_kind
 from ..trainer.example_ids import EXAMPLE_ID_COLUMN, keep_example_ids, pop_example_ids
 from .example_history import ExampleHistory, auroc, precision_at_k
 from .plots import have_matplotlib, plot_curves, plot_loss_histogram
-from .probes import attack_success_rate, check_probes, corpus_bleu, probe_generate, probe_nll
+from .probes import check_probes, probe_generate, probe_nll
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..backdoor.metrics import attack_success_rate, corpus_bleu  # noqa: F401  (leaf module: no package imports)
 from ..ops.dece_loss import dece_loss_and_token_ce
 from ..trainer.alignment import CAUSAL, SEQ2SEQ, align_targets, decoder_input_ids_from_labels, logits_of
 
