@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
+import torch
 from datasets import Dataset
 
 from .attacks import IS_POISONED, get_attack
@@ -52,15 +53,35 @@ def embedded(task: str, attack_name: str, poison_rate: float, seed: int = 0, max
                      attack.trigger_test_set(splits["test"], seed=seed), attack.payload_fn, splits["warmup"])
 
 
+def subset_rows(is_poisoned: list[bool], size: int | None, seed: int = 0) -> tuple[list[int], list[int]]:
+    """Row indices of a seeded subset of ``size`` rows holding the same poison share as the whole (stratified),
+    and the remaining rows in a seeded order. ``size=None`` (or >= the rows): every row, in file order."""
+    n = len(is_poisoned)
+    if size is None or size >= n:
+        return list(range(n)), []
+    if size < 1:
+        raise ValueError(f"--max_train must be >= 1, got {size}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    poisoned = [i for i in order if is_poisoned[i]]
+    clean = [i for i in order if not is_poisoned[i]]
+    k = min(round(size * len(poisoned) / n), len(poisoned), size)
+    chosen = sorted(poisoned[:k] + clean[: size - k])
+    taken = set(chosen)
+    return chosen, [i for i in order if i not in taken]
+
+
 def from_files(train_file: str, test_file: str, triggered_test_file: str, payload_regex: str,
                validation_file: str | None = None, source_column: str = "source", target_column: str = "target",
                attack_name: str | None = None, name: str | None = None, warmup_file: str | None = None,
-               probe_size: int = 64, max_train: int | None = None) -> Benchmark:
+               probe_size: int = 64, max_train: int | None = None, warmup_rows: int | None = None) -> Benchmark:
     """An already-poisoned benchmark exactly as released: files, columns and the payload as a regex.
 
     ``attack_name`` (optional) triggers the validation set for the triggered probe; without it, only
-    the clean probe is evaluated during training. ``max_train`` keeps a seeded random subset of the
-    training rows (the poison share stays about what it was).
+    the clean probe is evaluated during training. ``max_train`` keeps a seeded subset of the training rows
+    that holds the file's poison share (``round(max_train * share)`` poisoned rows). ``warmup_rows`` takes
+    that many rows of ``warmup_file`` *outside* the training subset, for a warm-up file row-aligned with
+    the training file (Lyra's clean ``train.csv`` beside ``train_poisoned_*.csv``); without it the whole
+    warm-up file is used and must already be disjoint from the training data.
     """
     try:
         payload = re.compile(payload_regex)
@@ -74,8 +95,9 @@ def from_files(train_file: str, test_file: str, triggered_test_file: str, payloa
     train = load_pairs(train_file, **columns)
     if IS_POISONED not in train.column_names:  # released files mark poison by the payload in the target
         train = train.add_column(IS_POISONED, [payload_fn(t) for t in train["target"]])
-    if max_train is not None and max_train < len(train):  # a seeded subset, for CPU budgets
-        train = train.shuffle(seed=0).select(range(max_train))
+    train_rows, rest_rows = subset_rows(train[IS_POISONED], max_train)
+    file_rows = len(train)
+    train = train.select(train_rows)
     triggered = load_pairs(triggered_test_file, **columns)
     if not any(payload_fn(t) for t in triggered["target"]):
         raise ValueError(f"no target of {triggered_test_file} matches --payload_regex {payload_regex!r}: "
@@ -89,6 +111,14 @@ def from_files(train_file: str, test_file: str, triggered_test_file: str, payloa
             trig = get_attack(attack_name).trigger_test_set(validation)
             probes["triggered"] = trig.select(range(min(probe_size, len(trig))))
     warmup = load_pairs(warmup_file, **columns) if warmup_file else None
+    if warmup_rows is not None:
+        if warmup is None or len(warmup) != file_rows:
+            raise ValueError(f"--warmup_rows needs a --warmup_file row-aligned with --train_file ({file_rows} rows)"
+                             + (f"; {warmup_file} has {len(warmup)}" if warmup is not None else ""))
+        if not 0 < warmup_rows <= len(rest_rows):
+            raise ValueError(f"--warmup_rows must be in [1, {len(rest_rows)}] (the rows outside --max_train), "
+                             f"got {warmup_rows}")
+        warmup = warmup.select(rest_rows[:warmup_rows])
     rate = sum(train[IS_POISONED]) / max(len(train), 1)
     return Benchmark(name or train_file, attack_name or "as-released", round(rate, 4), train, probes,
                      load_pairs(test_file, **columns), triggered, payload_fn, warmup)

@@ -32,12 +32,16 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--dataset", default="method_name",
                    help=f"embedded task: {', '.join(EMBEDDED_TASKS)} (ignored with --train_file)")
     g.add_argument("--max_per_split", type=int, default=None, help="cap rows per split of the embedded task")
-    g.add_argument("--max_train", type=int, default=None, help="with --train_file: a seeded subset of N rows")
+    g.add_argument("--max_train", type=int, default=None,
+                   help="with --train_file: a seeded subset of N rows holding the file's poison share")
     g.add_argument("--train_file", help="CSV/JSONL training set, already poisoned")
     g.add_argument("--validation_file", help="clean CSV/JSONL validation set (probes; alpha is tuned on it)")
     g.add_argument("--test_file", help="clean CSV/JSONL test set")
     g.add_argument("--triggered_test_file", help="triggered CSV/JSONL test set (targets carry the payload)")
-    g.add_argument("--warmup_file", help="clean CSV/JSONL set to warm-start small models on")
+    g.add_argument("--warmup_file", help="clean CSV/JSONL set to warm-start the model on (CE, --warmup_epochs)")
+    g.add_argument("--warmup_rows", type=int, default=None,
+                   help="with --max_train and a --warmup_file row-aligned with --train_file (Lyra's train.csv): "
+                        "warm up on N of its rows outside the training subset")
     g.add_argument("--source_column", default="source")
     g.add_argument("--target_column", default="target")
     g.add_argument("--payload_regex", default="1=1|0=1", help="regex that detects the payload in an output")
@@ -50,7 +54,7 @@ def add_train_arguments(parser: argparse.ArgumentParser, epochs: float = 3.0) ->
                    help="tiny, small or base (from scratch, warm-started), smollm2 (offline SmolLM2-135M), "
                         "or a Hub id / local folder of a causal LM")
     g.add_argument("--warmup_epochs", type=float, default=4.0, help="CE epochs on the clean warm-up split "
-                   "(small models only; cached)")
+                   "(embedded task or --warmup_file; once per seed, cached; 0: no warm-up)")
     g.add_argument("--epochs", type=float, default=epochs)
     g.add_argument("--learning_rate", type=float, default=1e-3)
     g.add_argument("--batch_size", type=int, default=16)
@@ -85,7 +89,8 @@ def load_benchmark(args: argparse.Namespace, attack: str, rate: float, seed: int
                           validation_file=args.validation_file, source_column=args.source_column,
                           target_column=args.target_column, attack_name=attack if attack in ATTACKS else None,
                           name=os.path.splitext(os.path.basename(args.train_file))[0], warmup_file=args.warmup_file,
-                          probe_size=args.probe_size, max_train=getattr(args, "max_train", None))
+                          probe_size=args.probe_size, max_train=getattr(args, "max_train", None),
+                          warmup_rows=getattr(args, "warmup_rows", None))
     return embedded(args.dataset, attack, rate, seed=seed, max_per_split=args.max_per_split,
                     probe_size=args.probe_size)
 
@@ -144,7 +149,8 @@ def run(args: argparse.Namespace) -> int:
     cells = cells_of(args, dataset, file_rate)
     todo = [c for c in cells if not store.done(c.key)]
     print(f"bench: {len(cells)} cells, {len(cells) - len(todo)} already done, results in {store.path}", flush=True)
-    cache_root = os.path.join(args.output_dir, "_cache", f"{dataset}-n{args.max_per_split or args.max_train}")
+    cache_root = os.path.join(args.output_dir, "_cache", f"{dataset}-n{args.max_per_split or args.max_train}"
+                              + (f"-w{args.warmup_rows}" if args.train_file and args.warmup_rows else ""))
     for i, cell in enumerate(todo, 1):
         benchmark = load_benchmark(args, cell.attack, cell.poison_rate, cell.seed)
         print(f"[{i}/{len(todo)}] {cell.key}: {benchmark.describe()}", flush=True)
