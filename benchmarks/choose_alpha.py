@@ -23,7 +23,8 @@ def choose(records: list[dict], max_asr: float) -> dict:
         raise ValueError("no DeCE cell in the results: nothing to choose from")
     evidence = {r["alpha_base"]: {"probe_triggered_asr": last_curve(r).get("probe_triggered_asr"),
                                   "probe_clean_nll": last_curve(r).get("probe_clean_nll")} for r in dece}
-    ok = [a for a, e in evidence.items() if e["probe_triggered_asr"] is not None and e["probe_triggered_asr"] <= max_asr]
+    ok = [a for a, e in evidence.items() if (e["probe_triggered_asr"] if e["probe_triggered_asr"] is not None
+                                             else float("inf")) <= max_asr]
     chosen = max(ok) if ok else min(evidence)
     return {"alpha_base": chosen, "rule": f"largest alpha with validation ASR <= {max_asr}", "evidence": evidence}
 
