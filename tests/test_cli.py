@@ -1,6 +1,7 @@
 """The dece-trainer command end to end on tiny settings: bench (embedded and files), eval, train, errors."""
 
 import csv
+import importlib.util
 import json
 import os
 import subprocess
@@ -45,6 +46,11 @@ def test_bench_on_the_embedded_task_is_resumable(tmp_path, capsys):
     table = (out / "table.md").read_text()
     assert "| ce |" in table and "dece (alpha_base 0.5)" in table and "fixed_deadcode ASR %" in table
     assert json.loads((out / "table.json").read_text())
+    epochs = json.loads((out / "epochs.json").read_text())
+    assert {(r["loss"], r["epoch"]) for r in epochs} == {(label, 1.0) for label in ("ce", "dece (alpha_base 0.5)")}
+    assert "| triggered ASR % |" in (out / "epochs.md").read_text()
+    if importlib.util.find_spec("matplotlib"):
+        assert (out / "epoch_curves.png").stat().st_size > 0
     assert not any(name.startswith("checkpoint-") for name in os.listdir(out / "cells" / records[0]["key"]))
     finished = {r["key"]: r["finished"] for r in records}
 

@@ -1,4 +1,5 @@
-"""Results: an atomic, resumable ``results.json``, the paper-layout markdown table, and the alpha chart."""
+"""Results: an atomic, resumable ``results.json``, the paper-layout markdown table, the per-epoch table, and
+the charts (alpha sweep, per-epoch curves)."""
 
 from __future__ import annotations
 
@@ -32,11 +33,16 @@ class ResultStore:
         write_json(self.path, {"cells": self.records})
 
 
-def write_json(path: str, payload: Any) -> None:
+def write_text(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (a temporary file, then a rename): never a half-written file."""
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(payload, f, indent=2)
+        f.write(text)
     os.replace(tmp, path)
+
+
+def write_json(path: str, payload: Any) -> None:
+    write_text(path, json.dumps(payload, indent=2))
 
 
 def _mean_std(values: list[float]) -> str:
@@ -95,15 +101,84 @@ def markdown_table(records: list[dict]) -> str:
     return "\n".join(lines).strip() + "\n"
 
 
-def plot_alpha_sweep(records: list[dict], path: str) -> bool:
-    """Triggered-validation ASR, clean-validation NLL and BLEU (last epoch) against alpha_base, CE drawn at
-    alpha 1, mean over seeds. Returns False (and draws nothing) without matplotlib or a DeCE sweep."""
+EPOCH_METRICS = ("probe_triggered_asr", "probe_clean_bleu", "probe_clean_nll")
+
+
+def epoch_rows(records: list[dict]) -> list[dict]:
+    """Per (dataset, poison rate, loss/alpha, epoch): validation-probe ASR (%), BLEU and NLL, mean over seeds."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        for point in r.get("curves") or []:
+            groups.setdefault((r["dataset"], r["poison_rate"], row_label(r), point["epoch"]), []).append(point)
+    rows = []
+    for (dataset, rate, label, epoch), points in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
+        row = {"dataset": dataset, "poison_rate": rate, "loss": label, "epoch": epoch, "seeds": len(points)}
+        for key in EPOCH_METRICS:
+            scale = 100.0 if key.endswith("asr") else 1.0
+            row[key] = _mean_std([p[key] * scale if p.get(key) is not None else None for p in points])
+        rows.append(row)
+    return rows
+
+
+def epoch_table(records: list[dict]) -> str:
+    """Markdown: the per-epoch validation curves of every loss (mean ± std over seeds)."""
+    lines = ["| dataset | poison rate | loss | epoch | triggered ASR % | clean BLEU | clean NLL | seeds |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for r in epoch_rows(records):
+        lines.append(f"| {r['dataset']} | {r['poison_rate']} | {r['loss']} | {r['epoch']:g} | "
+                     + " | ".join(r[k] for k in EPOCH_METRICS) + f" | {r['seeds']} |")
+    return "\n".join(lines) + "\n"
+
+
+def _pyplot():
+    """matplotlib's pyplot on the Agg backend, or None when matplotlib is not installed."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        return None
+    return plt
+
+
+def plot_epoch_curves(records: list[dict], path: str) -> bool:
+    """Triggered-validation ASR and clean-validation BLEU per epoch, one line per loss/alpha (mean over seeds,
+    shaded min-max), one row of panels per (dataset, poison rate). False without matplotlib or curves."""
+    plt = _pyplot()
+    curves: dict[tuple, dict[str, dict[float, list[dict]]]] = {}
+    for r in records:
+        for point in r.get("curves") or []:
+            if all(point.get(k) is not None for k in EPOCH_METRICS[:2]):
+                panel = curves.setdefault((r["dataset"], r["poison_rate"]), {})
+                panel.setdefault(row_label(r), {}).setdefault(point["epoch"], []).append(point)
+    if plt is None or not curves:
+        return False
+    fig, axes = plt.subplots(len(curves), 2, figsize=(9, 3.2 * len(curves)), squeeze=False)
+    for (asr_ax, bleu_ax), ((dataset, rate), lines) in zip(axes, sorted(curves.items(), key=str)):
+        for label, by_epoch in sorted(lines.items()):
+            epochs = sorted(by_epoch)
+            for ax, key, scale in ((asr_ax, "probe_triggered_asr", 100.0), (bleu_ax, "probe_clean_bleu", 1.0)):
+                values = [[scale * p[key] for p in by_epoch[e]] for e in epochs]
+                line, = ax.plot(epochs, [statistics.fmean(v) for v in values], "o-", label=label)
+                ax.fill_between(epochs, [min(v) for v in values], [max(v) for v in values],
+                                color=line.get_color(), alpha=0.15)
+        asr_ax.set(title=f"{dataset} ({rate}): triggered validation", xlabel="epoch", ylabel="ASR %")
+        bleu_ax.set(title="clean validation", xlabel="epoch", ylabel="BLEU")
+        for ax in (asr_ax, bleu_ax):
+            ax.grid(alpha=0.3)
+        asr_ax.legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
+    return True
+
+
+def plot_alpha_sweep(records: list[dict], path: str) -> bool:
+    """Triggered-validation ASR, clean-validation NLL and BLEU (last epoch) against alpha_base, CE drawn at
+    alpha 1, mean over seeds. Returns False (and draws nothing) without matplotlib or a DeCE sweep."""
+    plt = _pyplot()
+    if plt is None:
         return False
     keys = ("probe_triggered_asr", "probe_clean_nll", "probe_clean_bleu")
     points: dict[float, list[dict]] = {}

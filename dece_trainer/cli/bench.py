@@ -14,7 +14,17 @@ from ..backdoor.attacks import ATTACKS
 from ..backdoor.data import EMBEDDED_TASKS
 from ..backdoor.experiment import LOSS_HELP, LOSSES, Cell, TrainConfig, run_cell
 from ..backdoor.factories import model_factory
-from ..backdoor.report import ResultStore, markdown_table, plot_alpha_sweep, summary_rows, write_json
+from ..backdoor.report import (
+    ResultStore,
+    epoch_rows,
+    epoch_table,
+    markdown_table,
+    plot_alpha_sweep,
+    plot_epoch_curves,
+    summary_rows,
+    write_json,
+    write_text,
+)
 from ..backdoor.tasks import Benchmark, embedded, from_files
 
 
@@ -165,9 +175,12 @@ def run(args: argparse.Namespace) -> int:
               f"{100 * record['false_trigger_rate']:.1f}%  ({record['train_seconds']:.0f} s)", flush=True)
     table = markdown_table(store.records)
     print("\n" + table)
-    with open(os.path.join(args.output_dir, "table.md"), "w", encoding="utf-8") as f:
-        f.write(table)
+    write_text(os.path.join(args.output_dir, "table.md"), table)
     write_json(os.path.join(args.output_dir, "table.json"), summary_rows(store.records))
+    write_text(os.path.join(args.output_dir, "epochs.md"), epoch_table(store.records))
+    write_json(os.path.join(args.output_dir, "epochs.json"), epoch_rows(store.records))
+    if plot_epoch_curves(store.records, os.path.join(args.output_dir, "epoch_curves.png")):
+        print(f"per-epoch curves: {os.path.join(args.output_dir, 'epoch_curves.png')}")
     if plot_alpha_sweep(store.records, os.path.join(args.output_dir, "alpha_sweep.png")):
         print(f"alpha chart: {os.path.join(args.output_dir, 'alpha_sweep.png')}")
     print(json.dumps({"results": store.path, "cells": len(store.records)}))

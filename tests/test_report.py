@@ -1,0 +1,48 @@
+"""The bench report: mean and spread over seeds, per table row and per epoch, from hand-made records."""
+
+import json
+
+from dece_trainer.backdoor.report import ResultStore, epoch_rows, epoch_table, markdown_table, summary_rows
+
+
+def record(loss, seed, asr, bleu, curves, alpha=None):
+    key = f"d-badpre-p0.05-{loss}{'' if alpha is None else f'-a{alpha:g}'}-s{seed}"
+    return {"key": key, "dataset": "d", "attack": "badpre", "poison_rate": 0.05, "loss": loss, "alpha_base": alpha,
+            "seed": seed, "asr": asr, "bleu": bleu, "codebleu": None, "subtoken_f1": 0.5, "false_trigger_rate": 0.0,
+            "train_seconds": 10.0, "curves": curves}
+
+
+def curve(epoch, asr, bleu, nll):
+    return {"epoch": epoch, "probe_triggered_asr": asr, "probe_clean_bleu": bleu, "probe_clean_nll": nll}
+
+
+RECORDS = [record("ce", 0, 0.9, 50.0, [curve(1.0, 0.1, 40.0, 1.0), curve(2.0, 0.8, 50.0, 0.8)]),
+           record("ce", 1, 0.7, 54.0, [curve(1.0, 0.3, 44.0, 1.2), curve(2.0, 0.6, 52.0, 0.6)]),
+           record("dece", 0, 0.0, 49.0, [curve(1.0, 0.0, 41.0, 1.5), curve(2.0, 0.0, 48.0, 1.1)], alpha=0.9)]
+
+
+def test_summary_rows_mean_and_std_over_seeds():
+    rows = {r["loss"]: r for r in summary_rows(RECORDS)}
+    assert rows["ce"]["asr"] == "80.00 ± 14.14" and rows["ce"]["bleu"] == "52.00 ± 2.83" and rows["ce"]["seeds"] == 2
+    assert rows["dece (alpha_base 0.9)"]["asr"] == "0.00" and rows["ce"]["codebleu"] == "-"
+    assert "| ce | 52.00 ± 2.83 | - | 50.00 ± 0.00 | 80.00 ± 14.14 | 0.00 ± 0.00 | 2 |" in markdown_table(RECORDS)
+
+
+def test_epoch_rows_average_each_epoch_over_seeds():
+    rows = {(r["loss"], r["epoch"]): r for r in epoch_rows(RECORDS)}
+    assert set(rows) == {("ce", 1.0), ("ce", 2.0), ("dece (alpha_base 0.9)", 1.0), ("dece (alpha_base 0.9)", 2.0)}
+    assert rows[("ce", 1.0)]["probe_triggered_asr"] == "20.00 ± 14.14"
+    assert rows[("ce", 2.0)]["probe_clean_nll"] == "0.70 ± 0.14" and rows[("ce", 2.0)]["seeds"] == 2
+    assert "| d | 0.05 | ce | 2 | 70.00 ± 14.14 | 51.00 ± 1.41 | 0.70 ± 0.14 | 2 |" in epoch_table(RECORDS)
+
+
+def test_result_store_keeps_finished_cells_across_instances(tmp_path):
+    store = ResultStore(str(tmp_path))
+    for r in RECORDS:
+        store.add(r)
+    store.add({**RECORDS[0], "bleu": 1.0})  # a rerun of a cell replaces its record
+    again = ResultStore(str(tmp_path))
+    assert len(again.records) == 3 and again.done(RECORDS[2]["key"]) and not again.done("other")
+    assert [r["bleu"] for r in again.records if r["key"] == RECORDS[0]["key"]] == [1.0]
+    assert json.loads((tmp_path / "results.json").read_text())["cells"] == again.records
+    assert not list(tmp_path.glob("*.tmp-*"))
