@@ -143,6 +143,8 @@ def test_eval_and_train_commands(tmp_path, tokenizer, released_files):
     (["bench", "--losses", "ce,mse"], "unknown loss.*valid losses: ce, dece, ls, gce, lowlr"),
     (["bench", "--train_file", "x.csv"], "also give --test_file, --triggered_test_file"),
     (["eval", "--model", "./no/such/model"], "model path does not exist"),
+    (["bench", "--alpha_finals", "0.8,1.2"], r"--alpha_finals values must be in \(0, 1\], got 1.2"),
+    (["bench", "--alpha_bases", "", "--losses", "dece"], "--alpha_bases and --alpha_finals are both empty"),
 ])
 def test_bad_input_is_a_clear_error(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -151,6 +153,28 @@ def test_bad_input_is_a_clear_error(argv, message, capsys):
     import re
 
     assert re.search(message, capsys.readouterr().err)
+
+
+def test_alpha_finals_make_cells_with_the_derived_alpha_base():
+    from dece_trainer.cli.bench import cells_of
+    from dece_trainer.ops.schedule import alpha_base_for_final
+
+    args = bench_args(["--losses", "ce,dece", "--alpha_bases", "0.9", "--alpha_finals", "0.5", "--epochs", "4"])
+    ce, base, final = cells_of(args, "d")
+    assert (ce.loss, ce.alpha_base, base.alpha_base, base.alpha_final) == ("ce", None, 0.9, None)
+    assert final.alpha_final == 0.5 and final.alpha_base == pytest.approx(alpha_base_for_final(0.5, 4.0))
+    assert final.alpha_base ** 4 == pytest.approx(0.5)
+    assert base.key.endswith("-dece-a0.9-s0") and final.key.endswith("-dece-f0.5-s0")
+
+
+def bench_args(argv):
+    import argparse
+
+    from dece_trainer.cli import bench
+
+    parser = argparse.ArgumentParser()
+    bench.add_parser(parser.add_subparsers())
+    return parser.parse_args(["bench", *argv])
 
 
 def test_missing_columns_and_untriggerable_test_sets(tmp_path, released_files):

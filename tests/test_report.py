@@ -28,6 +28,14 @@ def test_summary_rows_mean_and_std_over_seeds():
     assert "| ce | 52.00 ± 2.83 | - | 50.00 ± 0.00 | 80.00 ± 14.14 | 0.00 ± 0.00 | 2 |" in markdown_table(RECORDS)
 
 
+def test_row_labels_name_the_alpha():
+    from dece_trainer.backdoor.report import row_label
+
+    assert row_label(RECORDS[0]) == "ce" and row_label(RECORDS[2]) == "dece (alpha_base 0.9)"
+    assert row_label({**RECORDS[2], "alpha_base": 0.840896, "alpha_final": 0.5}) == \
+        "dece (alpha_final 0.5, alpha_base 0.841)"
+
+
 def test_epoch_rows_average_each_epoch_over_seeds():
     rows = {(r["loss"], r["epoch"]): r for r in epoch_rows(RECORDS)}
     assert set(rows) == {("ce", 1.0), ("ce", 2.0), ("dece (alpha_base 0.9)", 1.0), ("dece (alpha_base 0.9)", 2.0)}

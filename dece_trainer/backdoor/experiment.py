@@ -216,10 +216,13 @@ class Cell:
     loss: str
     seed: int
     alpha_base: float | None = None
+    alpha_final: float | None = None  # set when the cell was asked by its final alpha (alpha_base derived)
 
     @property
     def key(self) -> str:
-        alpha = f"-a{self.alpha_base:g}" if self.loss == "dece" else ""
+        alpha = ""
+        if self.loss == "dece":
+            alpha = f"-f{self.alpha_final:g}" if self.alpha_final is not None else f"-a{self.alpha_base:g}"
         return f"{self.dataset}-{self.attack}-p{self.poison_rate:g}-{self.loss}{alpha}-s{self.seed}"
 
     def record(self) -> dict:

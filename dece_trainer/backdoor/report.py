@@ -54,6 +54,8 @@ def _mean_std(values: list[float]) -> str:
 
 
 def row_label(record: dict) -> str:
+    if record["loss"] == "dece" and record.get("alpha_final") is not None:
+        return f"dece (alpha_final {record['alpha_final']:g}, alpha_base {record['alpha_base']:.3g})"
     if record["loss"] == "dece":
         return f"dece (alpha_base {record['alpha_base']:g})"
     return record["loss"]

@@ -26,6 +26,7 @@ from ..backdoor.report import (
     write_text,
 )
 from ..backdoor.tasks import Benchmark, embedded, from_files
+from ..ops.schedule import alpha_base_for_final
 
 
 def csv_list(kind):
@@ -117,6 +118,9 @@ def add_parser(subparsers) -> None:
     g.add_argument("--losses", type=csv_list(str), default=["ce", "dece"],
                    help="; ".join(f"{k}: {v}" for k, v in LOSS_HELP.items()))
     g.add_argument("--alpha_bases", type=csv_list(float), default=[0.985, 0.9, 0.8, 0.5], help="DeCE cells sweep these")
+    g.add_argument("--alpha_finals", type=csv_list(float), default=[],
+                   help="more DeCE cells, each given the alpha wanted on the last epoch (alpha_base derived from "
+                        "--epochs and --alpha_schedule); e.g. 0.8,0.5")
     g.add_argument("--seeds", type=csv_list(int), default=[0])
     add_train_arguments(p)
     p.add_argument("--output_dir", default="bench_out")
@@ -133,9 +137,12 @@ def validate(args: argparse.Namespace) -> None:
     for rate in args.poison_rates:
         if not 0 < rate <= 1:
             raise ValueError(f"poison rate must be in (0, 1], got {rate}")
-    for alpha in args.alpha_bases:
-        if not 0 < alpha <= 1:
-            raise ValueError(f"alpha_base must be in (0, 1], got {alpha}")
+    for name in ("alpha_bases", "alpha_finals"):
+        for alpha in getattr(args, name):
+            if not 0 < alpha <= 1:
+                raise ValueError(f"--{name} values must be in (0, 1], got {alpha}")
+    if "dece" in args.losses and not args.alpha_bases and not args.alpha_finals:
+        raise ValueError("--losses has dece but --alpha_bases and --alpha_finals are both empty")
     if not args.train_file and args.dataset not in EMBEDDED_TASKS:
         raise ValueError(f"unknown dataset {args.dataset!r}; valid datasets: {', '.join(EMBEDDED_TASKS)} "
                          "(or give --train_file ...)")
@@ -145,8 +152,12 @@ def cells_of(args: argparse.Namespace, dataset: str, file_rate: float | None = N
     rates = [file_rate] if args.train_file else args.poison_rates
     cells = []
     for attack, rate, seed, loss in itertools.product(args.attacks, rates, args.seeds, args.losses):
-        alphas = args.alpha_bases if loss == "dece" else [None]
-        cells += [Cell(dataset, attack, rate, loss, seed, a) for a in alphas]
+        if loss != "dece":
+            cells.append(Cell(dataset, attack, rate, loss, seed))
+            continue
+        cells += [Cell(dataset, attack, rate, loss, seed, a) for a in args.alpha_bases]
+        cells += [Cell(dataset, attack, rate, loss, seed, alpha_base_for_final(f, args.epochs, args.alpha_schedule), f)
+                  for f in args.alpha_finals]
     return cells
 
 
