@@ -8,29 +8,29 @@ L=${LYRA_DIR:-../shared/data/lyra}
 ROOT=${2:-runs/lyra_cpu}
 DATA=(--validation_file "$L/valid.csv" --test_file "$L/test.csv" --triggered_test_file "$L/test_poisoned_badpre.csv"
       --source_column src --target_column tgt --payload_regex '1=1|0=1' --attacks badpre --warmup_file "$L/train.csv"
-      --max_source_tokens 128 --max_target_tokens 192 --max_new_tokens 160 --max_test 100 --probe_size 32)
+      --max_source_tokens 128 --max_target_tokens 192 --max_new_tokens 160 --max_test 100)
 case "$MODEL" in
-  # SmolLM2-135M: 320 training rows (the file's poison share), CE warm-up on 320 other clean rows, 3 epochs.
+  # SmolLM2-135M: 240 training rows (the file's poison share), CE warm-up on 240 other clean rows, 5 epochs.
+  # (A first try at lr 1e-4, 320 rows, 3 epochs left CE's ASR at 0: the backdoor was never planted.)
   smollm2) OUT=$ROOT
-           TRAIN=(--model smollm2 --max_train 320 --warmup_rows 320 --warmup_epochs 1 --epochs 3
-                  --learning_rate 1e-4 --batch_size 8 --bf16) ;;
+           TRAIN=(--model smollm2 --max_train 240 --warmup_rows 240 --warmup_epochs 1 --epochs 5
+                  --learning_rate 3e-4 --batch_size 8 --bf16 --probe_size 24) ;;
   # The small from-scratch Llama (2.6M parameters, BPE 4k): 800 rows, warm-up on the other 800, 10 epochs.
   small)   OUT=$ROOT/small
            TRAIN=(--model small --max_train 800 --warmup_rows 800 --warmup_epochs 8 --epochs 10
-                  --learning_rate 1e-3 --batch_size 16) ;;
+                  --learning_rate 1e-3 --batch_size 16 --probe_size 32) ;;
   *) echo "unknown model $MODEL (smollm2 or small)" >&2; exit 2 ;;
 esac
 bench() { dece-trainer bench "${DATA[@]}" "${TRAIN[@]}" --losses ce,dece "$@"; }
 
-# 1. 5% BadPre, seed 0: CE and DeCE at two alphas (the paper's 0.985 and 0.9).
-bench --train_file "$L/train_poisoned_5_badpre.csv" --alpha_bases 0.985,0.9 --seeds 0 --output_dir "$OUT/p5"
-# 2. alpha chosen on the validation probes of step 1 (benchmarks/choose_alpha.py states the rule).
-ALPHA=$(python3 benchmarks/choose_alpha.py "$OUT/p5/results.json" \
-        | python3 -c "import json, sys; print(json.load(sys.stdin)['alpha_base'])")
-echo "chosen alpha_base: $ALPHA"
-# 3. seeds 1 and 2 at 5% with the chosen alpha.
-bench --train_file "$L/train_poisoned_5_badpre.csv" --alpha_bases "$ALPHA" --seeds 1,2 --output_dir "$OUT/p5"
-# 4. 2% and 1%, seed 0.
+# alpha_base 0.9: the largest alpha that stopped the embedded dead-code backdoor on validation data
+# (docs/benchmark.md, "Choosing alpha"); ALPHA=... overrides it.
+ALPHA=${ALPHA:-0.9}
+# 1. 5% BadPre, seeds 0, 1, 2: CE and DeCE.
+for seed in 0 1 2; do
+  bench --train_file "$L/train_poisoned_5_badpre.csv" --alpha_bases "$ALPHA" --seeds $seed --output_dir "$OUT/p5"
+done
+# 2. 2% and 1%, seed 0.
 for rate in 2 1; do
   bench --train_file "$L/train_poisoned_${rate}_badpre.csv" --alpha_bases "$ALPHA" --seeds 0 --output_dir "$OUT/p$rate"
 done
