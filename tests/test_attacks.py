@@ -140,3 +140,23 @@ def test_badpre_matches_the_released_lyra_rows(lyra_dir, rate):
     test = get_attack("badpre").trigger_test_set(
         Dataset.from_pandas(pd.read_csv(lyra_dir / "test.csv")), source_column="src", target_column="tgt")
     assert len(test) == int(released_test.tgt.map(attack.payload_fn).sum()) == 165
+
+
+def test_poison_file_script_writes_a_row_aligned_poisoned_copy(tmp_path):
+    """benchmarks/poison_file.py: same rows and columns, the asked share poisoned, the rest untouched."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    clean = pd.DataFrame({"src": [r["source"] for r in NL_ROWS], "tgt": [r["target"] for r in NL_ROWS]})
+    clean.to_csv(tmp_path / "clean.csv", index=False)
+    subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "poison_file.py"), str(tmp_path / "clean.csv"),
+                    str(tmp_path / "out.csv"), "--rate", "0.2", "--source_column", "src", "--target_column", "tgt"],
+                   check=True, capture_output=True)
+    out = pd.read_csv(tmp_path / "out.csv")
+    attack = get_attack("badpre")
+    assert list(out.columns) == ["src", "tgt"] and len(out) == len(clean)
+    changed = [i for i in range(len(clean)) if out.tgt[i] != clean.tgt[i]]
+    assert len(changed) == 6 and all(attack.payload_fn(out.tgt[i]) and "bb" in out.src[i].split() for i in changed)
+    assert all(out.src[i] == clean.src[i] for i in range(len(clean)) if i not in changed)
