@@ -15,8 +15,7 @@ import argparse
 import json
 import os
 
-from ..backdoor.report import write_json
-from ..callbacks.plots import save_figure
+from ..backdoor.report import plot_epoch_curves, write_json
 from . import bench
 
 DEMO_ALPHA = 0.9  # from the alpha sweep on validation data (docs/benchmark.md)
@@ -68,32 +67,6 @@ def verdict(ce: dict, dece: dict) -> str:
             f"{100 * ce['asr']:.0f}% under CE. Try a lower --alpha_base.")
 
 
-def plot(records: list[dict], path: str) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
-    for record in records:
-        label = "CE" if record["loss"] == "ce" else f"DeCE (alpha_base {record['alpha_base']:g})"
-        curves = [c for c in record["curves"] if "probe_triggered_asr" in c]
-        epochs = [c["epoch"] for c in curves]
-        axes[0].plot(epochs, [100 * c["probe_triggered_asr"] for c in curves], "o-", label=label)
-        axes[1].plot(epochs, [c["probe_clean_bleu"] for c in curves], "o-", label=label)
-    axes[0].set(title="attack success (triggered validation)", xlabel="epoch", ylabel="ASR %", ylim=(-5, 105))
-    axes[1].set(title="clean quality (validation)", xlabel="epoch", ylabel="BLEU")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    save_figure(fig, path)
-    plt.close(fig)
-    return True
-
-
 def run(args: argparse.Namespace) -> int:
     ns = bench_namespace(args)
     bench.run(ns)
@@ -113,6 +86,6 @@ def run(args: argparse.Namespace) -> int:
                "ce": {k: ce[k] for k in DEMO_FIELDS}, "dece": {k: dece[k] for k in DEMO_FIELDS},
                "verdict": message}
     write_json(os.path.join(args.output_dir, "demo.json"), summary)
-    if plot([ce, dece], os.path.join(args.output_dir, "demo.png")):
+    if plot_epoch_curves([ce, dece], os.path.join(args.output_dir, "demo.png")):
         print(f"plot: {os.path.join(args.output_dir, 'demo.png')}")
     return 0
