@@ -12,12 +12,13 @@ def record(loss, seed, asr, bleu, curves, alpha=None):
             "train_seconds": 10.0, "curves": curves}
 
 
-def curve(epoch, asr, bleu, nll):
-    return {"epoch": epoch, "probe_triggered_asr": asr, "probe_clean_bleu": bleu, "probe_clean_nll": nll}
+def curve(epoch, asr, bleu, nll, ftr=0.0):
+    return {"epoch": epoch, "probe_triggered_asr": asr, "probe_clean_asr": ftr, "probe_clean_bleu": bleu,
+            "probe_clean_nll": nll}
 
 
 RECORDS = [record("ce", 0, 0.9, 50.0, [curve(1.0, 0.1, 40.0, 1.0), curve(2.0, 0.8, 50.0, 0.8)]),
-           record("ce", 1, 0.7, 54.0, [curve(1.0, 0.3, 44.0, 1.2), curve(2.0, 0.6, 52.0, 0.6)]),
+           record("ce", 1, 0.7, 54.0, [curve(1.0, 0.3, 44.0, 1.2), curve(2.0, 0.6, 52.0, 0.6, ftr=0.1)]),
            record("dece", 0, 0.0, 49.0, [curve(1.0, 0.0, 41.0, 1.5), curve(2.0, 0.0, 48.0, 1.1)], alpha=0.9)]
 
 
@@ -41,7 +42,9 @@ def test_epoch_rows_average_each_epoch_over_seeds():
     assert set(rows) == {("ce", 1.0), ("ce", 2.0), ("dece (alpha_base 0.9)", 1.0), ("dece (alpha_base 0.9)", 2.0)}
     assert rows[("ce", 1.0)]["probe_triggered_asr"] == "20.00 ± 14.14"
     assert rows[("ce", 2.0)]["probe_clean_nll"] == "0.70 ± 0.14" and rows[("ce", 2.0)]["seeds"] == 2
-    assert "| d | 0.05 | ce | 2 | 70.00 ± 14.14 | 51.00 ± 1.41 | 0.70 ± 0.14 | 2 |" in epoch_table(RECORDS)
+    assert rows[("ce", 2.0)]["probe_clean_asr"] == "5.00 ± 7.07"
+    line = "| d | 0.05 | ce | 2 | 70.00 ± 14.14 | 5.00 ± 7.07 | 51.00 ± 1.41 | 0.70 ± 0.14 | 2 |"
+    assert line in epoch_table(RECORDS)
 
 
 def test_result_store_keeps_finished_cells_across_instances(tmp_path):

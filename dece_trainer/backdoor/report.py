@@ -103,11 +103,12 @@ def markdown_table(records: list[dict]) -> str:
     return "\n".join(lines).strip() + "\n"
 
 
-EPOCH_METRICS = ("probe_triggered_asr", "probe_clean_bleu", "probe_clean_nll")
+EPOCH_METRICS = ("probe_triggered_asr", "probe_clean_asr", "probe_clean_bleu", "probe_clean_nll")
 
 
 def epoch_rows(records: list[dict]) -> list[dict]:
-    """Per (dataset, poison rate, loss/alpha, epoch): validation-probe ASR (%), BLEU and NLL, mean over seeds."""
+    """Per (dataset, poison rate, loss/alpha, epoch): validation-probe ASR and false-trigger rate (%, on the
+    triggered and clean probes), clean BLEU and NLL; mean over seeds."""
     groups: dict[tuple, list[dict]] = {}
     for r in records:
         for point in r.get("curves") or []:
@@ -124,8 +125,9 @@ def epoch_rows(records: list[dict]) -> list[dict]:
 
 def epoch_table(records: list[dict]) -> str:
     """Markdown: the per-epoch validation curves of every loss (mean ± std over seeds)."""
-    lines = ["| dataset | poison rate | loss | epoch | triggered ASR % | clean BLEU | clean NLL | seeds |",
-             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| dataset | poison rate | loss | epoch | triggered ASR % | clean FTR % | clean BLEU | clean NLL "
+             "| seeds |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in epoch_rows(records):
         lines.append(f"| {r['dataset']} | {r['poison_rate']} | {r['loss']} | {r['epoch']:g} | "
                      + " | ".join(r[k] for k in EPOCH_METRICS) + f" | {r['seeds']} |")
@@ -151,7 +153,7 @@ def plot_epoch_curves(records: list[dict], path: str) -> bool:
     curves: dict[tuple, dict[str, dict[float, list[dict]]]] = {}
     for r in records:
         for point in r.get("curves") or []:
-            if all(point.get(k) is not None for k in EPOCH_METRICS[:2]):
+            if all(point.get(k) is not None for k in ("probe_triggered_asr", "probe_clean_bleu")):
                 panel = curves.setdefault((r["dataset"], r["poison_rate"]), {})
                 panel.setdefault(row_label(r), {}).setdefault(point["epoch"], []).append(point)
     if plt is None or not curves:
