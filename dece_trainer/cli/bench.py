@@ -100,8 +100,8 @@ def load_benchmark(args: argparse.Namespace, attack: str, rate: float, seed: int
                           validation_file=args.validation_file, source_column=args.source_column,
                           target_column=args.target_column, attack_name=attack if attack in ATTACKS else None,
                           name=os.path.splitext(os.path.basename(args.train_file))[0], warmup_file=args.warmup_file,
-                          probe_size=args.probe_size, max_train=getattr(args, "max_train", None),
-                          warmup_rows=getattr(args, "warmup_rows", None))
+                          probe_size=args.probe_size, max_train=args.max_train,
+                          warmup_rows=args.warmup_rows)
     return embedded(args.dataset, attack, rate, seed=seed, max_per_split=args.max_per_split,
                     probe_size=args.probe_size)
 
