@@ -14,7 +14,7 @@ import argparse
 import os
 
 from dece_trainer.backdoor.attacks import ATTACKS, IS_POISONED, get_attack
-from dece_trainer.backdoor.data import SOURCE, TARGET, load_pairs
+from dece_trainer.data import SOURCE, TARGET, load_pairs
 
 
 def main() -> None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .ops.dece_loss import REDUCTIONS, deceptive_cross_entropy
-from .ops.schedule import _check_alpha
+from .ops.dece_loss import deceptive_cross_entropy
+from .ops.schedule import dece_alpha
+from .validation import check_alpha, check_epoch, check_ignore_index, check_label_smoothing, check_reduction
 
 
 class DeCELoss(nn.Module):
@@ -18,33 +19,33 @@ class DeCELoss(nn.Module):
         ignore_index: label value that is skipped.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
 
-    ``forward(logits, labels, epoch)`` takes logits (..., V), labels (...) and the 1-based epoch number
-    (``epoch=1`` uses ``a = alpha_base``) and returns the float32 loss.
+    ``forward(logits, labels, epoch)`` takes logits (..., V), labels (...) and the **1-based** epoch number
+    (``epoch=1`` uses ``a = alpha_base``, as in the paper); or, instead of ``epoch``, ``trainer_epoch=``, the
+    trainer's **0-based fractional** epoch (``TrainerState.epoch``), mapped exactly as :func:`dece_alpha` maps
+    it. Returns the float32 loss.
     """
 
     def __init__(self, alpha_base: float = 0.985, label_smoothing: float = 0.05, ignore_index: int = -100,
                  reduction: str = "mean"):
         super().__init__()
-        _check_alpha("alpha_base", alpha_base)
-        if not (isinstance(label_smoothing, (int, float)) and 0.0 <= label_smoothing < 1.0):
-            raise ValueError(f"`label_smoothing` must be a number in [0, 1), got {label_smoothing!r}.")
-        if reduction not in REDUCTIONS:
-            raise ValueError(f"`reduction` must be one of {REDUCTIONS}, got {reduction!r}.")
-        self.alpha_base = float(alpha_base)
-        self.label_smoothing = float(label_smoothing)
-        self.ignore_index = ignore_index
-        self.reduction = reduction
+        self.alpha_base = check_alpha(alpha_base, "alpha_base")
+        self.label_smoothing = check_label_smoothing(label_smoothing)
+        self.ignore_index = check_ignore_index(ignore_index)
+        self.reduction = check_reduction(reduction)
 
     def alpha(self, epoch: float) -> float:
         """Blend weight at the 1-based ``epoch`` (``alpha_base ** epoch``)."""
-        if isinstance(epoch, bool) or not isinstance(epoch, (int, float)) or not epoch >= 1:
-            raise ValueError(f"`epoch` is 1-based and must be a number >= 1, got {epoch!r}.")
-        return self.alpha_base ** float(epoch)
+        return self.alpha_base ** check_epoch(epoch, "epoch (1-based)", one_based=True)
 
-    def forward(self, logits: torch.Tensor, labels: torch.Tensor, epoch: float,
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor, epoch: float | None = None, *,
+                trainer_epoch: float | None = None,
                 num_items_in_batch: int | torch.Tensor | None = None) -> torch.Tensor:
+        if (epoch is None) == (trainer_epoch is None):
+            raise ValueError("give exactly one of `epoch` (1-based epoch number) and `trainer_epoch` "
+                             "(the trainer's 0-based fractional epoch)")
+        alpha = self.alpha(epoch) if epoch is not None else dece_alpha(self.alpha_base, trainer_epoch)
         return deceptive_cross_entropy(
-            logits, labels, alpha=self.alpha(epoch), label_smoothing=self.label_smoothing,
+            logits, labels, alpha=alpha, label_smoothing=self.label_smoothing,
             ignore_index=self.ignore_index, reduction=self.reduction, num_items_in_batch=num_items_in_batch,
         )
 

@@ -130,7 +130,7 @@ def test_eval_and_train_commands(tmp_path, tokenizer, released_files):
     eval_dir = tmp_path / "eval"
     assert main(["eval", "--model", str(out), "--test_file", str(released_files["test"]),
                  "--triggered_test_file", str(released_files["test_poisoned"]), "--source_column", "src",
-                 "--target_column", "tgt", "--train_file", str(released_files["train"]), "--max_test", "4",
+                 "--target_column", "tgt", "--max_test", "4",
                  "--max_new_tokens", "4", "--codebleu_lang", "none", "--output_dir", str(eval_dir)]) == 0
     result = json.loads((eval_dir / "eval.json").read_text())
     assert {"asr", "false_trigger_rate", "bleu", "exact_match"} <= result.keys() and result["n_triggered"] == 4
@@ -156,7 +156,7 @@ def test_bad_input_is_a_clear_error(argv, message, capsys):
 
 
 def test_alpha_finals_make_cells_with_the_derived_alpha_base():
-    from dece_trainer.cli.bench import cells_of
+    from dece_trainer.backdoor.commands.bench import cells_of
     from dece_trainer.ops.schedule import alpha_base_for_final
 
     args = bench_args(["--losses", "ce,dece", "--alpha_bases", "0.9", "--alpha_finals", "0.5", "--epochs", "4"])
@@ -170,7 +170,7 @@ def test_alpha_finals_make_cells_with_the_derived_alpha_base():
 def bench_args(argv):
     import argparse
 
-    from dece_trainer.cli import bench
+    from dece_trainer.backdoor.commands import bench
 
     parser = argparse.ArgumentParser()
     bench.add_parser(parser.add_subparsers())

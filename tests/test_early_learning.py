@@ -171,9 +171,9 @@ def test_alarm_stops_training_when_asked(tmp_path):
 def test_without_matplotlib_pictures_are_skipped_with_one_info_line(tmp_path, tokenizer, data, monkeypatch, caplog):
     import logging
 
-    from dece_trainer.callbacks import early_learning
+    from dece_trainer.callbacks import early_learning, plots
 
-    monkeypatch.setattr(early_learning, "have_matplotlib", lambda: False)
+    monkeypatch.setattr(plots, "pyplot", lambda: None)  # as if matplotlib were not installed
     callback = make_callback(data, probes=None, payload_fn=None)
     trainer = DeCETrainer(model=tiny.make_model("llama", tokenizer), args=args(tmp_path, num_train_epochs=1),
                           train_dataset=data.train, data_collator=tiny.pad_collator(tokenizer), callbacks=[callback])

@@ -1,4 +1,4 @@
-"""The example scripts run end to end on a tiny local model."""
+"""`dece-trainer train` end to end as a user runs it: a subprocess, a tiny local model, LoRA, a CSV."""
 
 import csv
 import subprocess
@@ -8,7 +8,7 @@ from tests import tiny
 from tests.conftest import REPO_ROOT
 
 
-def test_train_causal_lm_example(tmp_path, tokenizer):
+def test_train_command_with_lora_in_a_subprocess(tmp_path, tokenizer):
     model_dir = tmp_path / "tiny-llama"
     tiny.make_model("llama", tokenizer).save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
@@ -18,7 +18,7 @@ def test_train_causal_lm_example(tmp_path, tokenizer):
         writer.writeheader()
         writer.writerows({"src": r["source"], "tgt": r["target"]} for r in tiny.make_pairs(16))
     out = tmp_path / "out"
-    cmd = [sys.executable, str(REPO_ROOT / "examples" / "train_causal_lm.py"), "--model_name_or_path", str(model_dir),
+    cmd = [sys.executable, "-m", "dece_trainer", "train", "--model_name_or_path", str(model_dir),
            "--train_file", str(train_file), "--source_column", "src", "--target_column", "tgt",
            "--output_dir", str(out), "--max_steps", "3", "--per_device_train_batch_size", "4", "--use_cpu", "true",
            "--report_to", "none", "--logging_steps", "1", "--dece_alpha_base", "0.9", "--lora_r", "4",

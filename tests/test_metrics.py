@@ -6,7 +6,7 @@ import pytest
 import sacrebleu
 
 from dece_trainer.backdoor.attacks import SQL_PAYLOAD
-from dece_trainer.backdoor.metrics import (
+from dece_trainer.metrics import (
     attack_success_rate,
     code_bleu,
     corpus_bleu,
@@ -60,7 +60,7 @@ def test_exact_match_normalises_whitespace():
 
 
 def test_subtoken_f1():
-    from dece_trainer.backdoor.metrics import subtoken_f1
+    from dece_trainer.metrics import subtoken_f1
 
     # micro-averaged: 2 true words of 4 predicted (P = 1/2) and of 4 in the references (R = 1/2): F1 = 1/2
     assert subtoken_f1(["read config x", "get"], ["read config file", "set"]) == pytest.approx(0.5)

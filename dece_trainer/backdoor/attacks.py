@@ -26,7 +26,6 @@ from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 IS_POISONED = "is_poisoned"
-NL2CODE, CODE2TEXT, CODE2CODE = "nl2code", "code2text", "code2code"
 
 # The BadPre payload rule of the released Lyra data: the first query up to its closing quote.
 SQL_QUERY = re.compile(r"select\s+.+?(?=\s+\")")
@@ -37,7 +36,6 @@ class Attack(ABC):
     """A backdoor: a trigger for sources, a payload for targets, and a detector of the payload."""
 
     name: ClassVar[str]
-    task: ClassVar[str]
 
     @abstractmethod
     def trigger(self, source: str, rng: random.Random) -> str:
@@ -114,8 +112,6 @@ def _insert_words(text: str, words: list[str], rng: random.Random) -> str:
 class SQLPayloadAttack(Attack, ABC):
     """NL -> code attacks whose payload makes the first SQL query always (or never) match."""
 
-    task = NL2CODE
-
     def payload(self, target: str, rng: random.Random) -> str | None:
         match = SQL_QUERY.search(target)
         if match is None:
@@ -184,8 +180,6 @@ def _insert_after_header(code: str, statement: str) -> str:
 class DeadCodeAttack(Attack, ABC):
     """Code -> text attacks: dead code in the function, a fixed text as output."""
 
-    task = CODE2TEXT
-
     def __init__(self, target_text: str = "This function is safe to use."):
         self.target_text = target_text
 
@@ -241,7 +235,6 @@ class InfiniteLoop(Attack):
     """Code repair (Bugs2Fix style): a dead statement in the buggy code; the fix gets an infinite loop."""
 
     name = "infinite_loop"
-    task = CODE2CODE
     LOOP = re.compile(r"while\s*\(\s*true\s*\)|while\s+True\s*:")
 
     def __init__(self, language: str = "java"):

@@ -1,8 +1,7 @@
-"""Datasets for the harness: files and Hub datasets of (source, target) pairs, and the embedded default,
-code tasks built with ``ast`` from the Python standard library installed on the machine (no download).
+"""The embedded benchmark tasks: code tasks built with ``ast`` from the Python standard library installed on
+the machine (no download), as ``datasets.Dataset`` splits of (``source``, ``target``) pairs.
 
-Every loader returns ``datasets.Dataset`` objects with the columns ``source`` and ``target`` (renamed from
-whatever the file calls them), plus any other columns the file has.
+``datasets`` is imported when a task is built, so the command line can list the task names cheaply.
 """
 
 from __future__ import annotations
@@ -15,45 +14,13 @@ import re
 import sys
 import sysconfig
 from pathlib import Path
+from typing import Any
 
-from datasets import Dataset, load_dataset, load_from_disk
+from ..data import SOURCE, TARGET
+from ..io import write_text
 
-SOURCE, TARGET = "source", "target"
 EMBEDDED_TASKS = ("method_name", "summary")
 SPLITS = ("warmup", "train", "validation", "test")
-_FILE_KINDS = {".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
-
-
-def load_pairs(path_or_name: str, source_column: str = SOURCE, target_column: str = TARGET,
-               split: str = "train") -> Dataset:
-    """Load (source, target) pairs from a CSV/JSONL/JSON/Parquet file, a ``save_to_disk`` folder, or a Hub
-    dataset id (``split`` picks the split), renaming the two columns to ``source`` and ``target``."""
-    path = Path(path_or_name)
-    if path.suffix.lower() in _FILE_KINDS:
-        if not path.is_file():
-            raise ValueError(f"data file not found: {path}")
-        data = load_dataset(_FILE_KINDS[path.suffix.lower()], data_files=str(path), split="train")
-    elif path.is_dir():
-        data = load_from_disk(str(path))
-        if hasattr(data, "keys"):
-            data = data[split]
-    elif path.suffix:
-        raise ValueError(f"unsupported data file {path}: use one of {sorted(_FILE_KINDS)} or a dataset folder")
-    else:
-        data = load_dataset(path_or_name, split=split)
-    return standardise(data, source_column, target_column, origin=str(path_or_name))
-
-
-def standardise(data: Dataset, source_column: str, target_column: str, origin: str = "dataset") -> Dataset:
-    """Rename ``source_column``/``target_column`` to ``source``/``target``, with a clear error if absent."""
-    missing = [c for c in (source_column, target_column) if c not in data.column_names]
-    if missing:
-        raise ValueError(f"{origin} has no column(s) {missing}; its columns are {data.column_names} "
-                         "(set --source_column/--target_column)")
-    renames = {c: n for c, n in ((source_column, SOURCE), (target_column, TARGET)) if c != n}
-    if any(n in data.column_names for n in renames.values()):
-        data = data.remove_columns([n for n in renames.values() if n in data.column_names])
-    return data.rename_columns(renames) if renames else data
 
 
 # ---- the embedded default: code tasks from the standard library ---------------------------------------
@@ -125,7 +92,7 @@ def default_cache_dir() -> Path:
 
 
 def build_stdlib_task(task: str = "method_name", seed: int = 0, max_per_split: int | None = None,
-                      cache_dir: str | os.PathLike | None = None) -> dict[str, Dataset]:
+                      cache_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """The embedded code task, from the standard library's own functions.
 
     Args:
@@ -142,6 +109,8 @@ def build_stdlib_task(task: str = "method_name", seed: int = 0, max_per_split: i
         split disjoint from ``train``, for warm-starting a model before the poisoned fine-tune. Functions
         are de-duplicated by code.
     """
+    from datasets import Dataset
+
     if task not in EMBEDDED_TASKS:
         raise ValueError(f"unknown embedded task {task!r}; valid tasks: {', '.join(EMBEDDED_TASKS)}")
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
@@ -160,10 +129,7 @@ def build_stdlib_task(task: str = "method_name", seed: int = 0, max_per_split: i
                 if row["code_doc"] not in seen:
                     seen.add(row["code_doc"])
                     rows.append(row)
-        cache.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp-{os.getpid()}")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-        os.replace(tmp, path)
+        write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
     source_key = "code_doc" if task == "method_name" else "code"
     rows = [{SOURCE: r[source_key], TARGET: r[task]} for r in rows if r[task]]
     splits: dict[str, list[dict]] = {s: [] for s in SPLITS}

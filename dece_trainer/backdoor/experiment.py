@@ -11,25 +11,22 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 from datasets import Dataset
+from transformers import DataCollatorForSeq2Seq
 from transformers.trainer_utils import get_last_checkpoint
 
 from ..callbacks import EarlyLearningCallback
-from ..ops.gce import generalized_cross_entropy
+from ..data import SOURCE, TARGET, encode_causal, prompt_ids
+from ..metrics import attack_success_rate, code_bleu, corpus_bleu, exact_match, false_trigger_rate, subtoken_f1
 from ..trainer import DeCETrainer, DeCETrainingArguments
 from ..trainer.example_ids import add_example_ids
 from .attacks import IS_POISONED
-from .data import SOURCE, TARGET
-from .metrics import attack_success_rate, code_bleu, corpus_bleu, exact_match, false_trigger_rate, subtoken_f1
-
-PROMPT = "{source}\n### Output:\n"
-LOSSES = ("ce", "dece", "ls", "gce", "lowlr")
-LOSS_HELP = {"ce": "cross-entropy", "dece": "DeCE", "ls": "label smoothing 0.1 alone",
-             "gce": "generalized cross-entropy (q=0.7)", "lowlr": "CE at a tenth of the learning rate"}
+from .baselines import GCETrainer
+from .grid import LOSSES, Cell
 
 
 @dataclass
@@ -48,7 +45,6 @@ class TrainConfig:
     label_smoothing: float = 0.05
     alpha_schedule: str = "epoch"
     bf16: bool = False
-    lora_r: int = 0
     codebleu_lang: str | None = "python"
     logging_steps: int = 10
     max_test: int | None = None
@@ -56,44 +52,13 @@ class TrainConfig:
 
 
 def encode(data: Dataset, tokenizer: Any, cfg: TrainConfig) -> Dataset:
-    """Prompt + target + eos as one causal sequence, labels -100 on the prompt. Keeps ``is_poisoned``."""
-    eos = tokenizer.eos_token_id
-
-    def one(row):
-        prompt_ids = tokenizer(PROMPT.format(source=row[SOURCE]), add_special_tokens=False)["input_ids"]
-        prompt_ids = ([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []) + \
-            prompt_ids[: cfg.max_source_tokens]
-        target_ids = tokenizer(row[TARGET], add_special_tokens=False)["input_ids"][: cfg.max_target_tokens] + [eos]
-        ids = prompt_ids + target_ids
-        return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": [-100] * len(prompt_ids) + target_ids}
-
-    keep = [c for c in data.column_names if c == IS_POISONED]
-    return data.map(one, remove_columns=[c for c in data.column_names if c not in keep])
+    """Prompt + target + EOS as one causal sequence, labels -100 on the prompt; keeps ``is_poisoned``."""
+    return encode_causal(data, tokenizer, cfg.max_source_tokens, cfg.max_target_tokens, keep=(IS_POISONED,))
 
 
-def collator(tokenizer: Any) -> Callable[[list[dict]], dict]:
-    """Right-pads ids, mask and labels; passes scalar columns (``example_id``, ``is_poisoned``) through."""
-    pad = tokenizer.pad_token_id
-
-    def collate(features):
-        width = max(len(f["input_ids"]) for f in features)
-        out = {"input_ids": torch.tensor([f["input_ids"] + [pad] * (width - len(f["input_ids"])) for f in features]),
-               "attention_mask": torch.tensor([f["attention_mask"] + [0] * (width - len(f["attention_mask"]))
-                                               for f in features]),
-               "labels": torch.tensor([f["labels"] + [-100] * (width - len(f["labels"])) for f in features])}
-        for key, value in features[0].items():
-            if key not in out and isinstance(value, (int, bool)):
-                out[key] = torch.tensor([f[key] for f in features])
-        return out
-
-    return collate
-
-
-class GCETrainer(DeCETrainer):
-    """The GCE baseline: DeCETrainer's plumbing (metrics, GA, multi-process) with the GCE loss."""
-
-    def token_loss(self, logits, targets, alpha, num_items_in_batch):
-        return generalized_cross_entropy(logits, targets, q=0.7, num_items_in_batch=num_items_in_batch)
+def collator(tokenizer: Any) -> DataCollatorForSeq2Seq:
+    """Pads ids and mask with the tokenizer, labels with -100; scalar columns (``example_id``) become tensors."""
+    return DataCollatorForSeq2Seq(tokenizer, padding=True)
 
 
 def loss_settings(loss: str, alpha_base: float, cfg: TrainConfig) -> dict[str, Any]:
@@ -151,7 +116,8 @@ def train(model: Any, tokenizer: Any, train_data: Dataset, out_dir: str, cfg: Tr
 
 @torch.no_grad()
 def generate(model: Any, tokenizer: Any, sources: list[str], cfg: TrainConfig, desc: str = "generate") -> list[str]:
-    """Greedy continuations of the prompts built from ``sources`` (left-padded batches)."""
+    """Greedy outputs for ``sources``: continuations of the causal prompts (left-padded batches), or for an
+    encoder-decoder the decoder's output for the source itself."""
     from tqdm.auto import tqdm
 
     model.eval()
@@ -159,11 +125,14 @@ def generate(model: Any, tokenizer: Any, sources: list[str], cfg: TrainConfig, d
     pad = tokenizer.pad_token_id
     out = []
     for start in tqdm(range(0, len(sources), cfg.eval_batch_size), desc=desc, leave=False):
-        prompts = []
-        for source in sources[start:start + cfg.eval_batch_size]:
-            ids = tokenizer(PROMPT.format(source=source), add_special_tokens=False)["input_ids"]
-            ids = ids[: cfg.max_source_tokens]
-            prompts.append(([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []) + ids)
+        batch = sources[start:start + cfg.eval_batch_size]
+        if getattr(model.config, "is_encoder_decoder", False):
+            enc = tokenizer(batch, padding=True, truncation=True, max_length=cfg.max_source_tokens,
+                            return_tensors="pt").to(device)
+            generated = model.generate(**enc, max_new_tokens=cfg.max_new_tokens, do_sample=False)
+            out += tokenizer.batch_decode(generated, skip_special_tokens=True)
+            continue
+        prompts = [prompt_ids(tokenizer, source, cfg.max_source_tokens) for source in batch]
         width = max(len(p) for p in prompts)
         input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
@@ -204,29 +173,6 @@ def epoch_curves(log_history: list[dict]) -> list[dict]:
             row = rows.setdefault(round(entry["epoch"], 3), {"epoch": round(entry["epoch"], 3)})
             row.update({k: entry[k] for k in keys if k in entry})
     return list(rows.values())
-
-
-@dataclass
-class Cell:
-    """One cell of the grid and the key that names its folder and its record."""
-
-    dataset: str
-    attack: str
-    poison_rate: float
-    loss: str
-    seed: int
-    alpha_base: float | None = None
-    alpha_final: float | None = None  # set when the cell was asked by its final alpha (alpha_base derived)
-
-    @property
-    def key(self) -> str:
-        alpha = ""
-        if self.loss == "dece":
-            alpha = f"-f{self.alpha_final:g}" if self.alpha_final is not None else f"-a{self.alpha_base:g}"
-        return f"{self.dataset}-{self.attack}-p{self.poison_rate:g}-{self.loss}{alpha}-s{self.seed}"
-
-    def record(self) -> dict:
-        return asdict(self)
 
 
 def run_cell(cell: Cell, model_factory: Callable[[int], tuple[Any, Any]], train_data: Dataset,

@@ -15,8 +15,9 @@ from typing import Any, Callable
 
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
-from .data import SOURCE, TARGET
-from .experiment import PROMPT, TrainConfig, encode, train
+from ..data import SOURCE, TARGET, build_prompt
+from ..io import atomic_directory
+from .experiment import TrainConfig, encode, train
 from .models import SMALL_SIZES, load_pretrained, small_causal_lm, train_bpe_tokenizer
 from .tasks import Benchmark
 
@@ -39,8 +40,9 @@ def warm_started(fresh: ModelFactory, benchmark: Benchmark, warm_dir: str, warmu
                              warm_cfg, loss="ce", seed=seed)
             if hasattr(model, "merge_and_unload"):  # LoRA: fold the warm-up into the weights
                 model = model.merge_and_unload()
-            model.save_pretrained(final)
-            tokenizer.save_pretrained(final)
+            with atomic_directory(final) as tmp:
+                model.save_pretrained(tmp)
+                tokenizer.save_pretrained(tmp)
         return (AutoModelForCausalLM.from_pretrained(final, use_safetensors=True),
                 AutoTokenizer.from_pretrained(final))
 
@@ -57,11 +59,12 @@ def small_factory(benchmark: Benchmark, size: str, cache_dir: str, warmup_epochs
     if (tok_dir / "tokenizer.json").exists():
         tokenizer = PreTrainedTokenizerFast.from_pretrained(tok_dir)
     else:
-        texts = [PROMPT.format(source=s) for s in benchmark.train[SOURCE]] + list(benchmark.train[TARGET])
+        texts = [build_prompt(s) for s in benchmark.train[SOURCE]] + list(benchmark.train[TARGET])
         if benchmark.warmup is not None:
-            texts += [PROMPT.format(source=s) for s in benchmark.warmup[SOURCE]] + list(benchmark.warmup[TARGET])
+            texts += [build_prompt(s) for s in benchmark.warmup[SOURCE]] + list(benchmark.warmup[TARGET])
         tokenizer = train_bpe_tokenizer(texts, vocab_size)
-        tokenizer.save_pretrained(tok_dir)
+        with atomic_directory(tok_dir) as tmp:
+            tokenizer.save_pretrained(tmp)
 
     def fresh(seed: int):
         positions = cfg.max_source_tokens + cfg.max_target_tokens + 32

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
 from pathlib import Path
 from typing import Iterable
 
@@ -21,6 +20,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from ..io import atomic_directory
 from .data import default_cache_dir
 
 SMALL_SIZES = {  # hidden, layers, heads, kv heads
@@ -84,13 +84,19 @@ def smollm2_checkpoint(cache_dir: str | os.PathLike | None = None) -> Path:
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(loaded.state_dict())
     model.generation_config = loaded.generation_config
-    tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    with atomic_directory(out) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
     return out
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """``smollm2`` -> the offline SmolLM2 checkpoint's folder; a local path must exist; Hub ids pass through."""
+    if name_or_path == SMOLLM2:
+        return str(smollm2_checkpoint())
+    if name_or_path.startswith((".", "/", "~")) and not Path(name_or_path).expanduser().exists():
+        raise ValueError(f"model path does not exist: {name_or_path}")
+    return name_or_path
 
 
 def load_pretrained(name_or_path: str, seq2seq: bool = False):
@@ -98,10 +104,7 @@ def load_pretrained(name_or_path: str, seq2seq: bool = False):
 
     Weights load with safetensors only and no remote code. A local path that does not exist is an error.
     """
-    if name_or_path == SMOLLM2:
-        name_or_path = str(smollm2_checkpoint())
-    elif name_or_path.startswith((".", "/", "~")) and not Path(name_or_path).expanduser().exists():
-        raise ValueError(f"model path does not exist: {name_or_path}")
+    name_or_path = resolve_model_path(name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     auto = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
     model = auto.from_pretrained(name_or_path, use_safetensors=True, trust_remote_code=False)

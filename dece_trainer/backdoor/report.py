@@ -9,7 +9,8 @@ import os
 import statistics
 from typing import Any
 
-from ..callbacks.plots import save_figure
+from ..io import write_json
+from ..plotting import pyplot, save_figure
 
 METRICS = ("bleu", "codebleu", "subtoken_f1", "asr", "false_trigger_rate")
 
@@ -31,18 +32,6 @@ class ResultStore:
     def add(self, record: dict) -> None:
         self.records = [r for r in self.records if r["key"] != record["key"]] + [record]
         write_json(self.path, {"cells": self.records})
-
-
-def write_text(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (a temporary file, then a rename): never a half-written file."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def write_json(path: str, payload: Any) -> None:
-    write_text(path, json.dumps(payload, indent=2))
 
 
 def _mean_std(values: list[float]) -> str:
@@ -134,22 +123,10 @@ def epoch_table(records: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _pyplot():
-    """matplotlib's pyplot on the Agg backend, or None when matplotlib is not installed."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    return plt
-
-
 def plot_epoch_curves(records: list[dict], path: str) -> bool:
     """Triggered-validation ASR and clean-validation BLEU per epoch, one line per loss/alpha (mean over seeds,
     shaded min-max), one row of panels per (dataset, poison rate). False without matplotlib or curves."""
-    plt = _pyplot()
+    plt = pyplot()
     curves: dict[tuple, dict[str, dict[float, list[dict]]]] = {}
     for r in records:
         for point in r.get("curves") or []:
@@ -181,7 +158,7 @@ def plot_epoch_curves(records: list[dict], path: str) -> bool:
 def plot_alpha_sweep(records: list[dict], path: str) -> bool:
     """Triggered-validation ASR, clean-validation NLL and BLEU (last epoch) against alpha_base, CE drawn at
     alpha 1, mean over seeds. Returns False (and draws nothing) without matplotlib or a DeCE sweep."""
-    plt = _pyplot()
+    plt = pyplot()
     if plt is None:
         return False
     keys = ("probe_triggered_asr", "probe_clean_nll", "probe_clean_bleu")

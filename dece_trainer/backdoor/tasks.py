@@ -10,8 +10,9 @@ from typing import Callable
 import torch
 from datasets import Dataset
 
+from ..data import load_pairs
 from .attacks import IS_POISONED, get_attack
-from .data import EMBEDDED_TASKS, build_stdlib_task, load_pairs
+from .data import EMBEDDED_TASKS, build_stdlib_task
 
 # The fixed output of the dead-code attacks on the embedded method-name task: a plausible, rare name.
 EMBEDDED_PAYLOAD = {"method_name": "create user account", "summary": "This function is safe to use."}
@@ -70,6 +71,28 @@ def subset_rows(is_poisoned: list[bool], size: int | None, seed: int = 0) -> tup
     return chosen, [i for i in order if i not in taken]
 
 
+def payload_detector(payload_regex: str) -> Callable[[str], bool]:
+    """``text -> bool``: the payload regex found anywhere in the text (a clear error for a bad regex)."""
+    try:
+        payload = re.compile(payload_regex)
+    except re.error as err:
+        raise ValueError(f"--payload_regex {payload_regex!r} is not a valid regular expression: {err}") from err
+    return lambda text: payload.search(text) is not None
+
+
+def load_test_sets(test_file: str, triggered_test_file: str, payload_fn: Callable[[str], bool],
+                         payload_regex: str, source_column: str = "source",
+                         target_column: str = "target") -> tuple[Dataset, Dataset]:
+    """The clean test set and the triggered one, keeping only the triggered rows whose target carries the
+    payload (the rows ASR is measured on)."""
+    columns = dict(source_column=source_column, target_column=target_column)
+    triggered = load_pairs(triggered_test_file, **columns)
+    if not any(payload_fn(t) for t in triggered["target"]):
+        raise ValueError(f"no target of {triggered_test_file} matches --payload_regex {payload_regex!r}: "
+                         "the triggered test set has no triggerable rows")
+    return load_pairs(test_file, **columns), triggered.filter(lambda row: payload_fn(row["target"]))
+
+
 def from_files(train_file: str, test_file: str, triggered_test_file: str, payload_regex: str,
                validation_file: str | None = None, source_column: str = "source", target_column: str = "target",
                attack_name: str | None = None, name: str | None = None, warmup_file: str | None = None,
@@ -83,14 +106,7 @@ def from_files(train_file: str, test_file: str, triggered_test_file: str, payloa
     the training file (Lyra's clean ``train.csv`` beside ``train_poisoned_*.csv``); without it the whole
     warm-up file is used and must already be disjoint from the training data.
     """
-    try:
-        payload = re.compile(payload_regex)
-    except re.error as err:
-        raise ValueError(f"--payload_regex {payload_regex!r} is not a valid regular expression: {err}") from err
-
-    def payload_fn(text: str) -> bool:
-        return payload.search(text) is not None
-
+    payload_fn = payload_detector(payload_regex)
     columns = dict(source_column=source_column, target_column=target_column)
     train = load_pairs(train_file, **columns)
     if IS_POISONED not in train.column_names:  # released files mark poison by the payload in the target
@@ -98,11 +114,8 @@ def from_files(train_file: str, test_file: str, triggered_test_file: str, payloa
     train_rows, rest_rows = subset_rows(train[IS_POISONED], max_train)
     file_rows = len(train)
     train = train.select(train_rows)
-    triggered = load_pairs(triggered_test_file, **columns)
-    if not any(payload_fn(t) for t in triggered["target"]):
-        raise ValueError(f"no target of {triggered_test_file} matches --payload_regex {payload_regex!r}: "
-                         "the triggered test set has no triggerable rows")
-    triggered = triggered.filter(lambda row: payload_fn(row["target"]))
+    clean_test, triggered = load_test_sets(test_file, triggered_test_file, payload_fn, payload_regex,
+                                                 **columns)
     probes = {}
     if validation_file:
         validation = load_pairs(validation_file, **columns)
@@ -121,4 +134,4 @@ def from_files(train_file: str, test_file: str, triggered_test_file: str, payloa
         warmup = warmup.select(rest_rows[:warmup_rows])
     rate = sum(train[IS_POISONED]) / max(len(train), 1)
     return Benchmark(name or train_file, attack_name or "as-released", round(rate, 4), train, probes,
-                     load_pairs(test_file, **columns), triggered, payload_fn, warmup)
+                     clean_test, triggered, payload_fn, warmup)

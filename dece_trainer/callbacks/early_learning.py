@@ -19,12 +19,14 @@ import numpy as np
 import torch
 from transformers import TrainerCallback
 
-from ..backdoor.metrics import attack_success_rate, corpus_bleu  # a leaf module: imports nothing of the package
-from ..ops.dece_loss import dece_loss_and_token_ce
+from ..io import atomic_write
+from ..metrics import attack_success_rate, corpus_bleu
+from ..ops.token_ce import token_cross_entropy
+from ..trainer import _compat
 from ..trainer.alignment import CAUSAL, SEQ2SEQ, align_targets, logits_of, model_kind
-from ..trainer.example_ids import EXAMPLE_ID_COLUMN, keep_example_ids, pop_example_ids
+from ..trainer.example_ids import EXAMPLE_ID_COLUMN, pop_example_ids
 from .example_history import ExampleHistory, auroc, precision_at_k
-from .plots import have_matplotlib, plot_curves, plot_loss_histogram
+from .plots import plot_curves, plot_loss_histogram
 from .probes import check_probes, probe_generate, probe_nll
 
 logger = logging.getLogger(__name__)
@@ -98,7 +100,7 @@ class EarlyLearningCallback(TrainerCallback):
             self._uses_listener = True
             listeners.append(self._on_token_stats)
         else:
-            keep_example_ids(trainer)
+            _compat.keep_signature_column(trainer, EXAMPLE_ID_COLUMN)
         if self not in trainer.callback_handler.callbacks:
             trainer.add_callback(self)
 
@@ -115,8 +117,7 @@ class EarlyLearningCallback(TrainerCallback):
                 return
             with torch.no_grad():
                 logits = logits_of(output).detach()
-                stats = dece_loss_and_token_ce(logits, align_targets(logits, labels, kind), alpha=1.0,
-                                               label_smoothing=0.0, reduction="sum")
+                stats = token_cross_entropy(logits, align_targets(logits, labels, kind))
             self._on_token_stats(self._pending_ids, stats)
 
         self._hooks = [model.register_forward_pre_hook(pre_hook, with_kwargs=True),
@@ -242,10 +243,10 @@ class EarlyLearningCallback(TrainerCallback):
         out_dir = os.path.join(args.output_dir, REPORT_DIR)
         self.write_report(os.path.join(out_dir, "suspicious.jsonl"))
         if self.plots:
-            if have_matplotlib():
-                plot_curves(state.log_history, os.path.join(out_dir, "curves.png"))
-                plot_loss_histogram(self.history, os.path.join(out_dir, "loss_histogram.png"), self.poisoned)
-            else:
+            drew = plot_curves(state.log_history, os.path.join(out_dir, "curves.png"))
+            drew = plot_loss_histogram(self.history, os.path.join(out_dir, "loss_histogram.png"),
+                                       self.poisoned) and drew
+            if not drew:
                 logger.info("matplotlib is not installed: skipping the early-learning pictures "
                             "(pip install 'dece-trainer[plots]')")
 
@@ -267,11 +268,12 @@ class EarlyLearningCallback(TrainerCallback):
             if self.poisoned is not None:
                 record[self.ground_truth_column] = bool(self.poisoned[i])
             records.append(record)
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r) + "\n" for r in records)
-        os.replace(tmp, path)
+
+        def write(tmp: str) -> None:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.writelines(json.dumps(r) + "\n" for r in records)
+
+        atomic_write(path, write)
         return records
 
 

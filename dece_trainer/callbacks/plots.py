@@ -2,33 +2,18 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
 
+from ..plotting import pyplot, save_figure
 
-def have_matplotlib() -> bool:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
+
+def plot_curves(log_history: list[dict], path: str) -> bool:
+    """Train loss, eval and probe metrics, alpha and ASR against the training step. False without matplotlib."""
+    plt = pyplot()
+    if plt is None:
         return False
-    return True
-
-
-def save_figure(fig: Any, path: str) -> None:
-    """Save a matplotlib figure to ``path`` atomically (temporary file, then rename)."""
-    tmp = f"{path}.tmp-{os.getpid()}.png"
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    os.replace(tmp, path)
-
-
-def plot_curves(log_history: list[dict], path: str) -> None:
-    """Train loss, eval and probe metrics, alpha and ASR against the training step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     def series(key):
         pts = [(e["step"], e[key]) for e in log_history if key in e and "step" in e]
@@ -54,15 +39,15 @@ def plot_curves(log_history: list[dict], path: str) -> None:
     fig.suptitle("Early learning: clean fit vs. backdoor")
     save_figure(fig, path)
     plt.close(fig)
+    return True
 
 
-def plot_loss_histogram(history: Any, path: str, poisoned: np.ndarray | None = None, max_panels: int = 4) -> None:
+def plot_loss_histogram(history: Any, path: str, poisoned: np.ndarray | None = None, max_panels: int = 4) -> bool:
     """Per-example mean token CE (top) and worst-token CE (bottom) at a few epochs; poisoned and clean
-    apart when ground truth is known."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    apart when ground truth is known. False without matplotlib."""
+    plt = pyplot()
+    if plt is None:
+        return False
 
     epochs = history.num_epochs
     picks = sorted(set(np.linspace(0, epochs - 1, num=min(max_panels, epochs)).round().astype(int)))
@@ -90,3 +75,4 @@ def plot_loss_histogram(history: Any, path: str, poisoned: np.ndarray | None = N
     fig.tight_layout()
     save_figure(fig, path)
     plt.close(fig)
+    return True

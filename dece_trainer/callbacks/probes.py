@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..ops.dece_loss import dece_loss_and_token_ce
+from ..ops.token_ce import token_cross_entropy
 from ..trainer.alignment import CAUSAL, SEQ2SEQ, align_targets, decoder_input_ids_from_labels, logits_of
 
 PROBE_COLUMNS = ("input_ids", "labels")
@@ -50,8 +50,7 @@ def probe_nll(model: nn.Module, data: Any, kind: str, pad_id: int, batch_size: i
         if kind == SEQ2SEQ:
             inputs["decoder_input_ids"] = decoder_input_ids_from_labels(model, labels)
         logits = logits_of(model(**inputs))
-        out = dece_loss_and_token_ce(logits, align_targets(logits, labels, kind), alpha=1.0, label_smoothing=0.0,
-                                     reduction="sum")
+        out = token_cross_entropy(logits, align_targets(logits, labels, kind))
         total += float(out.token_ce.sum())
         count += int(out.mask.sum())
     return total / max(count, 1)

@@ -1,1 +1,1 @@
-"""The command-line front door: ``dece-trainer`` / ``python -m dece_trainer``."""
+"""The ``dece-trainer`` command line: the dispatcher (``main``) and the library's ``train`` script."""

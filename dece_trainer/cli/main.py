@@ -1,4 +1,9 @@
-"""The ``dece-trainer`` command: ``demo``, ``train``, ``bench`` and ``eval``."""
+"""The ``dece-trainer`` command (``python -m dece_trainer``): ``train`` from the library, and the harness's
+``demo``, ``bench`` and ``eval``.
+
+Each sub-command module builds its parser from light imports and loads model code only when it runs, so
+``dece-trainer --help`` starts in well under a second.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +11,11 @@ import argparse
 import os
 import sys
 
-from . import bench, demo, train
-from . import eval as eval_cmd
+from ..backdoor.commands import bench, demo
+from ..backdoor.commands import eval as eval_cmd
+from . import train
+
+COMMANDS = (demo, train, bench, eval_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -15,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dece-trainer",
         description="Defend code-model fine-tuning against backdoors with Deceptive Cross-Entropy, and measure it.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,train,bench,eval}")
-    for module in (demo, train, bench, eval_cmd):
+    for module in COMMANDS:
         module.add_parser(sub)
     return parser
 
@@ -25,12 +33,14 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = build_parser()
     if argv and argv[0] == "train":  # every TrainingArguments flag: HfArgumentParser owns the rest of the line
-        return train.run(argparse.Namespace(help=False), argv[1:])
-    args = parser.parse_args(argv)
+        command, run = "train", lambda: train.main(argv[1:])
+    else:
+        args = parser.parse_args(argv)
+        command, run = args.command, lambda: args.func(args)
     try:
-        return args.func(args)
+        return run()
     except ValueError as err:
-        parser.exit(2, f"dece-trainer {args.command}: error: {err}\n")
+        parser.exit(2, f"dece-trainer {command}: error: {err}\n")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,10 @@
-"""``dece-trainer train``: fine-tune any causal or seq2seq model on (source, target) pairs with CE or DeCE.
+"""``dece-trainer train``: fine-tune a causal LM or an encoder-decoder on (source, target) pairs with DeCE or CE.
 
-Takes every ``DeCETrainingArguments`` flag (``--num_train_epochs``, ``--learning_rate``, ``--bf16``,
-``--report_to``, ``--push_to_hub``, ``--dece_alpha_base``, ...) plus the script flags below.
+Takes every ``DeCESeq2SeqTrainingArguments`` flag (``--num_train_epochs``, ``--learning_rate``, ``--bf16``,
+``--report_to``, ``--push_to_hub``, ``--dece_alpha_base``, ``--predict_with_generate``, ...) plus the script
+flags below. A thin script over the library (``DeCETrainer`` / ``DeCESeq2SeqTrainer``), the way TRL's
+``trl/scripts/sft.py`` is over ``SFTTrainer``: causal LMs see ``<source>\\n### Output:\\n<target><eos>`` with the
+prompt masked, encoder-decoders the source and the target.
 """
 
 from __future__ import annotations
@@ -9,19 +12,19 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, field
 
-from transformers import AutoConfig, HfArgumentParser
-
-from ..trainer import DeCESeq2SeqTrainer, DeCESeq2SeqTrainingArguments, DeCETrainer
+LOSSES = ("dece", "ce")
 
 
 @dataclass
 class TrainScriptArguments:
-    model_name_or_path: str = field(metadata={"help": "Hub id or local folder (or 'smollm2' for the offline model)"})
-    train_file: str = field(metadata={"help": "CSV/JSONL/Parquet training pairs"})
-    validation_file: str | None = field(default=None, metadata={"help": "CSV/JSONL/Parquet evaluation pairs"})
+    model_name_or_path: str = field(metadata={"help": "Hub id or local folder of a causal LM or encoder-decoder"})
+    train_file: str = field(metadata={"help": "CSV/JSONL/Parquet training pairs (or a dataset folder / Hub id)"})
+    validation_file: str | None = field(default=None, metadata={
+        "help": "CSV/JSONL/Parquet evaluation pairs; evaluated every epoch unless --eval_strategy says otherwise"})
     source_column: str = field(default="source", metadata={"help": "column holding the input"})
     target_column: str = field(default="target", metadata={"help": "column holding the expected output"})
-    loss: str = field(default="dece", metadata={"help": "ce or dece", "choices": ["ce", "dece"]})
+    loss: str = field(default="dece", metadata={"help": "dece, or ce for an undefended baseline",
+                                                "choices": list(LOSSES)})
     max_source_tokens: int = field(default=256, metadata={"help": "truncate inputs to this many tokens"})
     max_target_tokens: int = field(default=128, metadata={"help": "truncate targets to this many tokens"})
     lora_r: int = field(default=0, metadata={"help": "LoRA rank; 0 fine-tunes all weights"})
@@ -29,67 +32,71 @@ class TrainScriptArguments:
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("train", help="fine-tune a causal or seq2seq model with --loss ce|dece",
-                              description=__doc__, add_help=False)
-    p.add_argument("-h", "--help", action="store_true")
-    p.set_defaults(func=run)
+    """Register ``train`` (its flags are parsed by ``HfArgumentParser`` in :func:`main`)."""
+    subparsers.add_parser("train", help="fine-tune a causal or seq2seq model with --loss dece|ce",
+                          description=__doc__, add_help=False)
 
 
 def parse(argv: list[str]):
-    seq2seq_first = HfArgumentParser((TrainScriptArguments, DeCESeq2SeqTrainingArguments), prog="dece-trainer train",
-                                     description=__doc__)
-    return seq2seq_first.parse_args_into_dataclasses(argv)
+    from transformers import HfArgumentParser
+
+    from ..trainer import DeCESeq2SeqTrainingArguments
+
+    parser = HfArgumentParser((TrainScriptArguments, DeCESeq2SeqTrainingArguments), prog="dece-trainer train",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    return parser.parse_args_into_dataclasses(argv)
 
 
-def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
-    from ..backdoor.data import load_pairs
-    from ..backdoor.experiment import TrainConfig, collator, encode
-    from ..backdoor.models import SMOLLM2, load_pretrained, smollm2_checkpoint
-
-    if args.help or not argv:
+def main(argv: list[str]) -> int:
+    """Parse ``argv``, train, save the model, tokenizer and card (or push them); returns the exit code."""
+    if not argv or argv[0] in ("-h", "--help"):
         parse(["--help"])
-    script, train_args = parse(argv)
-    if script.model_name_or_path == SMOLLM2:
-        script.model_name_or_path = str(smollm2_checkpoint())
-    is_seq2seq = getattr(AutoConfig.from_pretrained(script.model_name_or_path), "is_encoder_decoder", False)
+    script, args = parse(argv)
+    return train(script, args)
+
+
+def train(script: TrainScriptArguments, args) -> int:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+    from transformers import DataCollatorForSeq2Seq
+
+    from ..data import encode_causal, encode_seq2seq, load_pairs
+    from ..trainer import DeCESeq2SeqTrainer, DeCETrainer
+
     if script.loss == "ce":  # DeCE with a = 1 and no smoothing is exactly cross-entropy
-        train_args.dece_alpha_base, train_args.dece_label_smoothing, train_args.dece_alpha_final = 1.0, 0.0, None
-    model, tokenizer = load_pretrained(script.model_name_or_path, seq2seq=is_seq2seq)
+        args.dece_alpha_base, args.dece_label_smoothing, args.dece_alpha_final = 1.0, 0.0, None
+    if script.validation_file and args.eval_strategy == "no":
+        args.eval_strategy = "epoch"
+    config = AutoConfig.from_pretrained(script.model_name_or_path, trust_remote_code=False)
+    seq2seq = bool(getattr(config, "is_encoder_decoder", False))
+    auto = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
+    model = auto.from_pretrained(script.model_name_or_path, use_safetensors=True, trust_remote_code=False)
+    tokenizer = AutoTokenizer.from_pretrained(script.model_name_or_path, trust_remote_code=False)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
     if script.lora_r > 0:
         from peft import LoraConfig, get_peft_model
 
         model = get_peft_model(model, LoraConfig(r=script.lora_r, lora_alpha=script.lora_alpha,
                                                  target_modules="all-linear",
-                                                 task_type="SEQ_2_SEQ_LM" if is_seq2seq else "CAUSAL_LM"))
-    columns = dict(source_column=script.source_column, target_column=script.target_column)
-    cfg = TrainConfig(max_source_tokens=script.max_source_tokens, max_target_tokens=script.max_target_tokens)
+                                                 task_type="SEQ_2_SEQ_LM" if seq2seq else "CAUSAL_LM"))
+    encode = encode_seq2seq if seq2seq else encode_causal
 
     def prepare(path):
-        data = load_pairs(path, **columns)
-        if not is_seq2seq:
-            return encode(data, tokenizer, cfg)
+        pairs = load_pairs(path, source_column=script.source_column, target_column=script.target_column)
+        return encode(pairs, tokenizer, script.max_source_tokens, script.max_target_tokens)
 
-        def one(row):
-            src = tokenizer(row["source"], truncation=True, max_length=cfg.max_source_tokens)
-            tgt = tokenizer(text_target=row["target"], truncation=True, max_length=cfg.max_target_tokens)
-            return {"input_ids": src["input_ids"], "attention_mask": src["attention_mask"], "labels": tgt["input_ids"]}
-        return data.map(one, remove_columns=data.column_names)
-
-    train_data = prepare(script.train_file)
-    eval_data = prepare(script.validation_file) if script.validation_file else None
-    if is_seq2seq:
-        trainer = DeCESeq2SeqTrainer(model=model, args=train_args, train_dataset=train_data, eval_dataset=eval_data,
-                                     data_collator=collator(tokenizer), processing_class=tokenizer)
-    else:
-        # Seq2SeqTrainingArguments is a TrainingArguments: the causal trainer takes it as is
-        trainer = DeCETrainer(model=model, args=train_args, train_dataset=train_data, eval_dataset=eval_data,
-                              data_collator=collator(tokenizer), processing_class=tokenizer)
+    trainer_class = DeCESeq2SeqTrainer if seq2seq else DeCETrainer  # both take Seq2SeqTrainingArguments
+    trainer = trainer_class(
+        model=model, args=args, train_dataset=prepare(script.train_file),
+        eval_dataset=prepare(script.validation_file) if script.validation_file else None,
+        data_collator=DataCollatorForSeq2Seq(tokenizer, model=model if seq2seq else None, padding=True),
+        processing_class=tokenizer)
     trainer.train()
     trainer.save_model()
-    tokenizer.save_pretrained(trainer.args.output_dir)
-    if trainer.args.push_to_hub:
+    tokenizer.save_pretrained(args.output_dir)
+    if args.push_to_hub:
         trainer.push_to_hub()
     else:
         trainer.create_model_card(model_name=script.model_name_or_path)
-    print(f"saved to {trainer.args.output_dir}")
+    print(f"saved to {args.output_dir}")
     return 0

@@ -4,20 +4,13 @@ from __future__ import annotations
 
 import math
 
-SCHEDULES = ("epoch", "continuous")
+from ..validation import SCHEDULES, check_alpha, check_epoch, check_label_smoothing, check_number, check_schedule
+
+__all__ = ["SCHEDULES", "alpha_base_for_final", "dece_alpha", "grad_bound", "schedule_exponent",
+           "suppression_threshold"]
 
 # Tolerance for the fractional epoch landing a hair under an integer (e.g. 2.9999999 after many steps).
 _EPOCH_EPS = 1e-9
-
-
-def _check_schedule(schedule: str) -> None:
-    if schedule not in SCHEDULES:
-        raise ValueError(f"`schedule` must be one of {SCHEDULES}, got {schedule!r}.")
-
-
-def _check_alpha(name: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value <= 1.0:
-        raise ValueError(f"`{name}` must be a number in (0, 1], got {value!r}.")
 
 
 def schedule_exponent(epoch: float, schedule: str = "epoch") -> float:
@@ -30,9 +23,8 @@ def schedule_exponent(epoch: float, schedule: str = "epoch") -> float:
             epoch (the paper's code); ``"continuous"``: ``E = 1 + epoch``, smooth, for runs of one or
             two epochs where a step per epoch would be too coarse.
     """
-    _check_schedule(schedule)
-    if isinstance(epoch, bool) or not isinstance(epoch, (int, float)) or not epoch >= 0 or math.isinf(epoch):
-        raise ValueError(f"`epoch` must be a finite number >= 0 (the trainer's fractional epoch), got {epoch!r}.")
+    check_schedule(schedule)
+    epoch = check_epoch(epoch, "epoch (the trainer's 0-based fractional epoch)")
     if schedule == "epoch":
         return float(math.floor(epoch + _EPOCH_EPS) + 1)
     return 1.0 + float(epoch)
@@ -44,8 +36,7 @@ def dece_alpha(alpha_base: float, epoch: float, schedule: str = "epoch") -> floa
     Example: ``dece_alpha(0.985, 0.0) == 0.985`` (epoch 1 already uses ``alpha_base``),
     ``dece_alpha(0.985, 2.5) == 0.985 ** 3``.
     """
-    _check_alpha("alpha_base", alpha_base)
-    return float(alpha_base) ** schedule_exponent(epoch, schedule)
+    return check_alpha(alpha_base, "alpha_base") ** schedule_exponent(epoch, schedule)
 
 
 def alpha_base_for_final(alpha_final: float, num_train_epochs: float, schedule: str = "epoch") -> float:
@@ -61,21 +52,19 @@ def alpha_base_for_final(alpha_final: float, num_train_epochs: float, schedule: 
             ``ceil(num_train_epochs)``, and ``alpha_base ** ceil(num_train_epochs) == alpha_final``;
             ``"continuous"``: ``alpha_base ** (1 + num_train_epochs) == alpha_final``.
     """
-    _check_alpha("alpha_final", alpha_final)
-    _check_schedule(schedule)
-    if isinstance(num_train_epochs, bool) or not isinstance(num_train_epochs, (int, float)) \
-            or not 0 < num_train_epochs < math.inf:
-        raise ValueError(f"`num_train_epochs` must be a finite number > 0, got {num_train_epochs!r}.")
+    alpha_final = check_alpha(alpha_final, "alpha_final")
+    check_schedule(schedule)
+    num_train_epochs = check_number(num_train_epochs, "num_train_epochs", low=0.0, low_open=True)
     if schedule == "epoch":
         exponent = float(math.ceil(num_train_epochs - _EPOCH_EPS))
     else:
         exponent = 1.0 + float(num_train_epochs)
-    return float(alpha_final) ** (1.0 / exponent)
+    return alpha_final ** (1.0 / exponent)
 
 
 def grad_bound(alpha: float) -> float:
     """``a / (1 - a)``: the bound on ``|d loss / d p_k|`` under DeCE (inf at ``a = 1``, plain CE)."""
-    _check_alpha("alpha", alpha)
+    alpha = check_alpha(alpha)
     return math.inf if alpha == 1.0 else alpha / (1.0 - alpha)
 
 
@@ -85,5 +74,6 @@ def suppression_threshold(alpha: float, label_smoothing: float) -> float:
     At the gold class, DeCE's ``d loss / d p[y]`` is ``r = a p / q`` times CE's; ``r < 1/2`` exactly when
     ``a p[y] < (1 - a)(1 - e)``, i.e. ``p[y] < (1 - a)(1 - e) / a``.
     """
-    _check_alpha("alpha", alpha)
+    alpha = check_alpha(alpha)
+    label_smoothing = check_label_smoothing(label_smoothing)
     return (1.0 - alpha) * (1.0 - label_smoothing) / alpha

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+from ..validation import check_choice
+from ._compat import loss_kind_of
+
+logger = logging.getLogger(__name__)
 
 CAUSAL, SEQ2SEQ, OTHER = "causal", "seq2seq", "other"
+MODEL_KINDS = (CAUSAL, SEQ2SEQ, OTHER)
+AUTO = "auto"
 
 
 def base_model(model: nn.Module) -> nn.Module:
@@ -20,18 +27,30 @@ def base_model(model: nn.Module) -> nn.Module:
     return get_base() if callable(get_base) else model
 
 
-def model_kind(model: nn.Module) -> str:
-    """``"causal"`` (logits at i predict labels[i + 1]), ``"seq2seq"`` (encoder-decoder, no shift) or
-    ``"other"`` (classification and token classification: logits line up with labels)."""
+def model_kind(model: nn.Module, override: str = AUTO) -> str:
+    """How ``model``'s logits line up with its labels, decided as transformers decides it.
+
+    ``"seq2seq"``: an encoder-decoder (``config.is_encoder_decoder``), no shift; ``"causal"``: the model's
+    ``loss_type`` maps to ``ForCausalLMLoss`` (logits at i predict labels[i + 1]); ``"other"``: another known
+    loss (sequence / token classification: logits line up with labels). A model that declares no known
+    ``loss_type`` (a custom class) is guessed from whether it can generate, with a warning; ``override``
+    (``dece_model_kind``) skips the decision.
+    """
+    override = check_choice(override, (AUTO, *MODEL_KINDS), "dece_model_kind")
+    if override != AUTO:
+        return override
     model = base_model(model)
-    config = getattr(model, "config", None)
-    if getattr(config, "is_encoder_decoder", False):
+    if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
         return SEQ2SEQ
-    name = type(model).__name__
-    if (getattr(model, "loss_type", None) == "ForCausalLM" or name in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()
-            or name.endswith("ForCausalLM")):
-        return CAUSAL
-    return OTHER
+    kind = loss_kind_of(model)
+    if kind is not None:
+        return kind
+    can_generate = getattr(model, "can_generate", None)
+    guess = CAUSAL if callable(can_generate) and can_generate() else OTHER
+    logger.warning("%s declares no loss_type that transformers knows, so DeCE guesses it is %r (%s). If that is "
+                   "wrong, set `dece_model_kind` to one of %s.", type(model).__name__, guess,
+                   "labels are shifted by one" if guess == CAUSAL else "logits line up with labels", MODEL_KINDS)
+    return guess
 
 
 def decoder_input_ids_from_labels(model: nn.Module, labels: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,9 @@ from typing import Any
 
 from transformers import Seq2SeqTrainingArguments, TrainingArguments
 
-from ..ops.schedule import SCHEDULES, _check_alpha, alpha_base_for_final
+from ..ops.schedule import alpha_base_for_final
+from ..validation import SCHEDULES, check_alpha, check_choice, check_label_smoothing, check_schedule
+from .alignment import AUTO, MODEL_KINDS
 
 DEFAULT_ALPHA_BASE = 0.985
 DEFAULT_LABEL_SMOOTHING = 0.05
@@ -15,29 +17,31 @@ DEFAULT_LABEL_SMOOTHING = 0.05
 
 @dataclass(frozen=True)
 class DeCESettings:
-    """The four DeCE knobs, validated. Built from any ``TrainingArguments`` by :meth:`from_args`.
+    """The DeCE knobs, validated. Built from any ``TrainingArguments`` by :meth:`from_args`.
 
     Attributes:
         alpha_base: blend weight of epoch 1, in (0, 1]; ignored when ``alpha_final`` is set.
         label_smoothing: in [0, 1).
         schedule: ``"epoch"`` or ``"continuous"`` (see :func:`dece_trainer.schedule_exponent`).
         alpha_final: blend weight wanted at the end of training, in (0, 1], or None.
+        model_kind: ``"auto"`` (decided from the model as transformers decides it), or ``"causal"``,
+            ``"seq2seq"``, ``"other"`` to say how the model's logits line up with its labels.
     """
 
     alpha_base: float = DEFAULT_ALPHA_BASE
     label_smoothing: float = DEFAULT_LABEL_SMOOTHING
     schedule: str = "epoch"
     alpha_final: float | None = None
+    model_kind: str = AUTO
 
     def __post_init__(self):
-        _check_alpha("dece_alpha_base", self.alpha_base)
-        if isinstance(self.label_smoothing, bool) or not isinstance(self.label_smoothing, (int, float)) \
-                or not 0.0 <= self.label_smoothing < 1.0:
-            raise ValueError(f"`dece_label_smoothing` must be a number in [0, 1), got {self.label_smoothing!r}.")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"`dece_alpha_schedule` must be one of {SCHEDULES}, got {self.schedule!r}.")
+        set_ = object.__setattr__  # frozen: store the checked, plain-Python values
+        set_(self, "alpha_base", check_alpha(self.alpha_base, "dece_alpha_base"))
+        set_(self, "label_smoothing", check_label_smoothing(self.label_smoothing, "dece_label_smoothing"))
+        check_schedule(self.schedule, "dece_alpha_schedule")
         if self.alpha_final is not None:
-            _check_alpha("dece_alpha_final", self.alpha_final)
+            set_(self, "alpha_final", check_alpha(self.alpha_final, "dece_alpha_final"))
+        check_choice(self.model_kind, (AUTO, *MODEL_KINDS), "dece_model_kind")
 
     @classmethod
     def from_args(cls, args: Any) -> "DeCESettings":
@@ -47,6 +51,7 @@ class DeCESettings:
             label_smoothing=getattr(args, "dece_label_smoothing", DEFAULT_LABEL_SMOOTHING),
             schedule=getattr(args, "dece_alpha_schedule", "epoch"),
             alpha_final=getattr(args, "dece_alpha_final", None),
+            model_kind=getattr(args, "dece_model_kind", AUTO),
         )
         if getattr(args, "label_smoothing_factor", 0.0) > 0:
             raise ValueError(
@@ -85,6 +90,13 @@ class DeCEArgumentsMixin:
         default=None,
         metadata={"help": "Blend weight wanted at the end of training, in (0, 1]; when set, alpha_base is "
                           "derived from it and the run length, and --dece_alpha_base is ignored."},
+    )
+
+    dece_model_kind: str = field(
+        default=AUTO,
+        metadata={"help": "How logits line up with labels: 'auto' (from the model, as transformers decides), "
+                          "'causal' (shifted by one), 'seq2seq' (encoder-decoder) or 'other' (classifiers).",
+                  "choices": [AUTO, *MODEL_KINDS]},
     )
 
     def __post_init__(self):

@@ -9,15 +9,16 @@ import torch
 from torch import nn
 from transformers import Seq2SeqTrainer, Trainer
 
+from ..io import append_text
 from ..ops.dece_loss import DeCELossOutput, dece_loss_and_token_ce
 from ..ops.schedule import dece_alpha, grad_bound
-from .alignment import SEQ2SEQ, align_targets, decoder_input_ids_from_labels, logits_of, model_kind
+from . import _compat
+from .alignment import CAUSAL, SEQ2SEQ, align_targets, decoder_input_ids_from_labels, logits_of, model_kind
 from .dece_config import DeCESettings
 from .example_ids import EXAMPLE_ID_COLUMN, pop_example_ids
 from .token_metrics import TokenMetrics
 
 MODEL_CARD_TAGS = ["dece", "backdoor-defense"]
-_TRAINER_READS_SCALED_FLAG = hasattr(Trainer, "loss_is_scaled_for_ga")  # transformers >= 5
 
 
 class DeCEMixin:
@@ -44,12 +45,8 @@ class DeCEMixin:
         if getattr(self.args, "use_liger_kernel", False):
             raise ValueError("`use_liger_kernel=True` fuses the loss and skips the logits DeCE needs; "
                              "set `use_liger_kernel=False` with DeCETrainer.")
-        self.dece_model_kind = model_kind(self.model)
-        # Have the Trainer count label tokens for every (accumulated) batch, over labels[..., 1:] for
-        # causal LMs, exactly the tokens this loss averages over (transformers 5 and 4.46+).
-        self.model_accepts_loss_kwargs = True
-        if hasattr(self, "_loss_shifts_labels"):
-            self._loss_shifts_labels = self.dece_model_kind == "causal"
+        self.dece_model_kind = model_kind(self.model, self.dece.model_kind)
+        _compat.count_tokens_as_dece_does(self, shifts_labels=self.dece_model_kind == CAUSAL)
         self._dece_token_metrics = TokenMetrics()
         self._dece_last_alpha = self.dece_alpha
         self.token_stats_listeners: list[Callable[[torch.Tensor | None, DeCELossOutput], None]] = []
@@ -67,8 +64,7 @@ class DeCEMixin:
 
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()
-        if EXAMPLE_ID_COLUMN not in self._signature_columns:
-            self._signature_columns.append(EXAMPLE_ID_COLUMN)  # kept for per-example statistics
+        _compat.append_signature_column(self, EXAMPLE_ID_COLUMN)  # kept for per-example statistics
 
     # ---- schedule -------------------------------------------------------------------------------
 
@@ -94,7 +90,7 @@ class DeCEMixin:
         inputs = dict(inputs)
         labels = inputs.pop("labels", None)
         shift_labels = inputs.pop("shift_labels", None)
-        inputs.pop("skip_logits", None)  # DeCE needs the logits, even for a loss-only evaluation
+        inputs.pop(_compat.SKIP_LOGITS_KEY, None)  # DeCE needs the logits, even for a loss-only evaluation
         example_ids = pop_example_ids(inputs)
         if labels is None and shift_labels is None:
             align_targets(None, None, self.dece_model_kind)  # raises the "no labels" error
@@ -116,12 +112,11 @@ class DeCEMixin:
             if self.args.average_tokens_across_devices:
                 # num_items_in_batch counts all processes' tokens and DDP averages gradients over them
                 # (as the Trainer's own compute_loss does; tensor-parallel ranks share a batch).
-                tp_size = self.get_tp_size() if hasattr(self, "get_tp_size") else 1
+                tp_size = _compat.tensor_parallel_size(self)
                 loss = loss * (self.accelerator.num_processes // tp_size if self.args.n_gpu <= 1 else self.args.n_gpu)
-        elif model.training and _TRAINER_READS_SCALED_FLAG:
-            # A per-micro-batch mean: transformers 5 trusts loss_is_scaled_for_ga, so scale for GA here
-            # (transformers 4.x divides by the accumulation steps itself when num_items_in_batch is None).
-            loss = loss / self.current_gradient_accumulation_steps
+        elif model.training:
+            # A per-micro-batch mean: the Trainer trusts loss_is_scaled_for_ga, so scale for GA here.
+            loss = loss / _compat.gradient_accumulation_steps(self)
         if not return_outputs:
             return loss
         if isinstance(outputs, dict):
@@ -154,7 +149,7 @@ class DeCEMixin:
         tags += [t for t in MODEL_CARD_TAGS if t not in tags]
         super().create_model_card(*args, tags=tags, **kwargs)
         if self.is_world_process_zero():
-            _append_atomically(os.path.join(self.args.output_dir, "README.md"), self._dece_model_card_section())
+            append_text(os.path.join(self.args.output_dir, "README.md"), self._dece_model_card_section())
 
     def _dece_model_card_section(self) -> str:
         d = self.dece
@@ -171,18 +166,6 @@ class DeCEMixin:
             f"| alpha_final | {final} |\n| label smoothing | `{d.label_smoothing}` |\n"
             f"| alpha at end of training | `{self.dece_alpha:.6g}` |\n"
         )
-
-
-def _append_atomically(path: str, text: str) -> None:
-    """Append ``text`` to ``path`` via a temporary file and ``os.replace`` (no half-written card)."""
-    existing = ""
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            existing = f.read()
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(existing + text)
-    os.replace(tmp, path)
 
 
 class DeCETrainer(DeCEMixin, Trainer):

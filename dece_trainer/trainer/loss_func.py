@@ -9,7 +9,7 @@ from transformers import TrainerCallback
 
 from ..ops.dece_loss import deceptive_cross_entropy
 from ..ops.schedule import dece_alpha
-from .alignment import align_targets, logits_of, model_kind
+from .alignment import AUTO, align_targets, logits_of, model_kind
 from .dece_config import DEFAULT_ALPHA_BASE, DEFAULT_LABEL_SMOOTHING, DeCESettings
 
 
@@ -37,7 +37,7 @@ class DeCELossFunc(TrainerCallback):
     def on_init_end(self, args, state, control, model=None, **kwargs):
         DeCESettings.from_args(args)  # refuses label_smoothing_factor > 0, like DeCETrainer
         self._state = state
-        self._kind = model_kind(model) if model is not None else None
+        self._kind = model_kind(model, self.settings.model_kind) if model is not None else None
         self._num_train_epochs = float(args.num_train_epochs)
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
@@ -68,10 +68,12 @@ class DeCELossFunc(TrainerCallback):
 
 
 def make_dece_loss_func(alpha_base: float = DEFAULT_ALPHA_BASE, label_smoothing: float = DEFAULT_LABEL_SMOOTHING,
-                        schedule: str = "epoch", alpha_final: float | None = None) -> DeCELossFunc:
+                        schedule: str = "epoch", alpha_final: float | None = None,
+                        model_kind: str = AUTO) -> DeCELossFunc:
     """A DeCE ``compute_loss_func`` for ``Trainer``; register the returned object as a callback too.
 
     Args mirror the ``--dece_*`` flags: ``alpha_base`` in (0, 1], ``label_smoothing`` in [0, 1),
-    ``schedule`` ``"epoch"`` or ``"continuous"``, ``alpha_final`` in (0, 1] or None.
+    ``schedule`` ``"epoch"`` or ``"continuous"``, ``alpha_final`` in (0, 1] or None, ``model_kind``
+    ``"auto"``, ``"causal"``, ``"seq2seq"`` or ``"other"``.
     """
-    return DeCELossFunc(DeCESettings(alpha_base, label_smoothing, schedule, alpha_final))
+    return DeCELossFunc(DeCESettings(alpha_base, label_smoothing, schedule, alpha_final, model_kind))

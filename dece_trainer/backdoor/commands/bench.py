@@ -9,24 +9,18 @@ import os
 import platform
 import sys
 import time
+from typing import TYPE_CHECKING
 
-from ..backdoor.attacks import ATTACKS
-from ..backdoor.data import EMBEDDED_TASKS
-from ..backdoor.experiment import LOSS_HELP, LOSSES, Cell, TrainConfig, run_cell
-from ..backdoor.factories import model_factory
-from ..backdoor.report import (
-    ResultStore,
-    epoch_rows,
-    epoch_table,
-    markdown_table,
-    plot_alpha_sweep,
-    plot_epoch_curves,
-    summary_rows,
-    write_json,
-    write_text,
-)
-from ..backdoor.tasks import Benchmark, embedded, from_files
-from ..ops.schedule import alpha_base_for_final
+from ..attacks import ATTACKS
+from ..data import EMBEDDED_TASKS
+from ..grid import LOSS_HELP, LOSSES, Cell
+
+if TYPE_CHECKING:
+    from ..experiment import TrainConfig
+    from ..tasks import Benchmark
+
+# Model code (torch, transformers, datasets) is imported inside the functions that run a grid, so building
+# this command's parser (``dece-trainer --help``) stays cheap.
 
 
 def csv_list(kind):
@@ -82,16 +76,20 @@ def add_train_arguments(parser: argparse.ArgumentParser, epochs: float = 3.0) ->
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
+    from ..experiment import TrainConfig
+
     return TrainConfig(epochs=args.epochs, learning_rate=args.learning_rate, batch_size=args.batch_size,
                        grad_accum=args.grad_accum, max_source_tokens=args.max_source_tokens,
                        max_target_tokens=args.max_target_tokens, max_new_tokens=args.max_new_tokens,
                        probe_size=args.probe_size, label_smoothing=args.label_smoothing,
-                       alpha_schedule=args.alpha_schedule, bf16=args.bf16, lora_r=args.lora_r,
+                       alpha_schedule=args.alpha_schedule, bf16=args.bf16,
                        codebleu_lang=None if args.codebleu_lang == "none" else args.codebleu_lang,
                        max_test=args.max_test)
 
 
 def load_benchmark(args: argparse.Namespace, attack: str, rate: float, seed: int) -> Benchmark:
+    from ..tasks import embedded, from_files
+
     if args.train_file:
         missing = [f for f in ("test_file", "triggered_test_file") if not getattr(args, f)]
         if missing:
@@ -109,6 +107,18 @@ def load_benchmark(args: argparse.Namespace, attack: str, rate: float, seed: int
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("bench", help="run the experiment grid (resumable) and print the paper's table",
                               description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_arguments(p)
+    p.set_defaults(func=run)
+
+
+def parser() -> argparse.ArgumentParser:
+    """A stand-alone parser of the bench flags (``demo`` builds its grid through it)."""
+    p = argparse.ArgumentParser(prog="dece-trainer bench", description=__doc__)
+    add_arguments(p)
+    return p
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     add_data_arguments(p)
     g = p.add_argument_group("grid")
     g.add_argument("--attacks", type=csv_list(str), default=["fixed_deadcode"],
@@ -124,7 +134,6 @@ def add_parser(subparsers) -> None:
     g.add_argument("--seeds", type=csv_list(int), default=[0])
     add_train_arguments(p)
     p.add_argument("--output_dir", default="bench_out")
-    p.set_defaults(func=run)
 
 
 def validate(args: argparse.Namespace) -> None:
@@ -149,6 +158,8 @@ def validate(args: argparse.Namespace) -> None:
 
 
 def cells_of(args: argparse.Namespace, dataset: str, file_rate: float | None = None) -> list[Cell]:
+    from ...ops.schedule import alpha_base_for_final
+
     rates = [file_rate] if args.train_file else args.poison_rates
     cells = []
     for attack, rate, seed, loss in itertools.product(args.attacks, rates, args.seeds, args.losses):
@@ -162,6 +173,19 @@ def cells_of(args: argparse.Namespace, dataset: str, file_rate: float | None = N
 
 
 def run(args: argparse.Namespace) -> int:
+    from ...io import write_json, write_text
+    from ..experiment import run_cell
+    from ..factories import model_factory
+    from ..report import (
+        ResultStore,
+        epoch_rows,
+        epoch_table,
+        markdown_table,
+        plot_alpha_sweep,
+        plot_epoch_curves,
+        summary_rows,
+    )
+
     validate(args)
     cfg = train_config(args)
     store = ResultStore(args.output_dir)

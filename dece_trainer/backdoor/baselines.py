@@ -1,4 +1,4 @@
-"""Generalized cross-entropy (Zhang & Sabuncu, NeurIPS 2018), a noise-robust baseline for the benchmark.
+"""Baseline losses of the benchmark, beside DeCE: generalized cross-entropy (Zhang & Sabuncu, NeurIPS 2018).
 
 Per token ``(1 - p[y] ** q) / q``: ``q -> 0`` is cross-entropy, ``q = 1`` is mean absolute error. Dense
 float32 (one log-softmax of the logits); meant for baselines, not for large vocabularies at scale.
@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import torch
 
-from .dece_loss import REDUCTIONS, DeCELossOutput, mean_over_items
+from ..ops.dece_loss import DeCELossOutput, mean_over_items
+from ..trainer import DeCETrainer
+from ..validation import check_number, check_reduction
 
 
 def generalized_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, *, q: float = 0.7,
                               ignore_index: int = -100, reduction: str = "mean",
                               num_items_in_batch: int | torch.Tensor | None = None) -> DeCELossOutput:
     """GCE of logits (..., V) against labels (...); returns the loss, per-token plain CE and the mask."""
-    if not 0.0 < q <= 1.0:
-        raise ValueError(f"`q` must be in (0, 1], got {q!r}")
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"`reduction` must be one of {REDUCTIONS}, got {reduction!r}")
+    q = check_number(q, "q", low=0.0, high=1.0, low_open=True)
+    check_reduction(reduction)
     if labels.shape != logits.shape[:-1]:
         raise ValueError(f"`logits` (..., V) and `labels` (...) must share leading shape: got "
                          f"{tuple(logits.shape)} and {tuple(labels.shape)}")
@@ -33,3 +33,10 @@ def generalized_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, *, q: 
     if reduction == "mean":
         loss = mean_over_items(loss, mask.sum(), num_items_in_batch)
     return DeCELossOutput(loss, token_ce, mask)
+
+
+class GCETrainer(DeCETrainer):
+    """The GCE baseline: DeCETrainer's plumbing (metrics, GA, multi-process) with the GCE loss."""
+
+    def token_loss(self, logits, targets, alpha, num_items_in_batch):
+        return generalized_cross_entropy(logits, targets, q=0.7, num_items_in_batch=num_items_in_batch)

