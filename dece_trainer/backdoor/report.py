@@ -7,7 +7,6 @@ import json
 import math
 import os
 import statistics
-from typing import Any
 
 from ..io import write_json
 from ..plotting import pyplot, save_figure

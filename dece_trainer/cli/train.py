@@ -56,8 +56,13 @@ def main(argv: list[str]) -> int:
 
 
 def train(script: TrainScriptArguments, args) -> int:
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
-    from transformers import DataCollatorForSeq2Seq
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForSeq2SeqLM,
+        AutoTokenizer,
+        DataCollatorForSeq2Seq,
+    )
 
     from ..data import encode_causal, encode_seq2seq, load_pairs
     from ..trainer import DeCESeq2SeqTrainer, DeCETrainer

@@ -21,7 +21,8 @@ TRANSFORMERS_VERSION = Version(transformers.__version__)
 
 if not Version(MIN_TRANSFORMERS) <= TRANSFORMERS_VERSION < Version("6"):
     raise ImportError(f"dece-trainer needs transformers >= {MIN_TRANSFORMERS}, < 6 (the versions its tests run "
-                      f"against); found {transformers.__version__}. pip install -U 'transformers>={MIN_TRANSFORMERS},<6'")
+                      f"against); found {transformers.__version__}: "
+                      f"pip install -U 'transformers>={MIN_TRANSFORMERS},<6'")
 
 from transformers.loss.loss_utils import LOSS_MAPPING, ForCausalLMLoss  # noqa: E402
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES  # noqa: E402
