@@ -1,4 +1,4 @@
-"""Repository hygiene: the README's commands are what CI runs; the math layer never imports transformers."""
+"""Repository hygiene: the README's commands are what CI runs; the layers' imports, read from the source."""
 
 import ast
 import re
@@ -21,16 +21,47 @@ def test_ci_runs_the_readme_commands_verbatim():
     assert ci_lines == commands
 
 
+PACKAGE = REPO_ROOT / "dece_trainer"
+# The library: every module outside the harness (backdoor/) and the command line (cli/, __main__.py).
+LIBRARY = [p for p in PACKAGE.rglob("*.py")
+           if p.relative_to(PACKAGE).parts[0] not in ("backdoor", "cli", "__main__.py")]
+
+
 def imported_modules(path):
+    """Absolute names of the modules ``path`` imports (relative imports resolved against its package)."""
+    package = path.relative_to(REPO_ROOT).with_suffix("").parts
+    package = package[:-1] if package[-1] != "__init__" else package[:-1]
     tree = ast.parse(path.read_text())
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             yield from (alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.level == 0:
-            yield node.module
+        elif isinstance(node, ast.ImportFrom):
+            if node.level == 0:
+                yield node.module
+            else:
+                base = ".".join(package[: len(package) - node.level + 1])
+                yield f"{base}.{node.module}" if node.module else base
 
 
 def test_ops_layer_is_pure_torch():
-    for path in (REPO_ROOT / "dece_trainer" / "ops").glob("*.py"):
+    for path in (PACKAGE / "ops").glob("*.py"):
         for module in imported_modules(path):
             assert not module.startswith(("transformers", "peft", "datasets", "accelerate")), (path, module)
+
+
+def test_library_never_imports_the_harness_or_the_command_line():
+    assert LIBRARY and any(p.name == "dece_trainer.py" for p in LIBRARY)
+    for path in LIBRARY:
+        for module in imported_modules(path):
+            assert not module.startswith(("dece_trainer.backdoor", "dece_trainer.cli")), (path, module)
+
+
+def test_transformers_internals_are_touched_only_in_the_compat_module():
+    private = ("_loss_shifts_labels", "_signature_columns", "model_accepts_loss_kwargs",
+               "current_gradient_accumulation_steps", "get_tp_size", "skip_logits", "LOSS_MAPPING",
+               "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES")
+    for path in PACKAGE.rglob("*.py"):
+        if path.name == "_compat.py":
+            continue
+        text = path.read_text()
+        assert not [name for name in private if name in text], path

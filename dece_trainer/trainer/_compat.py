@@ -70,15 +70,10 @@ def tensor_parallel_size(trainer: Any) -> int:
 
 def keep_signature_column(trainer: Any, column: str) -> None:
     """Keep ``column`` through ``remove_unused_columns``: the Trainer keeps the columns listed in its private
-    ``_signature_columns``, filled by ``_set_signature_columns_if_needed`` (called here first)."""
+    ``_signature_columns``, filled by ``_set_signature_columns_if_needed`` (called here first, so the column
+    joins the model's own arguments once and for all)."""
     _require(trainer, "_set_signature_columns_if_needed")
     trainer._set_signature_columns_if_needed()
-    append_signature_column(trainer, column)
-
-
-def append_signature_column(trainer: Any, column: str) -> None:
-    """Add ``column`` to the already filled ``Trainer._signature_columns`` (for overrides of
-    ``_set_signature_columns_if_needed``)."""
     columns = getattr(trainer, "_signature_columns", None)
     if not isinstance(columns, list):
         raise _moved("Trainer._signature_columns (a list)")

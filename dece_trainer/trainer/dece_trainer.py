@@ -47,6 +47,7 @@ class DeCEMixin:
                              "set `use_liger_kernel=False` with DeCETrainer.")
         self.dece_model_kind = model_kind(self.model, self.dece.model_kind)
         _compat.count_tokens_as_dece_does(self, shifts_labels=self.dece_model_kind == CAUSAL)
+        _compat.keep_signature_column(self, EXAMPLE_ID_COLUMN)  # kept for per-example statistics
         self._dece_token_metrics = TokenMetrics()
         self._dece_last_alpha = self.dece_alpha
         self.token_stats_listeners: list[Callable[[torch.Tensor | None, DeCELossOutput], None]] = []
@@ -61,10 +62,6 @@ class DeCEMixin:
     def add_callback(self, callback) -> None:
         super().add_callback(callback)
         self._attach_if_wanted(callback)
-
-    def _set_signature_columns_if_needed(self) -> None:
-        super()._set_signature_columns_if_needed()
-        _compat.append_signature_column(self, EXAMPLE_ID_COLUMN)  # kept for per-example statistics
 
     # ---- schedule -------------------------------------------------------------------------------
 

@@ -1,0 +1,80 @@
+"""One validator for every entry point: the same bad value gets the same answer from the functional loss, the
+module, the schedule, the trainer settings and the loss function."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from dece_trainer import DeCELoss, DeCESettings, dece_alpha, deceptive_cross_entropy, grad_bound, make_dece_loss_func
+from dece_trainer import validation as v
+
+LOGITS, LABELS = torch.randn(3, 5), torch.tensor([0, 1, 2])
+
+ALPHA_ENTRY_POINTS = {
+    "functional": lambda a: deceptive_cross_entropy(LOGITS, LABELS, alpha=a),
+    "module": lambda a: DeCELoss(alpha_base=a),
+    "schedule": lambda a: dece_alpha(a, 0.0),
+    "grad_bound": lambda a: grad_bound(a),
+    "settings": lambda a: DeCESettings(alpha_base=a),
+    "loss_func": lambda a: make_dece_loss_func(alpha_base=a),
+}
+SMOOTHING_ENTRY_POINTS = {
+    "functional": lambda e: deceptive_cross_entropy(LOGITS, LABELS, alpha=0.9, label_smoothing=e),
+    "module": lambda e: DeCELoss(label_smoothing=e),
+    "settings": lambda e: DeCESettings(label_smoothing=e),
+    "loss_func": lambda e: make_dece_loss_func(label_smoothing=e),
+}
+
+
+@pytest.mark.parametrize("entry", sorted(ALPHA_ENTRY_POINTS))
+@pytest.mark.parametrize("bad", [True, False, 0.0, -0.5, 1.5, math.nan, math.inf, "0.9", None, np.float64(1.2)])
+def test_bad_alpha_is_refused_everywhere(entry, bad):
+    with pytest.raises(ValueError, match=r"alpha.*\(0, 1\]"):
+        ALPHA_ENTRY_POINTS[entry](bad)
+
+
+@pytest.mark.parametrize("entry", sorted(ALPHA_ENTRY_POINTS))
+@pytest.mark.parametrize("good", [0.9, 1, np.float32(0.9), np.float64(0.5)])
+def test_numpy_and_python_numbers_are_accepted_everywhere(entry, good):
+    ALPHA_ENTRY_POINTS[entry](good)
+
+
+@pytest.mark.parametrize("entry", sorted(SMOOTHING_ENTRY_POINTS))
+@pytest.mark.parametrize("bad", [True, 1.0, -0.1, math.nan, "0.1"])
+def test_bad_label_smoothing_is_refused_everywhere(entry, bad):
+    with pytest.raises(ValueError, match=r"label_smoothing.*\[0, 1\)"):
+        SMOOTHING_ENTRY_POINTS[entry](bad)
+
+
+def test_checks_return_plain_python_values():
+    assert type(v.check_alpha(np.float32(0.5))) is float and v.check_alpha(1) == 1.0
+    assert type(v.check_int(np.int64(3), "n", minimum=1)) is int
+    assert v.check_int(None, "n", allow_none=True) is None
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: v.check_int(True, "top_k", minimum=1), r"`top_k` must be an integer >= 1, got True"),
+    (lambda: v.check_int(0, "top_k", minimum=1), r"`top_k` must be an integer >= 1, got 0"),
+    (lambda: v.check_int(2.0, "n"), r"`n` must be an integer"),
+    (lambda: v.check_probability(1.0, "fit_threshold"), r"`fit_threshold` must be a finite number in \(0, 1\)"),
+    (lambda: v.check_probability("0.5", "fit_threshold"), r"fit_threshold"),
+    (lambda: v.check_choice("mean ", ("mean", "sum"), "reduction"), r"one of \('mean', 'sum'\)"),
+    (lambda: v.check_schedule("linear"), r"`schedule` must be one of \('epoch', 'continuous'\)"),
+    (lambda: v.check_epoch(-1.0), r"epoch"),
+    (lambda: v.check_epoch(0.5, one_based=True), r"\[1, inf\]"),
+    (lambda: v.check_num_items(0), r"num_items_in_batch"),
+    (lambda: v.check_num_items("8"), r"num_items_in_batch"),
+    (lambda: v.check_num_items(torch.tensor([1, 2])), r"one-element"),
+    (lambda: v.check_num_items(torch.tensor(True)), r"num_items_in_batch"),
+    (lambda: v.check_ignore_index(None), r"`ignore_index` must be an integer, got None"),
+])
+def test_messages_name_the_argument_and_the_allowed_values(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_good_denominators_pass_through():
+    count = torch.tensor(7)
+    assert v.check_num_items(count) is count and v.check_num_items(None) is None and v.check_num_items(3) == 3
