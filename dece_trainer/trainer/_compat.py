@@ -10,7 +10,8 @@ Supported: transformers >= ``MIN_TRANSFORMERS`` (< 6), the range CI tests; ``pyp
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from typing import Any, Iterator
 
 import transformers
 from packaging.version import Version
@@ -92,3 +93,19 @@ def loss_kind_of(model: nn.Module) -> str | None:
     if type(model).__name__ in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values():
         return "causal"
     return None
+
+
+@contextlib.contextmanager
+def trl_logprob_kernel(kernel: Any) -> Iterator[None]:
+    """Within the block, TRL's fused LM head (``trl.trainer.utils.add_fused_lm_head``, TRL >= 1.16) calls
+    ``kernel.apply`` where it calls its chunked log-probability kernel ``_ChunkedLogProbFunction.apply`` (looked
+    up as a module global on every call)."""
+    import trl.trainer.utils as trl_utils
+
+    _require(trl_utils, "_ChunkedLogProbFunction")
+    original = trl_utils._ChunkedLogProbFunction
+    trl_utils._ChunkedLogProbFunction = kernel
+    try:
+        yield
+    finally:
+        trl_utils._ChunkedLogProbFunction = original

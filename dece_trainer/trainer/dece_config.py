@@ -26,6 +26,8 @@ class DeCESettings:
         alpha_final: blend weight wanted at the end of training, in (0, 1], or None.
         model_kind: ``"auto"`` (decided from the model as transformers decides it), or ``"causal"``,
             ``"seq2seq"``, ``"other"`` to say how the model's logits line up with its labels.
+        fused_linear: causal LMs compute the loss from the last hidden states and the LM head in chunks, without
+            the (tokens x V) logits (falls back, with a warning, where the head is not recognised).
     """
 
     alpha_base: float = DEFAULT_ALPHA_BASE
@@ -33,6 +35,7 @@ class DeCESettings:
     schedule: str = "epoch"
     alpha_final: float | None = None
     model_kind: str = AUTO
+    fused_linear: bool = True
 
     def __post_init__(self):
         set_ = object.__setattr__  # frozen: store the checked, plain-Python values
@@ -42,6 +45,8 @@ class DeCESettings:
         if self.alpha_final is not None:
             set_(self, "alpha_final", check_alpha(self.alpha_final, "dece_alpha_final"))
         check_choice(self.model_kind, (AUTO, *MODEL_KINDS), "dece_model_kind")
+        if not isinstance(self.fused_linear, bool):
+            raise ValueError(f"`dece_fused_linear` must be True or False, got {self.fused_linear!r}.")
 
     @classmethod
     def from_args(cls, args: Any) -> "DeCESettings":
@@ -52,6 +57,7 @@ class DeCESettings:
             schedule=getattr(args, "dece_alpha_schedule", "epoch"),
             alpha_final=getattr(args, "dece_alpha_final", None),
             model_kind=getattr(args, "dece_model_kind", AUTO),
+            fused_linear=getattr(args, "dece_fused_linear", True),
         )
         if getattr(args, "label_smoothing_factor", 0.0) > 0:
             raise ValueError(
@@ -97,6 +103,13 @@ class DeCEArgumentsMixin:
         metadata={"help": "How logits line up with labels: 'auto' (from the model, as transformers decides), "
                           "'causal' (shifted by one), 'seq2seq' (encoder-decoder) or 'other' (classifiers).",
                   "choices": [AUTO, *MODEL_KINDS]},
+    )
+
+    dece_fused_linear: bool = field(
+        default=True,
+        metadata={"help": "Causal LMs: compute the loss from the last hidden states and the LM head in chunks, "
+                          "never building the (tokens x vocabulary) logits. Models whose head is not recognised "
+                          "fall back to the logits with a warning."},
     )
 
     def __post_init__(self):

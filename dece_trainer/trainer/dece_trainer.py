@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, Callable
 
@@ -12,11 +13,13 @@ from transformers import Seq2SeqTrainer, Trainer
 from ..io import append_text
 from ..ops.dece_loss import DeCELossOutput, dece_loss_and_token_ce
 from ..ops.schedule import dece_alpha, grad_bound
-from . import _compat
+from . import _compat, fused_head
 from .alignment import CAUSAL, SEQ2SEQ, align_targets, decoder_input_ids_from_labels, logits_of, model_kind
 from .dece_config import DeCESettings
 from .example_ids import EXAMPLE_ID_COLUMN, pop_example_ids
 from .token_metrics import TokenMetrics
+
+logger = logging.getLogger(__name__)
 
 MODEL_CARD_TAGS = ["dece", "backdoor-defense"]
 
@@ -39,13 +42,19 @@ class DeCEMixin:
     # The loss is divided by the token count of the whole accumulated (and gathered) batch.
     loss_is_scaled_for_ga = True
 
+    # Whether this trainer runs causal LMs through its own fused LM head (DeCESFTTrainer uses TRL's instead).
+    _dece_owns_fused_head = True
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.dece = DeCESettings.from_args(self.args)
         if getattr(self.args, "use_liger_kernel", False):
-            raise ValueError("`use_liger_kernel=True` fuses the loss and skips the logits DeCE needs; "
-                             "set `use_liger_kernel=False` with DeCETrainer.")
+            # Liger's layer kernels (RMSNorm, RoPE, SwiGLU) stay; its fused linear cross-entropy would replace the
+            # model's forward and the loss, which is DeCE's.
+            self.args.liger_kernel_config = {**(self.args.liger_kernel_config or {}),
+                                             "fused_linear_cross_entropy": False}
         self.dece_model_kind = model_kind(self.model, self.dece.model_kind)
+        self._dece_fused = self._dece_owns_fused_head and self._dece_fused_head_supported()
         _compat.count_tokens_as_dece_does(self, shifts_labels=self.dece_model_kind == CAUSAL)
         _compat.keep_signature_column(self, EXAMPLE_ID_COLUMN)  # kept for per-example statistics
         self._dece_token_metrics = TokenMetrics()
@@ -53,6 +62,20 @@ class DeCEMixin:
         self.token_stats_listeners: list[Callable[[torch.Tensor | None, DeCELossOutput], None]] = []
         for callback in self.callback_handler.callbacks:
             self._attach_if_wanted(callback)
+
+    def _dece_fused_head_supported(self) -> bool:
+        """Whether causal-LM batches take the fused LM-head path (``dece_fused_linear``); installs it if so."""
+        if not self.dece.fused_linear or self.dece_model_kind != CAUSAL or type(self).token_loss is not \
+                DeCEMixin.token_loss:  # a subclass with another loss (a baseline) needs the logits
+            return False
+        reason = fused_head.unsupported_reason(self.model)
+        if reason is not None:
+            logger.warning("DeCE computes the loss from the full logits for %s: %s. (dece_fused_linear)",
+                           type(self.model).__name__, reason)
+            return False
+        fused_head.install(self.model)
+        self._dece_fused_checked = False
+        return True
 
     def _attach_if_wanted(self, callback: Any) -> None:
         attach = getattr(callback, "attach", None)
@@ -94,17 +117,18 @@ class DeCEMixin:
         if self.dece_model_kind == SEQ2SEQ and labels is not None and "decoder_input_ids" not in inputs \
                 and "decoder_inputs_embeds" not in inputs:
             inputs["decoder_input_ids"] = decoder_input_ids_from_labels(model, labels)
-        outputs = model(**inputs)
-        logits = logits_of(outputs)
-        targets = align_targets(logits, labels, self.dece_model_kind, shift_labels)
         alpha = self.dece_alpha
-        out = self.token_loss(logits, targets, alpha, num_items_in_batch)
+        out = None
+        if self._dece_fused and not return_outputs:  # the training step: no logits are asked for
+            out = self._dece_fused_loss(model, inputs, labels, shift_labels, alpha, num_items_in_batch)
+        if out is None:
+            outputs = model(**inputs)
+            logits = logits_of(outputs)
+            targets = align_targets(logits, labels, self.dece_model_kind, shift_labels)
+            out = self.token_loss(logits, targets, alpha, num_items_in_batch)
         loss = out.loss
         if model.training:
-            self._dece_last_alpha = alpha
-            self._dece_token_metrics.update(out.token_ce, out.mask, alpha, self.dece.label_smoothing)
-            for listener in self.token_stats_listeners:
-                listener(example_ids, out)
+            self._dece_record(example_ids, out, alpha)
         if num_items_in_batch is not None:
             if self.args.average_tokens_across_devices:
                 # num_items_in_batch counts all processes' tokens and DDP averages gradients over them
@@ -121,6 +145,28 @@ class DeCEMixin:
         else:
             outputs = (loss, *outputs)
         return loss, outputs
+
+    def _dece_fused_loss(self, model, inputs, labels, shift_labels, alpha, num_items_in_batch) -> DeCELossOutput | None:
+        """The loss through the fused LM head; the first batch is checked against the model's own logits (one row),
+        and on a mismatch the trainer warns once and goes back to the unfused path (None)."""
+        head = fused_head.head_for(model, alpha, self.dece.label_smoothing, num_items_in_batch)
+        fused = model(**inputs, labels=labels, shift_labels=shift_labels, dece_head=head)
+        if not self._dece_fused_checked:
+            self._dece_fused_checked = True
+            targets = shift_labels if shift_labels is not None else labels[:, 1:]
+            reason = fused_head.matches_unfused(model, inputs, fused.token_ce, targets)
+            if reason is not None:
+                logger.warning("DeCE falls back to the full logits for %s: %s.", type(self.model).__name__, reason)
+                self._dece_fused = False
+                return None
+        return DeCELossOutput(fused.loss, fused.token_ce, fused.mask)
+
+    def _dece_record(self, example_ids: torch.Tensor | None, out: DeCELossOutput, alpha: float) -> None:
+        """Keep a training micro-batch's per-token statistics: for the logged metrics and the listeners."""
+        self._dece_last_alpha = alpha
+        self._dece_token_metrics.update(out.token_ce, out.mask, alpha, self.dece.label_smoothing)
+        for listener in self.token_stats_listeners:
+            listener(example_ids, out)
 
     def token_loss(self, logits: torch.Tensor, targets: torch.Tensor, alpha: float,
                    num_items_in_batch: torch.Tensor | int | None) -> DeCELossOutput:
