@@ -28,6 +28,7 @@ surfaces as the device's own index error.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from typing import NamedTuple
@@ -212,23 +213,17 @@ class Work:
 
 
 class Rows(NamedTuple):
-    """Per-row results of a chunk, each an (n, 1) float32 column (``correct``: bool)."""
+    """Per-row statistics of a chunk (or, concatenated, of all rows): (n, 1) float32 columns."""
 
-    loss: torch.Tensor
     logp_gold: torch.Tensor  # log p[y]; -logp_gold is the plain CE
-    entropy: torch.Tensor | None
-    correct: torch.Tensor | None
+    off_sum: torch.Tensor | None  # sum over k != y of log1p(K p[k]) (a < 1) or of log p[k] (a == 1); e > 0 only
+    entropy: torch.Tensor | None  # nats, with stats
+    correct: torch.Tensor | None  # bool, argmax == gold, with stats
 
 
-def _gold_shift(logp_gold: torch.Tensor, consts: Consts) -> torch.Tensor:
-    """``x[y] = log a + log p[y] - log((1 - a)(1 - e))``: ``log q[y] = c_gold + softplus(x[y])`` and
-    ``r[y] = sigmoid(x[y])``."""
-    return logp_gold + (consts.log_alpha - consts.c_gold)
-
-
-def chunk_losses(z: torch.Tensor, gold: torch.Tensor, p: torch.Tensor, r: torch.Tensor, consts: Consts,
-                 stats: bool) -> tuple[Rows, float]:
-    """Per-row loss (and statistics) of one chunk.
+def chunk_stats(z: torch.Tensor, gold: torch.Tensor, p: torch.Tensor, r: torch.Tensor, consts: Consts,
+                stats: bool) -> tuple[Rows, float]:
+    """The (chunk x V) passes of the loss: what :func:`row_losses` needs, per row.
 
     Args:
         z: (n, V) float32 logits, not modified.
@@ -242,54 +237,91 @@ def chunk_losses(z: torch.Tensor, gold: torch.Tensor, p: torch.Tensor, r: torch.
     torch.softmax(z, 1, out=p)
     lse = z.amax(1, keepdim=True) - p.amax(1, keepdim=True).log()  # max p >= 1/V: its log is exact
     logp_gold = z.gather(1, gold) - lse
-    entropy = correct = None
+    off_sum = entropy = correct = None
     if stats:
         entropy = lse - torch.bmm(p[:, None, :], z[:, :, None]).view(-1, 1)
         correct = z.argmax(1, keepdim=True) == gold
+    prob_scale = 1.0
+    if consts.smooth and consts.blend:
+        prob_scale = consts.ratio_off
+        log1p_u = torch.log1p(p.mul_(prob_scale), out=r)
+        off_sum = log1p_u.sum(1, keepdim=True) - log1p_u.gather(1, gold)
+    elif consts.smooth:
+        off_sum = z.sum(1, keepdim=True) - vocab * lse - logp_gold
+    return Rows(logp_gold, off_sum, entropy, correct), prob_scale
+
+
+def _gold_shift(logp_gold: torch.Tensor, consts: Consts) -> torch.Tensor:
+    """``x[y] = log a + log p[y] - log((1 - a)(1 - e))``: ``log q[y] = c_gold + softplus(x[y])`` and
+    ``r[y] = sigmoid(x[y])``."""
+    return logp_gold + (consts.log_alpha - consts.c_gold)
+
+
+def row_losses(rows: Rows, consts: Consts) -> torch.Tensor:
+    """DeCE of each row, ``-t[y] log q[y] - s sum_{k != y} log q[k]``, from its statistics; (n, 1) float32."""
+    logp_gold = rows.logp_gold
     logq_gold = consts.c_gold + F.softplus(_gold_shift(logp_gold, consts)) if consts.blend else logp_gold
     loss = -consts.target_gold * logq_gold
-    prob_scale = 1.0
-    if consts.smooth:
-        if consts.blend:  # sum_{k != y} log q[k] = (V - 1) c_off + sum_{k != y} log1p(K p[k])
-            prob_scale = consts.ratio_off
-            log1p_u = torch.log1p(p.mul_(prob_scale), out=r)
-            off_sum = log1p_u.sum(1, keepdim=True) - log1p_u.gather(1, gold) + (vocab - 1) * consts.c_off
-        else:  # sum_{k != y} log p[k]
-            off_sum = z.sum(1, keepdim=True) - vocab * lse - logp_gold
-        loss = loss - consts.smooth_off * off_sum
-    return Rows(loss, logp_gold, entropy, correct), prob_scale
+    if consts.smooth:  # sum_{k != y} log q[k] = (V - 1) c_off + sum_{k != y} log1p(K p[k])  (a < 1)
+        off = rows.off_sum + (consts.vocab - 1) * consts.c_off if consts.blend else rows.off_sum
+        loss = loss - consts.smooth_off * off
+    return loss
 
 
-def chunk_grad(p: torch.Tensor, r: torch.Tensor, prob_scale: float, gold: torch.Tensor, logp_gold: torch.Tensor,
+class GoldTerms(NamedTuple):
+    """The gold class's part of the gradient, per row: ``p[y]`` and ``t[y] r[y]`` (a float when a == 1)."""
+
+    prob: torch.Tensor
+    target_ratio: torch.Tensor | float
+
+
+def gold_terms(logp_gold: torch.Tensor, consts: Consts) -> GoldTerms:
+    r_gold = torch.sigmoid(_gold_shift(logp_gold, consts)) if consts.blend else 1.0
+    return GoldTerms(logp_gold.exp(), consts.target_gold * r_gold)
+
+
+def chunk_grad(p: torch.Tensor, r: torch.Tensor, prob_scale: float, gold: torch.Tensor, gold_t: GoldTerms,
                weight: torch.Tensor, consts: Consts, out: torch.Tensor) -> torch.Tensor:
-    """Writes ``d(sum_i weight[i] loss[i]) / dz`` of one chunk into ``out``.
+    """Writes ``d(sum_i weight[i] loss[i]) / dz`` of one chunk into ``out``: ``(p S - t r) * weight``.
 
     Args:
         p: (n, V) float32 holding ``prob_scale * softmax(z)``; overwritten, as is the buffer ``r``.
-        gold, logp_gold, weight: (n, 1) int64 class indices, float32 ``log p[y]``, float32 row weights.
+        gold, weight: (n, 1) int64 class indices and float32 row weights; ``gold_t``: the chunk's rows.
         out: (n, V) tensor of any float dtype (may be ``p``); each element is written once.
     Returns:
         ``out``.
     """
-    r_gold = torch.sigmoid(_gold_shift(logp_gold, consts)) if consts.blend else 1.0
-    gold_tr = consts.target_gold * r_gold  # t[y] r[y]
+    off_weight = -consts.smooth_off * weight
     if consts.blend and consts.smooth:
         torch.div(p, torch.add(p, prob_scale / consts.ratio_off, out=r), out=r)  # r[k] = p[k] / (p[k] + 1/K)
-        big_s = gold_tr + consts.smooth_off * (r.sum(1, keepdim=True) - r.gather(1, gold))
-        torch.addcmul(p.mul_(big_s * weight / prob_scale), r, -consts.smooth_off * weight, out=out)
+        coef = (gold_t.target_ratio + consts.smooth_off * (r.sum(1, keepdim=True) - r.gather(1, gold))) * weight
+        torch.addcmul(p.mul_(coef if prob_scale == 1.0 else coef / prob_scale), r, off_weight, out=out)
     else:  # r == 1 off target (a == 1) or t == 0 off target (e == 0): S = t[y] r[y] + (V - 1) s
-        big_s = gold_tr + (consts.vocab - 1) * consts.smooth_off
-        torch.addcmul(-consts.smooth_off * weight, p, big_s * weight / prob_scale, out=out)
-    gold_grad = (logp_gold.exp() * big_s - gold_tr) * weight
+        coef = (gold_t.target_ratio + (consts.vocab - 1) * consts.smooth_off) * weight
+        torch.addcmul(off_weight, p, coef if prob_scale == 1.0 else coef / prob_scale, out=out)
+    gold_grad = gold_t.prob * coef - gold_t.target_ratio * weight
     return out.scatter_(1, gold, gold_grad.to(out.dtype))
 
 
 # ---- unfused loss -----------------------------------------------------------------------------------
 
 
+def split_rows(x, rows: int):
+    """``x.split(rows)`` for a tensor; ``x`` repeated for anything else (a float or None)."""
+    return x.split(rows) if isinstance(x, torch.Tensor) else itertools.repeat(x)
+
+
 def cat_rows(parts: list[Rows]) -> Rows:
-    """The chunks' row columns concatenated into (N,) vectors."""
-    return Rows(*(None if part[0] is None else torch.cat(part).view(-1) for part in zip(*parts)))
+    """The chunks' statistics concatenated into (N, 1) columns."""
+    return Rows(*(None if field[0] is None else torch.cat(field) for field in zip(*parts)))
+
+
+def masked_outputs(rows: Rows, loss: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(N,) loss, CE and, with stats, entropy and top-1 hits; 0 (False) at ignored rows."""
+    outs = [torch.where(mask, loss.view(-1), 0.0), torch.where(mask, -rows.logp_gold.view(-1), 0.0)]
+    if rows.entropy is not None:
+        outs += [torch.where(mask, rows.entropy.view(-1), 0.0), rows.correct.view(-1) & mask]
+    return tuple(outs)
 
 
 class _DeCEFunction(torch.autograd.Function):
@@ -301,30 +333,29 @@ class _DeCEFunction(torch.autograd.Function):
         parts = []
         for chunk, g in zip(logits2d.split(rows), gold[:, None].split(rows)):
             z, p, r = work.take(chunk)
-            parts.append(chunk_losses(z, g, p, r, consts, stats)[0])
+            parts.append(chunk_stats(z, g, p, r, consts, stats)[0])
         out = cat_rows(parts)
         ctx.save_for_backward(logits2d, gold, mask, out.logp_gold)
         ctx.consts, ctx.rows = consts, rows
-        ce = torch.where(mask, -out.logp_gold, 0.0)
-        extra = () if not stats else (torch.where(mask, out.entropy, 0.0), out.correct & mask)
-        ctx.mark_non_differentiable(ce, *extra)
-        return (torch.where(mask, out.loss, 0.0), ce, *extra)
+        outs = masked_outputs(out, row_losses(out, consts), mask)
+        ctx.mark_non_differentiable(*outs[1:])
+        return outs
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_loss, *unused):
         logits2d, gold, mask, logp_gold = ctx.saved_tensors
         consts, rows = ctx.consts, ctx.rows
-        weight = torch.where(mask, grad_loss.float(), 0.0)[:, None]
         grad = torch.empty_like(logits2d)
         direct = grad.dtype == torch.float32
         work = Work(min(rows, logits2d.shape[0]), consts.vocab, logits2d.device, not direct)
-        chunks = zip(logits2d.split(rows), grad.split(rows), gold[:, None].split(rows),
-                     logp_gold[:, None].split(rows), weight.split(rows))
-        for chunk, grad_chunk, g, logp_g, w in chunks:
+        weight = torch.where(mask, grad_loss.float(), 0.0)[:, None]
+        chunks = zip(logits2d.split(rows), grad.split(rows), gold[:, None].split(rows), weight.split(rows),
+                     *(split_rows(x, rows) for x in gold_terms(logp_gold, consts)))
+        for chunk, grad_chunk, g, w, prob, target_ratio in chunks:
             z, p, r = work.take(chunk)
             torch.softmax(z, 1, out=p)
-            chunk_grad(p, r, 1.0, g, logp_g, w, consts, out=grad_chunk if direct else p)
+            chunk_grad(p, r, 1.0, g, GoldTerms(prob, target_ratio), w, consts, out=grad_chunk if direct else p)
             if not direct:
                 grad_chunk.copy_(p)
         return grad, None, None, None, None, None
