@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from dece_trainer import DeCELoss, dece_loss_and_token_ce, deceptive_cross_entropy
+from dece_trainer.ops import DeCELossOutput, LossOutput
 
 IGNORE = -100
 
@@ -121,6 +122,58 @@ def test_token_ce_and_mask_come_from_the_same_pass():
     torch.testing.assert_close(out.token_ce, expected.view(3, 8))
     assert torch.equal(out.mask, labels != IGNORE)
     assert not out.token_ce.requires_grad
+
+
+def test_statistics_come_from_the_same_pass():
+    logits, labels = torch.randn(4, 6, 30) * 3, torch.randint(0, 30, (4, 6))
+    labels[0, :2] = IGNORE
+    logits[1, 1, labels[1, 1]] = 50.0  # a certain top-1 hit
+    out = dece_loss_and_token_ce(logits, labels, alpha=0.9, reduction="none", chunk_size=5, return_stats=True)
+    assert isinstance(out, LossOutput) and DeCELossOutput is LossOutput
+    mask = labels != IGNORE
+    logp = logits.double().log_softmax(-1)
+    entropy = torch.where(mask, -(logp.exp() * logp).sum(-1), 0.0)
+    torch.testing.assert_close(out.entropy.double(), entropy, rtol=1e-5, atol=1e-5)
+    assert torch.equal(out.correct, (logits.argmax(-1) == labels) & mask) and out.correct[1, 1]
+    assert not out.entropy.requires_grad
+    assert dece_loss_and_token_ce(logits, labels, alpha=0.9).entropy is None
+
+
+def test_default_chunks_give_the_same_loss_as_one_row_chunks():
+    logits, labels = torch.randn(300, 2000, requires_grad=True), torch.randint(0, 2000, (300,))
+    default = deceptive_cross_entropy(logits, labels, alpha=0.9)
+    (grad_default,) = torch.autograd.grad(default, logits)
+    single = deceptive_cross_entropy(logits, labels, alpha=0.9, chunk_size=1)
+    (grad_single,) = torch.autograd.grad(single, logits)
+    torch.testing.assert_close(default, single, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(grad_default, grad_single, rtol=1e-6, atol=1e-9)
+
+
+def test_tiny_smoothing_with_a_huge_off_target_ratio_stays_exact():
+    """a / ((1 - a) s) > 2**126 (float32 overflow territory) is capped; the loss does not notice."""
+    logits64 = torch.randn(9, 12, dtype=torch.float64) * 4
+    labels = torch.randint(0, 12, (9,))
+    for eps in (1e-40, 1e-300):
+        ours_in = logits64.float().requires_grad_()
+        ours = deceptive_cross_entropy(ours_in, labels, alpha=0.5, label_smoothing=eps, reduction="sum")
+        ref_in = logits64.clone().requires_grad_()
+        ref = reference_token_loss(ref_in, labels, 0.5, eps).sum()
+        torch.testing.assert_close(ours.double(), ref.detach(), rtol=1e-6, atol=1e-6)
+        ours.backward()
+        ref.backward()
+        torch.testing.assert_close(ours_in.grad.double(), ref_in.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_low_precision_gradient_is_rounded_once():
+    """The bfloat16 gradient, mean's 1/3 included, is the exact one rounded once (float32's error is far below
+    half a bfloat16 ulp; rounding before scaling by 1/3 would miss about 180 of these 640 elements)."""
+    gen = torch.Generator().manual_seed(3)
+    logits = (torch.randn(16, 40, generator=gen) * 4).bfloat16().requires_grad_()
+    labels = torch.randint(0, 40, (16,), generator=gen)
+    deceptive_cross_entropy(logits, labels, alpha=0.7, num_items_in_batch=3).backward()
+    ref_in = logits.detach().double().requires_grad_()
+    (reference_token_loss(ref_in, labels, 0.7, 0.05).sum() / 3).backward()
+    assert torch.equal(logits.grad, ref_in.grad.bfloat16())
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
@@ -275,6 +328,12 @@ def test_module_uses_alpha_base_to_the_one_based_epoch():
     (dict(alpha=0.9, label_smoothing=-0.1), "label_smoothing"),
     (dict(alpha=0.9, reduction="avg"), "reduction"),
     (dict(alpha=0.9, chunk_size=0), "chunk_size"),
+    (dict(alpha=True), "alpha"),
+    (dict(alpha=0.9, label_smoothing=math.nan), "label_smoothing"),
+    (dict(alpha=0.9, ignore_index=None), "ignore_index"),
+    (dict(alpha=0.9, num_items_in_batch=-1), "num_items_in_batch"),
+    (dict(alpha=0.9, num_items_in_batch="3"), "num_items_in_batch"),
+    (dict(alpha=0.9, chunk_size=2.0), "chunk_size"),
 ])
 def test_bad_arguments_name_the_argument(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -1,6 +1,14 @@
-"""Pure math: the DeCE loss and its schedule. Imports torch only, never transformers."""
+"""Pure math: the DeCE loss (unfused and fused with the LM head) and its schedule. Imports torch only, never
+transformers."""
 
-from .dece_loss import DeCELossOutput, dece_loss_and_token_ce, deceptive_cross_entropy
+from .dece_loss import (
+    DeCELossOutput,
+    LossOutput,
+    dece_loss_and_token_ce,
+    deceptive_cross_entropy,
+    default_chunk_rows,
+)
+from .fused_linear import fused_linear_dece
 from .schedule import (
     SCHEDULES,
     alpha_base_for_final,
@@ -13,10 +21,13 @@ from .schedule import (
 __all__ = [
     "SCHEDULES",
     "DeCELossOutput",
+    "LossOutput",
     "alpha_base_for_final",
     "dece_alpha",
     "dece_loss_and_token_ce",
     "deceptive_cross_entropy",
+    "default_chunk_rows",
+    "fused_linear_dece",
     "grad_bound",
     "schedule_exponent",
     "suppression_threshold",
