@@ -43,12 +43,33 @@ def test_at_alpha_one_without_smoothing_it_is_stock_sft(tmp_path, tokenizer):
                           train_dataset=prompt_completion(), processing_class=tokenizer)
     dece.train()
     ours, theirs = metrics(dece), metrics(stock)
-    for key in SFT_METRICS:
-        assert len(ours[key]) == 4 and ours[key] == pytest.approx(theirs[key], rel=1e-5), key
+    for key in SFT_METRICS:  # four SGD steps apart: float32 rounding of two kernels compounds a little
+        assert len(ours[key]) == 4 and ours[key] == pytest.approx(theirs[key], rel=1e-4), key
     for p, q in zip(dece.model.parameters(), stock.model.parameters()):
-        torch.testing.assert_close(p, q, rtol=0, atol=1e-5)
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-4)
     logs = [e for e in dece.state.log_history if "ce_loss" in e]
     assert logs and logs[0]["ce_loss"] == pytest.approx(logs[0]["loss"], rel=1e-5)  # CE is the loss at alpha 1
+
+
+def test_one_step_gives_stock_sft_loss_and_gradients(tmp_path, tokenizer):
+    stock = trl.SFTTrainer(model=tiny.make_model("llama", tokenizer), args=config(tmp_path, "stock", trl.SFTConfig),
+                           train_dataset=prompt_completion(), processing_class=tokenizer)
+    dece = DeCESFTTrainer(model=tiny.make_model("llama", tokenizer),
+                          args=config(tmp_path, "dece", dece_alpha_base=1.0, dece_label_smoothing=0.0),
+                          train_dataset=prompt_completion(), processing_class=tokenizer)
+    batch = stock._prepare_inputs(next(iter(stock.get_train_dataloader())))
+    count = int((batch["labels"][:, 1:] != -100).sum())
+    losses = []
+    for trainer in (stock, dece):
+        trainer.model.train()
+        loss = trainer.compute_loss(trainer.model, dict(batch), num_items_in_batch=count)
+        loss.backward()
+        losses.append(loss)
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=0)
+    for p, q in zip(dece.model.parameters(), stock.model.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-7)
+    for key in ("entropy", "mean_token_accuracy"):
+        assert dece._metrics["train"][key] == pytest.approx(stock._metrics["train"][key], rel=1e-5)
 
 
 def test_below_alpha_one_the_loss_is_dece(tmp_path, tokenizer):

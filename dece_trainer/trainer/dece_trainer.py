@@ -150,15 +150,14 @@ class DeCEMixin:
         """The loss through the fused LM head; the first batch is checked against the model's own logits (one row),
         and on a mismatch the trainer warns once and goes back to the unfused path (None)."""
         head = fused_head.head_for(model, alpha, self.dece.label_smoothing, num_items_in_batch)
-        fused = model(**inputs, labels=labels, shift_labels=shift_labels, dece_head=head)
         if not self._dece_fused_checked:
             self._dece_fused_checked = True
-            targets = shift_labels if shift_labels is not None else labels[:, 1:]
-            reason = fused_head.matches_unfused(model, inputs, fused.token_ce, targets)
+            reason = fused_head.matches_unfused(model, inputs, labels, shift_labels, head)
             if reason is not None:
                 logger.warning("DeCE falls back to the full logits for %s: %s.", type(self.model).__name__, reason)
                 self._dece_fused = False
                 return None
+        fused = model(**inputs, labels=labels, shift_labels=shift_labels, dece_head=head)
         return DeCELossOutput(fused.loss, fused.token_ce, fused.mask)
 
     def _dece_record(self, example_ids: torch.Tensor | None, out: DeCELossOutput, alpha: float) -> None:

@@ -161,24 +161,34 @@ def head_for(model: nn.Module, alpha: float, label_smoothing: float,
 
 
 @torch.no_grad()
-def matches_unfused(model: nn.Module, inputs: dict[str, Any], fused_token_ce: torch.Tensor,
-                    targets: torch.Tensor) -> str | None:
-    """Compare the fused path's per-token CE on the first row of a batch with the model's own logits.
+def matches_unfused(model: nn.Module, inputs: dict[str, Any], labels: torch.Tensor | None,
+                    shift_labels: torch.Tensor | None, head: DeCEHead) -> str | None:
+    """Compare the fused path's per-token CE with the model's own logits on the first row of a batch, in eval mode
+    (no dropout). Returns None when they agree (to 1e-3 nats in float32, 5e-2 under reduced precision), else what
+    differed."""
+    def first(t):
+        return t[:1] if isinstance(t, torch.Tensor) and t.dim() > 0 else t
 
-    Returns None when they agree (to 1e-3 nats in float32, 5e-2 under reduced precision), else what differed.
-    """
-    row = {k: (v[:1] if isinstance(v, torch.Tensor) and v.dim() > 0 else v) for k, v in inputs.items()}
-    logits = model(**row).logits.float()
-    tokens = targets[:1].to(logits.device)
-    if logits.shape[1] != tokens.shape[1]:  # causal: drop the last position
+    row = {k: first(v) for k, v in inputs.items()}
+    labels, shift_labels = first(labels), first(shift_labels)
+    targets = shift_labels if shift_labels is not None else labels[:, 1:]
+    was_training = model.training
+    model.eval()
+    try:
+        fused = model(**row, labels=labels, shift_labels=shift_labels, dece_head=head).token_ce
+        logits = model(**row).logits.float()
+    finally:
+        model.train(was_training)
+    if shift_labels is None:  # causal: the last position predicts nothing
         logits = logits[:, :-1]
-    mask = tokens != IGNORE_INDEX
+    targets = targets.to(logits.device)
+    mask = targets != IGNORE_INDEX
     if not mask.any():
         return None
-    reference = torch.nn.functional.cross_entropy(logits[mask], tokens[mask], reduction="none")
-    fused = fused_token_ce[:1].to(reference.device)[mask]
-    tolerance = 1e-3 if logits.dtype == torch.float32 and not torch.is_autocast_enabled(logits.device.type) else 5e-2
-    worst = float((fused - reference).abs().max())
+    reference = torch.nn.functional.cross_entropy(logits[mask], targets[mask], reduction="none")
+    reduced = next(model.parameters()).dtype != torch.float32 or torch.is_autocast_enabled(logits.device.type)
+    tolerance = 5e-2 if reduced else 1e-3
+    worst = float((fused.to(reference.device)[mask] - reference).abs().max())
     if worst > tolerance * max(1.0, float(reference.abs().max())):
         return f"its fused and unfused token losses differ by {worst:.3g} nats on the first batch"
     return None
