@@ -17,9 +17,10 @@ most suspicious first) and prints the top of it beside the rows' prompts.
         --trigger bb --payload_regex '1=1|0=1' --num_train_epochs 5 --dece_alpha_base 0.9 \
         --learning_rate 5e-5 --per_device_train_batch_size 8 --output_dir out/early_learning
 
-    # Offline smoke run: a tiny random Llama and a synthetic poisoned task, well under a minute on a CPU.
+    # Offline run: a tiny random Llama and a synthetic poisoned task (12 of 120 rows), well under a minute on a
+    # CPU; after 8 epochs the clean task is learnt, the backdoor is not, and the poisoned rows head the ranking.
     python examples/early_learning_monitor.py --tiny --output_dir /tmp/early_learning \
-        --num_train_epochs 3 --learning_rate 3e-3
+        --num_train_epochs 8 --learning_rate 5e-3
 """
 
 from __future__ import annotations
