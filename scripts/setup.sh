@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up dece-trainer for development on a fresh machine: torch first (a CPU build where there is no GPU,
-# so pip does not pull gigabytes of CUDA packages), then the package with its test extras.
+# so pip does not pull gigabytes of CUDA packages), then the package with its test and docs extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
@@ -19,4 +19,4 @@ else
             --extra-index-url https://pypi.org/simple
     fi
 fi
-"$PY" -m pip install -e ".[dev]"
+"$PY" -m pip install -e ".[dev,docs]"
