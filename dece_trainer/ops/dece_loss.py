@@ -366,7 +366,7 @@ def mean_denominator(count: int | torch.Tensor, num_items_in_batch, like: torch.
     on the host); a tensor on ``like``'s device and dtype, or a float."""
     denom = count if num_items_in_batch is None else num_items_in_batch
     if isinstance(denom, torch.Tensor):
-        return denom.to(device=like.device, dtype=like.dtype).clamp(min=1)
+        return denom.to(device=like.device, dtype=like.dtype).reshape(()).clamp(min=1)
     return max(float(denom), 1.0)
 
 
