@@ -151,7 +151,10 @@ def test_num_items_in_batch_divides_the_sum(num_items):
     h, w = leaves(hidden, weight)
     total = fused_linear_dece(h, w, labels, alpha=0.8, reduction="sum").loss
     mean = fused_linear_dece(h, w, labels, alpha=0.8, num_items_in_batch=num_items).loss
+    unfused = dece_loss_and_token_ce(h @ w.T, labels, alpha=0.8, num_items_in_batch=num_items).loss
+    assert mean.shape == unfused.shape == ()
     torch.testing.assert_close(mean, total / 24)
+    torch.testing.assert_close(unfused, total / 24, rtol=1e-5, atol=1e-6)
     (grad_total,) = torch.autograd.grad(total / 24, h)
     (grad_mean,) = torch.autograd.grad(mean, h)
     torch.testing.assert_close(grad_mean, grad_total)

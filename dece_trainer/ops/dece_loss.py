@@ -287,7 +287,7 @@ def chunk_grad(p: torch.Tensor, r: torch.Tensor, prob_scale: float, gold: torch.
     Args:
         p: (n, V) float32 holding ``prob_scale * softmax(z)``; overwritten, as is the buffer ``r``.
         gold, weight: (n, 1) int64 class indices and float32 row weights; ``gold_t``: the chunk's rows.
-        out: (n, V) tensor of any float dtype (may be ``p``); each element is written once.
+        out: (n, V) float32 (may be ``p``); each element is written once.
     Returns:
         ``out``.
     """
@@ -300,7 +300,7 @@ def chunk_grad(p: torch.Tensor, r: torch.Tensor, prob_scale: float, gold: torch.
         coef = (gold_t.target_ratio + (consts.vocab - 1) * consts.smooth_off) * weight
         torch.addcmul(off_weight, p, coef if prob_scale == 1.0 else coef / prob_scale, out=out)
     gold_grad = gold_t.prob * coef - gold_t.target_ratio * weight
-    return out.scatter_(1, gold, gold_grad.to(out.dtype))
+    return out.scatter_(1, gold, gold_grad)
 
 
 # ---- unfused loss -----------------------------------------------------------------------------------
@@ -366,7 +366,7 @@ def mean_denominator(count: int | torch.Tensor, num_items_in_batch, like: torch.
     on the host); a tensor on ``like``'s device and dtype, or a float."""
     denom = count if num_items_in_batch is None else num_items_in_batch
     if isinstance(denom, torch.Tensor):
-        return denom.to(device=like.device, dtype=like.dtype).clamp(min=1)
+        return denom.to(device=like.device, dtype=like.dtype).reshape(()).clamp(min=1)
     return max(float(denom), 1.0)
 
 

@@ -5,9 +5,12 @@ chunk ``H_c`` (n x d) the forward pass computes the logits ``Z_c = H_c W^T (+ b)
 then in float32 the optional logit scale and soft-cap (``cap * tanh(z / cap)``, as Gemma), the DeCE loss
 of each row and, when the loss is reduced to a scalar, its gradient ``G_c = d loss / d Z_c``; then
 ``grad_H_c = G_c W``, ``grad_W += G_c^T H_c`` (float32) and ``grad_b += sum_rows G_c``, as Liger-Kernel's
-fused linear cross-entropy does. Backward only multiplies these by the upstream gradient, which is valid
-because the loss is a scalar whose upstream gradient is known then. For ``reduction="none"`` the upstream
-gradient is per token, so backward recomputes the chunks with it instead.
+fused linear cross-entropy does. Backward only multiplies these by the upstream gradient: the loss is a
+scalar, so its gradients are the precomputed ones times that one number. For ``reduction="none"`` the
+upstream gradient is one number per token and enters ``grad_W`` inside the sum, so backward recomputes the
+chunks with it instead. ``grad_W`` is accumulated by a float32 product of ``G_c`` (so with bfloat16 inputs
+that product does not use bfloat16 matrix units). Ignored rows are computed and weighted 0, as in the
+unfused loss.
 
 Extra memory: a few (chunk x V) buffers, ``grad_hidden`` (N x d) and the float32 ``grad_weight`` (V x d)
 and ``grad_bias``; nothing else grows with the number of tokens N. A frozen weight (``requires_grad=False``,
