@@ -182,3 +182,85 @@ def test_without_matplotlib_pictures_are_skipped_with_one_info_line(tmp_path, to
     report_dir = tmp_path / "out" / "early_learning"
     assert (report_dir / "suspicious.jsonl").exists() and not list(report_dir.glob("*.png"))
     assert sum("matplotlib is not installed" in r.getMessage() for r in caplog.records) == 1
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (dict(probe_batch_size=0), "probe_batch_size.*>= 1"),
+    (dict(fit_threshold="0.5"), "fit_threshold.*\\(0, 1\\)"),
+    (dict(fit_threshold=1.0), "fit_threshold"),
+    (dict(top_k=0), "top_k.*>= 1 or None"),
+    (dict(max_generate=-3), "max_generate.*>= 0"),
+    (dict(max_new_tokens=0), "max_new_tokens.*>= 1"),
+    (dict(patience=1.5), "patience.*integer"),
+    (dict(patience="2"), "patience"),
+    (dict(stop_on_memorisation="yes"), "stop_on_memorisation.*True or False"),
+    (dict(plots=1), "plots"),
+    (dict(ground_truth_column=""), "ground_truth_column"),
+    (dict(payload_fn="1=1"), "payload_fn.*callable"),
+])
+def test_every_argument_is_checked_when_built(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        EarlyLearningCallback(**overrides)
+
+
+def epoch_logs(trainer):
+    keys = ("examples_seen", "example_loss_p50", "example_loss_p90", "unlearned_frac", "memorisation_score",
+            "suspicious_auroc", "suspicious_precision_at_k")
+    return [{k: e[k] for k in keys} | {"step": e["step"]} for e in trainer.state.log_history if "examples_seen" in e]
+
+
+@pytest.fixture(scope="module")
+def small_train(tokenizer):
+    return add_example_ids(tiny.causal_dataset(tokenizer, tiny.poison(tiny.make_pairs(32, seed=4), 0.1, seed=4)))
+
+
+@pytest.mark.parametrize("save,checkpoint", [
+    (dict(save_strategy="epoch", restore_callback_states_from_checkpoint=True), 4),  # after epoch 1
+    (dict(save_strategy="steps", save_steps=2), 2),  # mid-epoch: the epoch's accumulators go along
+    (dict(save_strategy="steps", save_steps=4), 4),  # at the epoch's last step, before the epoch is closed
+], ids=["epoch", "mid-epoch", "last-step"])
+def test_resumed_run_reports_what_an_uninterrupted_one_does(tmp_path, tokenizer, small_train, save, checkpoint):
+    def run(out, resume=None):
+        callback = EarlyLearningCallback(ground_truth_column="is_poisoned", plots=False)
+        trainer = DeCETrainer(model=tiny.make_model("llama", tokenizer),
+                              args=args(tmp_path, output_dir=str(tmp_path / out), num_train_epochs=2, **save),
+                              train_dataset=small_train, data_collator=tiny.pad_collator(tokenizer),
+                              callbacks=[callback])
+        trainer.train(resume_from_checkpoint=resume)
+        return trainer, callback
+
+    whole, whole_cb = run("whole")  # 4 optimizer steps per epoch
+    resumed, resumed_cb = run("resumed", resume=str(tmp_path / "whole" / f"checkpoint-{checkpoint}"))
+    assert resumed_cb in resumed.callback_handler.callbacks and resumed_cb.history is not None
+
+    assert len(epoch_logs(whole)) == 2 and epoch_logs(whole)[-1]["examples_seen"] == 32
+    assert epoch_logs(resumed) == pytest.approx(epoch_logs(whole))
+    for name in ("loss", "prob", "worst_prob", "visits"):
+        np.testing.assert_array_equal(np.stack(getattr(resumed_cb.history, name)),
+                                      np.stack(getattr(whole_cb.history, name)))
+    report = "early_learning/suspicious.jsonl"
+    assert (tmp_path / "resumed" / report).read_text() == (tmp_path / "whole" / report).read_text()
+
+
+def test_saved_state_is_plain_json(tmp_path, tokenizer, small_train):
+    callback = EarlyLearningCallback(ground_truth_column="is_poisoned", plots=False)
+    trainer = DeCETrainer(model=tiny.make_model("llama", tokenizer),
+                          args=args(tmp_path, num_train_epochs=1, save_strategy="steps", save_steps=2,
+                                    save_only_model=True),
+                          train_dataset=small_train, data_collator=tiny.pad_collator(tokenizer), callbacks=[callback])
+    trainer.train()
+    state = json.loads((tmp_path / "out" / "checkpoint-2" / "trainer_state.json").read_text())
+    record = state["stateful_callbacks"]["dece_trainer.EarlyLearningCallback"]
+    assert record["global_step"] == 2 and record["num_examples"] == 32 and not record["epoch_complete"]
+    assert set(record["arrays"]) == {"partial_sums", "partial_worst"}  # mid-epoch: no finished epoch yet
+    assert record["arrays"]["partial_sums"]["dtype"] == "float32"
+    assert record["arrays"]["partial_sums"]["shape"] == [3, 32]
+
+    from dece_trainer.callbacks.early_learning import _decode_array
+
+    bad = dict(record["arrays"]["partial_worst"], dtype="object")
+    with pytest.raises(ValueError, match="malformed"):
+        _decode_array(bad, "partial_worst")
+    short = dict(record["arrays"]["partial_worst"], shape=[97])
+    with pytest.raises(ValueError, match="bytes"):
+        _decode_array(short, "partial_worst")
