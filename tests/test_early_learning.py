@@ -264,3 +264,46 @@ def test_saved_state_is_plain_json(tmp_path, tokenizer, small_train):
     short = dict(record["arrays"]["partial_worst"], shape=[97])
     with pytest.raises(ValueError, match="bytes"):
         _decode_array(short, "partial_worst")
+
+
+def test_curves_keep_dece_loss_apart_from_cross_entropy_and_show_zero_series(tmp_path, monkeypatch):
+    from dece_trainer.callbacks import plots
+
+    history = []
+    for step in range(1, 7):
+        history.append({"step": step, "loss": 2.0 / step, "ce_loss": 4.0 / step, "dece_alpha": 0.9,
+                        "dece_suppressed_frac": 1.0 / step, "dece_grad_bound": 9.0})
+        if step % 2 == 0:
+            history.append({"step": step, "eval_loss": 3.0 / step, "eval_ce_loss": 3.0 / step,
+                            "eval_dece_loss": 1.5 / step})
+            history.append({"step": step, "probe_clean_nll": 3.1 / step, "probe_triggered_asr": 0.0,
+                            "probe_clean_asr": 0.0, "probe_clean_bleu": 10.0 * step, "unlearned_frac": 0.5})
+    figures = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: figures.append(fig))
+    assert plots.plot_curves(history, str(tmp_path / "curves.png"))
+    (fig,) = figures
+    panels = {ax.get_ylabel(): ax for ax in fig.axes}
+    assert set(panels) == {"DeCE loss (objective)", "cross-entropy / NLL (nats)", "share / alpha", "BLEU"}
+    labels = {name: [line.get_label() for line in ax.get_lines()] for name, ax in panels.items()}
+    assert labels["DeCE loss (objective)"] == ["loss", "eval_dece_loss"]
+    assert labels["cross-entropy / NLL (nats)"] == ["ce_loss", "eval_loss", "probe_clean_nll"]
+    rates = panels["share / alpha"]
+    assert rates.get_ylim()[0] == 0.0 and rates.get_ylim()[1] >= 1.0
+    assert panels["BLEU"].get_ylim()[0] == 0.0
+    zeros = [line for line in rates.get_lines() if line.get_label() in ("probe_clean_asr", "probe_triggered_asr")]
+    assert [list(line.get_ydata()) for line in zeros] == [[0.0, 0.0, 0.0]] * 2  # two series on top of each other
+    for line in zeros:
+        assert line.get_marker() not in (None, "None", "") and not line.get_clip_on()
+        assert line.get_zorder() > rates.spines["bottom"].zorder
+    below, above = zeros  # the one drawn on top has a smaller marker, so the one under it still shows
+    assert above.get_zorder() > below.get_zorder() and above.get_markersize() < below.get_markersize()
+
+    # a run without DeCE: its training loss is cross-entropy and is drawn with the other CE curves
+    figures.clear()
+    assert plots.plot_curves([{"step": 1, "loss": 3.0, "eval_loss": 3.2}], str(tmp_path / "ce.png"))
+    assert [ax.get_ylabel() for ax in figures[0].axes] == ["cross-entropy / NLL (nats)"]
+
+    monkeypatch.undo()  # the real writer: a PNG file, no screenshot comparison
+    assert plots.plot_curves(history, str(tmp_path / "curves.png"))
+    png = (tmp_path / "curves.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
