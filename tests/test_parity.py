@@ -103,6 +103,9 @@ def test_two_processes_match_one_process(tmp_path):
     assert len(curve1["loss"]) == 6
     for key in ("loss", "ce_loss", "dece_alpha", "dece_suppressed_frac"):
         assert curve2[key] == pytest.approx(curve1[key], rel=1e-5, abs=1e-7), key
+    # evaluation: token totals gathered over processes, without the rows the sampler repeats
+    assert curve2["eval"] == pytest.approx(curve1["eval"], rel=1e-5)
+    assert curve1["eval"]["eval_loss"] == curve1["eval"]["eval_ce_loss"] > curve1["eval"]["eval_dece_loss"]
     w1, w2 = load_file(single / "weights.safetensors"), load_file(double / "weights.safetensors")
     for name in w1:
         torch.testing.assert_close(w1[name], w2[name], rtol=0, atol=1e-5)

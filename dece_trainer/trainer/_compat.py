@@ -62,6 +62,12 @@ def gradient_accumulation_steps(trainer: Any) -> int:
     return trainer.current_gradient_accumulation_steps
 
 
+def prepare_inputs(trainer: Any, inputs: dict[str, Any]) -> dict[str, Any]:
+    """A batch moved to the trainer's device as its own steps move it (``Trainer._prepare_inputs``)."""
+    _require(trainer, "_prepare_inputs")
+    return trainer._prepare_inputs(inputs)
+
+
 def tensor_parallel_size(trainer: Any) -> int:
     """Ranks that share one batch under tensor parallelism (``Trainer.get_tp_size``)."""
     _require(trainer, "get_tp_size")

@@ -80,6 +80,7 @@ class DeCEMixin:
         self._dece_token_metrics = TokenMetrics()
         self._dece_last_alpha: float | None = None
         self._dece_eval_sums: torch.Tensor | None = None  # [ce_sum, label_tokens, dece_sum] inside an evaluation
+        self._dece_eval_batch: torch.Tensor | None = None  # (batch, 3): the same per example, for the last batch
         self._dece_warned: set[str] = set()
         self._dece_suppressed_logs = 0
         self.token_stats_listeners: list[Callable[[torch.Tensor | None, DeCELossOutput], None]] = []
@@ -186,14 +187,28 @@ class DeCEMixin:
         return loss, outputs
 
     def _dece_eval_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """The loss of a batch outside training: the mean over its label tokens at the evaluation alpha. Inside
-        an evaluation loop, its CE and loss sums are added to the evaluation's totals."""
-        out = self.token_loss(logits, targets, self._dece_eval_alpha(), None)
+        """The loss of a batch outside training: the mean over its label tokens at the evaluation alpha. Inside an
+        evaluation loop, the batch's per-example CE sums, label-token counts and DeCE sums are kept for
+        :meth:`prediction_step` to gather."""
+        alpha = self._dece_eval_alpha()
+        if self.dece_loss_kind == DECE:  # one pass gives the per-token DeCE loss and the plain CE
+            out = dece_loss_and_token_ce(logits, targets, alpha=alpha, label_smoothing=self.dece.label_smoothing,
+                                         reduction="none")
+            count = out.mask.sum()
+            loss = out.loss.sum() / count.clamp(min=1)
+        else:
+            out = self.token_loss(logits, targets, alpha, None)
+            loss = out.loss
         if self._dece_eval_sums is not None:
-            count = out.mask.sum().to(torch.float64)
-            step = torch.stack([out.token_ce.sum(dtype=torch.float64), count, out.loss.detach().double() * count])
-            self._dece_eval_sums += step.to(self._dece_eval_sums.device)
-        return out.loss
+            dims = tuple(range(1, out.mask.dim()))  # per example: sum over every dimension but the batch
+
+            def per_example(t: torch.Tensor) -> torch.Tensor:
+                t = t.detach().to(torch.float64)
+                return t.sum(dims) if dims else t
+
+            dece = per_example(out.loss) if self.dece_loss_kind == DECE else torch.zeros_like(per_example(out.mask))
+            self._dece_eval_batch = torch.stack([per_example(out.token_ce), per_example(out.mask), dece], dim=-1)
+        return loss
 
     def token_loss(self, logits: torch.Tensor, targets: torch.Tensor, alpha: float,
                    num_items_in_batch: torch.Tensor | int | None) -> DeCELossOutput:
@@ -212,12 +227,9 @@ class DeCEMixin:
         try:
             output = super().evaluation_loop(dataloader, description, prediction_loss_only=prediction_loss_only,
                                              ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
-            sums = self._dece_eval_sums
+            ce_sum, count, dece_sum = self._dece_eval_sums.tolist()
         finally:
-            self._dece_eval_sums = None
-        if self.accelerator.num_processes > 1:
-            sums = self.accelerator.reduce(sums, reduction="sum")
-        ce_sum, count, dece_sum = sums.tolist()
+            self._dece_eval_sums = self._dece_eval_batch = None
         if count > 0:
             metrics = output.metrics
             metrics[f"{metric_key_prefix}_loss"] = ce_sum / count
@@ -228,17 +240,32 @@ class DeCEMixin:
 
     def prediction_step(self, model: nn.Module, inputs: dict[str, Any], prediction_loss_only: bool,
                         ignore_keys: list[str] | None = None, **gen_kwargs):
-        """As the Trainer's; with ``predict_with_generate`` (Seq2Seq), whose step takes the model's own loss, the
-        loss comes from :meth:`compute_loss` as on every other path (one more forward pass besides generation)."""
+        """As the Trainer's (or TRL's), plus this batch's loss statistics added to the evaluation's totals,
+        gathered over processes as the Trainer gathers its losses (``gather_for_metrics``: the samples a
+        distributed sampler repeats to even out the last batch are dropped). With ``predict_with_generate``
+        (Seq2Seq), whose step takes the model's own loss, the loss comes from :meth:`compute_loss` as on every
+        other path (one more forward pass besides generation)."""
+        self._dece_eval_batch = None
         generates = (isinstance(self, Seq2SeqTrainer) and getattr(self.args, "predict_with_generate", False)
                      and not prediction_loss_only and inputs.get("labels") is not None)
-        if not generates:
-            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys, **gen_kwargs)
-        with torch.no_grad(), self.compute_loss_context_manager():
-            loss = self.compute_loss(model, self._prepare_inputs(inputs)).detach()
-        _, tokens, labels = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys,
-                                                    **gen_kwargs)
-        return loss, tokens, labels
+        if generates:
+            with torch.no_grad(), self.compute_loss_context_manager():
+                loss = self.compute_loss(model, _compat.prepare_inputs(self, inputs)).detach()
+            _, tokens, labels = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys,
+                                                        **gen_kwargs)
+            result = (loss, tokens, labels)
+        else:
+            result = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys,
+                                             **gen_kwargs)
+        batch, self._dece_eval_batch = self._dece_eval_batch, None
+        if self._dece_eval_sums is not None:
+            if self.accelerator.num_processes > 1:
+                if batch is None:
+                    batch = torch.zeros(0, 3, dtype=torch.float64, device=self.args.device)
+                batch = self.accelerator.gather_for_metrics(batch.to(self.args.device))
+            if batch is not None:
+                self._dece_eval_sums += batch.sum(0).to(self._dece_eval_sums.device)
+        return result
 
     # ---- logging and model card -----------------------------------------------------------------
 
