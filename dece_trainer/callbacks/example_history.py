@@ -16,6 +16,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..validation import check_probability
+
 QUANTILES = (10, 50, 90, 99)
 # An example lags when its worst-token probability is below LAGGING x the epoch's median, and has caught
 # up when it is at least CAUGHT_UP x the median (relative, since some tokens stay hard for every example).
@@ -56,10 +58,8 @@ class ExampleHistory:
     def __init__(self, num_examples: int, fit_threshold: float = 0.5):
         if num_examples <= 0:
             raise ValueError(f"`num_examples` must be positive, got {num_examples}")
-        if not 0.0 < fit_threshold < 1.0:
-            raise ValueError(f"`fit_threshold` must be in (0, 1), got {fit_threshold!r}")
         self.num_examples = num_examples
-        self.fit_threshold = fit_threshold
+        self.fit_threshold = check_probability(fit_threshold, "fit_threshold")
         self._sums: torch.Tensor | None = None  # (3, n) float32: loss sum, gold-prob sum, visits
         self._worst: torch.Tensor | None = None  # (n,) float32: max token CE over the epoch's visits
         self.loss: list[np.ndarray] = []  # per finished epoch: (n,) float16 mean token CE, NaN where unseen

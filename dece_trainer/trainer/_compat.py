@@ -3,7 +3,7 @@
 Every read or write of a ``Trainer`` internal, and every private import, goes through a function here, so
 a transformers release that moves one breaks in one place, loudly: each accessor raises a ``RuntimeError``
 naming the internal and the supported versions instead of silently doing something else, and
-``tests/test_compat.py`` checks every one of them against the installed versions.
+``tests/test_lib_compat.py`` checks them against the installed versions.
 
 Supported: transformers >= ``MIN_TRANSFORMERS`` (< 6), the range CI tests; ``pyproject.toml`` says the same.
 """
