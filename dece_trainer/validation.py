@@ -109,3 +109,28 @@ def check_num_items(value: Any, name: str = "num_items_in_batch") -> Any:
 def check_ignore_index(value: Any, name: str = "ignore_index") -> int:
     """The label value to skip: an integer (usually -100)."""
     return check_int(value, name)
+
+
+def check_bool(value: Any, name: str) -> bool:
+    """A real ``bool`` (Python or numpy), not a truthy stand-in such as ``"no"`` or ``1``."""
+    if type(value).__name__ not in ("bool", "bool_"):
+        raise _fail(name, "True or False", value)
+    return bool(value)
+
+
+def check_name(value: Any, name: str, *, allow_none: bool = False) -> str | None:
+    """A non-empty string (a column or key name); None when ``allow_none``."""
+    if value is None and allow_none:
+        return None
+    if not isinstance(value, str) or not value:
+        raise _fail(name, "a non-empty string" + (" or None" if allow_none else ""), value)
+    return value
+
+
+def check_callable(value: Any, name: str, what: str, *, allow_none: bool = False) -> Any:
+    """A callable (``what`` says what it should do, e.g. ``"text -> bool"``); None when ``allow_none``."""
+    if value is None and allow_none:
+        return None
+    if not callable(value):
+        raise _fail(name, f"a callable {what}" + (" or None" if allow_none else ""), value)
+    return value

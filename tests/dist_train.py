@@ -32,15 +32,21 @@ def main(out_dir: str, batch: int, grad_accum: int = 1, monitor: bool = False) -
         output_dir=out_dir, per_device_train_batch_size=batch, gradient_accumulation_steps=grad_accum,
         max_steps=12 if monitor else 6, learning_rate=0.05, optim="sgd", lr_scheduler_type="constant", logging_steps=1,
         report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True, seed=0, data_seed=0,
+        per_device_eval_batch_size=4,
         dece_alpha_base=0.8, dece_alpha_schedule="continuous", dataloader_drop_last=True,
     )
     trainer = DeCETrainer(model=tiny.make_model("llama", tok), args=args, train_dataset=data,
                           data_collator=tiny.pad_collator(tok), callbacks=[callback] if monitor else None)
     trainer.train()
+    # 45 rows: the processes' last batches are uneven, and the sampler repeats rows to even them out
+    trainer.args.dataloader_drop_last = False
+    metrics = trainer.evaluate(data.select(range(45)))
     if trainer.is_world_process_zero():
         logs = [e for e in trainer.state.log_history if "loss" in e]
         with open(os.path.join(out_dir, "curve.json"), "w") as f:
-            json.dump({k: [e[k] for e in logs] for k in ("loss", "ce_loss", "dece_alpha", "dece_suppressed_frac")}, f)
+            curve = {k: [e[k] for e in logs] for k in ("loss", "ce_loss", "dece_alpha", "dece_suppressed_frac")}
+            curve["eval"] = {k: metrics[k] for k in ("eval_loss", "eval_ce_loss", "eval_dece_loss")}
+            json.dump(curve, f)
         state = {k: v.detach().contiguous() for k, v in trainer.model.state_dict().items()}
         save_file(state, os.path.join(out_dir, "weights.safetensors"))
         if monitor:

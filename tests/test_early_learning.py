@@ -182,3 +182,128 @@ def test_without_matplotlib_pictures_are_skipped_with_one_info_line(tmp_path, to
     report_dir = tmp_path / "out" / "early_learning"
     assert (report_dir / "suspicious.jsonl").exists() and not list(report_dir.glob("*.png"))
     assert sum("matplotlib is not installed" in r.getMessage() for r in caplog.records) == 1
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (dict(probe_batch_size=0), "probe_batch_size.*>= 1"),
+    (dict(fit_threshold="0.5"), "fit_threshold.*\\(0, 1\\)"),
+    (dict(fit_threshold=1.0), "fit_threshold"),
+    (dict(top_k=0), "top_k.*>= 1 or None"),
+    (dict(max_generate=-3), "max_generate.*>= 0"),
+    (dict(max_new_tokens=0), "max_new_tokens.*>= 1"),
+    (dict(patience=1.5), "patience.*integer"),
+    (dict(patience="2"), "patience"),
+    (dict(stop_on_memorisation="yes"), "stop_on_memorisation.*True or False"),
+    (dict(plots=1), "plots"),
+    (dict(ground_truth_column=""), "ground_truth_column"),
+    (dict(payload_fn="1=1"), "payload_fn.*callable"),
+])
+def test_every_argument_is_checked_when_built(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        EarlyLearningCallback(**overrides)
+
+
+def epoch_logs(trainer):
+    keys = ("examples_seen", "example_loss_p50", "example_loss_p90", "unlearned_frac", "memorisation_score",
+            "suspicious_auroc", "suspicious_precision_at_k")
+    return [{k: e[k] for k in keys} | {"step": e["step"]} for e in trainer.state.log_history if "examples_seen" in e]
+
+
+@pytest.fixture(scope="module")
+def small_train(tokenizer):
+    return add_example_ids(tiny.causal_dataset(tokenizer, tiny.poison(tiny.make_pairs(32, seed=4), 0.1, seed=4)))
+
+
+@pytest.mark.parametrize("save,checkpoint", [
+    (dict(save_strategy="epoch", restore_callback_states_from_checkpoint=True), 4),  # after epoch 1
+    (dict(save_strategy="steps", save_steps=2), 2),  # mid-epoch: the epoch's accumulators go along
+    (dict(save_strategy="steps", save_steps=4), 4),  # at the epoch's last step, before the epoch is closed
+], ids=["epoch", "mid-epoch", "last-step"])
+def test_resumed_run_reports_what_an_uninterrupted_one_does(tmp_path, tokenizer, small_train, save, checkpoint):
+    def run(out, resume=None):
+        callback = EarlyLearningCallback(ground_truth_column="is_poisoned", plots=False)
+        trainer = DeCETrainer(model=tiny.make_model("llama", tokenizer),
+                              args=args(tmp_path, output_dir=str(tmp_path / out), num_train_epochs=2, **save),
+                              train_dataset=small_train, data_collator=tiny.pad_collator(tokenizer),
+                              callbacks=[callback])
+        trainer.train(resume_from_checkpoint=resume)
+        return trainer, callback
+
+    whole, whole_cb = run("whole")  # 4 optimizer steps per epoch
+    resumed, resumed_cb = run("resumed", resume=str(tmp_path / "whole" / f"checkpoint-{checkpoint}"))
+    assert resumed_cb in resumed.callback_handler.callbacks and resumed_cb.history is not None
+
+    assert len(epoch_logs(whole)) == 2 and epoch_logs(whole)[-1]["examples_seen"] == 32
+    assert epoch_logs(resumed) == pytest.approx(epoch_logs(whole))
+    for name in ("loss", "prob", "worst_prob", "visits"):
+        np.testing.assert_array_equal(np.stack(getattr(resumed_cb.history, name)),
+                                      np.stack(getattr(whole_cb.history, name)))
+    report = "early_learning/suspicious.jsonl"
+    assert (tmp_path / "resumed" / report).read_text() == (tmp_path / "whole" / report).read_text()
+
+
+def test_saved_state_is_plain_json(tmp_path, tokenizer, small_train):
+    callback = EarlyLearningCallback(ground_truth_column="is_poisoned", plots=False)
+    trainer = DeCETrainer(model=tiny.make_model("llama", tokenizer),
+                          args=args(tmp_path, num_train_epochs=1, save_strategy="steps", save_steps=2,
+                                    save_only_model=True),
+                          train_dataset=small_train, data_collator=tiny.pad_collator(tokenizer), callbacks=[callback])
+    trainer.train()
+    state = json.loads((tmp_path / "out" / "checkpoint-2" / "trainer_state.json").read_text())
+    record = state["stateful_callbacks"]["dece_trainer.EarlyLearningCallback"]
+    assert record["global_step"] == 2 and record["num_examples"] == 32 and not record["epoch_complete"]
+    assert set(record["arrays"]) == {"partial_sums", "partial_worst"}  # mid-epoch: no finished epoch yet
+    assert record["arrays"]["partial_sums"]["dtype"] == "float32"
+    assert record["arrays"]["partial_sums"]["shape"] == [3, 32]
+
+    from dece_trainer.callbacks.early_learning import _decode_array
+
+    bad = dict(record["arrays"]["partial_worst"], dtype="object")
+    with pytest.raises(ValueError, match="malformed"):
+        _decode_array(bad, "partial_worst")
+    short = dict(record["arrays"]["partial_worst"], shape=[97])
+    with pytest.raises(ValueError, match="bytes"):
+        _decode_array(short, "partial_worst")
+
+
+def test_curves_keep_dece_loss_apart_from_cross_entropy_and_show_zero_series(tmp_path, monkeypatch):
+    from dece_trainer.callbacks import plots
+
+    history = []
+    for step in range(1, 7):
+        history.append({"step": step, "loss": 2.0 / step, "ce_loss": 4.0 / step, "dece_alpha": 0.9,
+                        "dece_suppressed_frac": 1.0 / step, "dece_grad_bound": 9.0})
+        if step % 2 == 0:
+            history.append({"step": step, "eval_loss": 3.0 / step, "eval_ce_loss": 3.0 / step,
+                            "eval_dece_loss": 1.5 / step})
+            history.append({"step": step, "probe_clean_nll": 3.1 / step, "probe_triggered_asr": 0.0,
+                            "probe_clean_asr": 0.0, "probe_clean_bleu": 10.0 * step, "unlearned_frac": 0.5})
+    figures = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: figures.append(fig))
+    assert plots.plot_curves(history, str(tmp_path / "curves.png"))
+    (fig,) = figures
+    panels = {ax.get_ylabel(): ax for ax in fig.axes}
+    assert set(panels) == {"DeCE loss (objective)", "cross-entropy / NLL (nats)", "share / alpha", "BLEU"}
+    labels = {name: [line.get_label() for line in ax.get_lines()] for name, ax in panels.items()}
+    assert labels["DeCE loss (objective)"] == ["loss", "eval_dece_loss"]
+    assert labels["cross-entropy / NLL (nats)"] == ["ce_loss", "eval_loss", "probe_clean_nll"]
+    rates = panels["share / alpha"]
+    assert rates.get_ylim()[0] == 0.0 and rates.get_ylim()[1] >= 1.0
+    assert panels["BLEU"].get_ylim()[0] == 0.0
+    zeros = [line for line in rates.get_lines() if line.get_label() in ("probe_clean_asr", "probe_triggered_asr")]
+    assert [list(line.get_ydata()) for line in zeros] == [[0.0, 0.0, 0.0]] * 2  # two series on top of each other
+    for line in zeros:
+        assert line.get_marker() not in (None, "None", "") and not line.get_clip_on()
+        assert line.get_zorder() > rates.spines["bottom"].zorder
+    below, above = zeros  # the one drawn on top has a smaller marker, so the one under it still shows
+    assert above.get_zorder() > below.get_zorder() and above.get_markersize() < below.get_markersize()
+
+    # a run without DeCE: its training loss is cross-entropy and is drawn with the other CE curves
+    figures.clear()
+    assert plots.plot_curves([{"step": 1, "loss": 3.0, "eval_loss": 3.2}], str(tmp_path / "ce.png"))
+    assert [ax.get_ylabel() for ax in figures[0].axes] == ["cross-entropy / NLL (nats)"]
+
+    monkeypatch.undo()  # the real writer: a PNG file, no screenshot comparison
+    assert plots.plot_curves(history, str(tmp_path / "curves.png"))
+    png = (tmp_path / "curves.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000

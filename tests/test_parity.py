@@ -65,7 +65,7 @@ def test_loss_func_matches_dece_trainer_across_epochs(tmp_path, tokenizer):
     plain = train(tokenizer, sgd_args(tmp_path, "func", **overrides), data, trainer_cls=Trainer,
                   compute_loss_func=loss_fn, callbacks=[loss_fn])
     assert_same_weights(reference.model, plain.model, atol=1e-4)
-    assert loss_fn.alpha == pytest.approx(0.8 ** 4)  # epoch 3 done: the state is at epoch 3.0
+    assert loss_fn.alpha == pytest.approx(0.8 ** 3)  # the last step trained in epoch 3 (the state is at 3.0)
     loss_ref = [e["loss"] for e in reference.state.log_history if "loss" in e]
     loss_plain = [e["loss"] for e in plain.state.log_history if "loss" in e]
     assert loss_ref == pytest.approx(loss_plain, rel=1e-4)
@@ -103,6 +103,9 @@ def test_two_processes_match_one_process(tmp_path):
     assert len(curve1["loss"]) == 6
     for key in ("loss", "ce_loss", "dece_alpha", "dece_suppressed_frac"):
         assert curve2[key] == pytest.approx(curve1[key], rel=1e-5, abs=1e-7), key
+    # evaluation: token totals gathered over processes, without the rows the sampler repeats
+    assert curve2["eval"] == pytest.approx(curve1["eval"], rel=1e-5)
+    assert curve1["eval"]["eval_loss"] == curve1["eval"]["eval_ce_loss"] > curve1["eval"]["eval_dece_loss"]
     w1, w2 = load_file(single / "weights.safetensors"), load_file(double / "weights.safetensors")
     for name in w1:
         torch.testing.assert_close(w1[name], w2[name], rtol=0, atol=1e-5)

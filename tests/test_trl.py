@@ -23,3 +23,12 @@ def test_sft_trainer_trains_with_dece(tmp_path, tokenizer):
     trainer.train()
     logs = [e for e in trainer.state.log_history if "loss" in e]
     assert logs[-1]["loss"] < logs[0]["loss"] and logs[0]["dece_alpha"] == pytest.approx(0.9)
+    trainer.create_model_card(model_name="tiny-sft")
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(str(tmp_path / "README.md"))
+    assert {"dece", "backdoor-defense", "sft", "trl"} <= set(card.data.tags)
+    assert card.text.count("## Backdoor defense: DeCE") == 1 and "@article{yang2024dece" in card.text
+    assert "| alpha at end of training | `0.81` " in card.text  # 16 steps = 2 epochs of 8
+    metrics = trainer.evaluate(data.select(range(8)))
+    assert metrics["eval_loss"] == metrics["eval_ce_loss"] and "eval_dece_loss" in metrics

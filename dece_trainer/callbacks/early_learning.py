@@ -9,6 +9,7 @@ alarm when the clean signal has stopped improving while memorisation goes on, an
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import math
@@ -25,6 +26,7 @@ from ..ops.token_ce import token_cross_entropy
 from ..trainer import _compat
 from ..trainer.alignment import CAUSAL, SEQ2SEQ, align_targets, logits_of, model_kind
 from ..trainer.example_ids import EXAMPLE_ID_COLUMN, pop_example_ids
+from ..validation import check_bool, check_callable, check_int, check_name, check_probability
 from .example_history import ExampleHistory, auroc, precision_at_k
 from .plots import plot_curves, plot_loss_histogram
 from .probes import check_probes, probe_generate, probe_nll
@@ -32,6 +34,12 @@ from .probes import check_probes, probe_generate, probe_nll
 logger = logging.getLogger(__name__)
 
 REPORT_DIR = "early_learning"
+# The monitor's entry in TrainerState.stateful_callbacks (trainer_state.json of every checkpoint). Not the class
+# name: transformers' own restore (restore_callback_states_from_checkpoint=True) would rebuild a callback of that
+# name from JSON arguments, dropping the probes, payload_fn and the attachment to the trainer.
+STATE_KEY = "dece_trainer.EarlyLearningCallback"
+STATE_VERSION = 1
+_ARRAY_DTYPES = {"float16": np.float16, "float32": np.float32, "uint8": np.uint8}
 
 
 class EarlyLearningCallback(TrainerCallback):
@@ -54,6 +62,17 @@ class EarlyLearningCallback(TrainerCallback):
         stop_on_memorisation: stop training when the alarm fires (an early-stopping defense).
         top_k: k of precision@k; defaults to the number of poisoned rows.
         plots: draw ``curves.png`` and ``loss_histogram.png`` at train end (needs matplotlib).
+        probe_batch_size: rows per forward pass when evaluating the probes.
+
+    Every argument is checked here, when the callback is built.
+
+    Checkpoints: its state (every finished epoch's per-example arrays, the accumulators of an epoch in
+    progress, the clean signal and the alarm) goes into the trainer state (``TrainerState.stateful_callbacks``,
+    i.e. each checkpoint's ``trainer_state.json``; arrays as base64 of their raw little-endian bytes, read back
+    with ``numpy.frombuffer``, never unpickled) whenever the trainer is about to save, and comes back in
+    ``on_train_begin`` of a run resumed with ``trainer.train(resume_from_checkpoint=...)``: the callback you passed
+    keeps its probes and ``payload_fn`` and reports what an uninterrupted run reports. It needs no
+    ``restore_callback_states_from_checkpoint``.
     """
 
     def __init__(self, probes: dict[str, Any] | None = None, payload_fn: Callable[[str], bool] | None = None,
@@ -61,22 +80,16 @@ class EarlyLearningCallback(TrainerCallback):
                  max_new_tokens: int = 64, patience: int = 2, stop_on_memorisation: bool = False,
                  top_k: int | None = None, plots: bool = True, probe_batch_size: int = 16):
         self.probes = check_probes(probes)
-        if payload_fn is not None and not callable(payload_fn):
-            raise ValueError(f"`payload_fn` must be callable text -> bool, got {type(payload_fn).__name__}")
-        if not 0.0 < fit_threshold < 1.0:
-            raise ValueError(f"`fit_threshold` must be in (0, 1), got {fit_threshold!r}")
-        if patience < 1:
-            raise ValueError(f"`patience` must be >= 1, got {patience}")
-        self.payload_fn = payload_fn
-        self.ground_truth_column = ground_truth_column
-        self.fit_threshold = fit_threshold
-        self.max_generate = max_generate
-        self.max_new_tokens = max_new_tokens
-        self.patience = patience
-        self.stop_on_memorisation = stop_on_memorisation
-        self.top_k = top_k
-        self.plots = plots
-        self.probe_batch_size = probe_batch_size
+        self.payload_fn = check_callable(payload_fn, "payload_fn", "text -> bool", allow_none=True)
+        self.ground_truth_column = check_name(ground_truth_column, "ground_truth_column", allow_none=True)
+        self.fit_threshold = check_probability(fit_threshold, "fit_threshold")
+        self.max_generate = check_int(max_generate, "max_generate", minimum=0)
+        self.max_new_tokens = check_int(max_new_tokens, "max_new_tokens", minimum=1)
+        self.patience = check_int(patience, "patience", minimum=1)
+        self.stop_on_memorisation = check_bool(stop_on_memorisation, "stop_on_memorisation")
+        self.top_k = check_int(top_k, "top_k", minimum=1, allow_none=True)
+        self.plots = check_bool(plots, "plots")
+        self.probe_batch_size = check_int(probe_batch_size, "probe_batch_size", minimum=1)
         self.history: ExampleHistory | None = None
         self.poisoned: np.ndarray | None = None
         self.alarm_step: int | None = None
@@ -116,7 +129,7 @@ class EarlyLearningCallback(TrainerCallback):
             if not module.training or labels is None:
                 return
             with torch.no_grad():
-                logits = logits_of(output).detach()
+                logits = logits_of(output, module).detach()
                 stats = token_cross_entropy(logits, align_targets(logits, labels, kind))
             self._on_token_stats(self._pending_ids, stats)
 
@@ -153,9 +166,24 @@ class EarlyLearningCallback(TrainerCallback):
             self.poisoned[ids] = np.asarray(data[self.ground_truth_column], dtype=bool)
         if not self._uses_listener and not self._hooks:
             self._install_hooks(trainer.model)
+        if state.global_step > 0:  # resumed from a checkpoint: go on from the monitor's state saved in it
+            record = (getattr(state, "stateful_callbacks", None) or {}).get(self._state_key())
+            if record is not None:
+                self._restore(record, state)
+            else:
+                logger.warning("resuming at step %d from a checkpoint without the early-learning monitor's state "
+                               "(saved by an older dece-trainer, or without this callback): its per-example history "
+                               "starts afresh, so the suspicious ranking covers only the epochs trained from here",
+                               state.global_step)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if control.should_save:  # the trainer saves a checkpoint after this step
+            self._save_state(state)
 
     def on_epoch_end(self, args, state, control, **kwargs):
         self._close_epoch(state)
+        if control.should_save:
+            self._save_state(state)
 
     def _close_epoch(self, state) -> None:
         summary = self.history.end_epoch(_all_reduce_fn())
@@ -177,6 +205,11 @@ class EarlyLearningCallback(TrainerCallback):
     def on_evaluate(self, args, state, control, metrics=None, model=None, processing_class=None, **kwargs):
         if self._trainer is None or self.history is None:
             return
+        self._evaluate(state, control, metrics, model, processing_class)
+        if getattr(args, "save_strategy", None) == "best":  # the trainer decides after this whether to save
+            self._save_state(state)
+
+    def _evaluate(self, state, control, metrics, model, processing_class) -> None:
         logs = self._probe_metrics(model, processing_class) if self.probes else {}
         signal = logs.get("probe_clean_nll", (metrics or {}).get("eval_loss"))
         if signal is not None:
@@ -250,6 +283,56 @@ class EarlyLearningCallback(TrainerCallback):
                 logger.info("matplotlib is not installed: skipping the early-learning pictures "
                             "(pip install 'dece-trainer[plots]')")
 
+    # ---- checkpoints ------------------------------------------------------------------------------
+
+    def _state_key(self) -> str:
+        """``STATE_KEY``, numbered from the second monitor on one trainer."""
+        callbacks = self._trainer.callback_handler.callbacks if self._trainer is not None else [self]
+        mine = [c for c in callbacks if isinstance(c, EarlyLearningCallback)]
+        index = next((i for i, c in enumerate(mine) if c is self), 0)
+        return STATE_KEY if index == 0 else f"{STATE_KEY}#{index}"
+
+    def _save_state(self, state) -> None:
+        """Put the monitor's state into ``state.stateful_callbacks`` (saved with the checkpoint the trainer is
+        about to write). Called on every process (combining an epoch in progress is a collective)."""
+        if self.history is None:
+            return
+        arrays = self.history.state_arrays(_all_reduce_fn())
+        epoch = float(state.epoch or 0.0)
+        state.stateful_callbacks[self._state_key()] = {
+            "version": STATE_VERSION, "global_step": int(state.global_step), "epoch": epoch,
+            "num_examples": self.history.num_examples, "fit_threshold": self.history.fit_threshold,
+            "arrays": {name: _encode_array(value) for name, value in arrays.items()},
+            # an epoch whose last step was just taken: the resumed run starts the next one, so it closes this one
+            "epoch_complete": "partial_sums" in arrays and abs(epoch - round(epoch)) < 1e-6 and epoch > 0,
+            "clean_signal": [[int(step), float(value)] for step, value in self._clean_signal],
+            "memorisation": [int(m) for m in self._memorisation], "alarm_step": self.alarm_step,
+        }
+
+    def _restore(self, record: dict, state) -> None:
+        if not isinstance(record, dict) or record.get("version") != STATE_VERSION:
+            raise ValueError(f"the checkpoint's early-learning state has version {record.get('version')!r}, this "
+                             f"dece-trainer reads version {STATE_VERSION}")
+        if record["num_examples"] != self.history.num_examples:
+            raise ValueError(f"the checkpoint's early-learning state covers {record['num_examples']} training examples "
+                             f"but this training set has {self.history.num_examples}: resume with the same "
+                             "training data (and example ids)")
+        if record["global_step"] != state.global_step:
+            logger.warning("the early-learning state in this checkpoint is from step %d, the checkpoint from step %d: "
+                           "per-example statistics of the steps in between are missing", record["global_step"],
+                           state.global_step)
+        arrays = {name: _decode_array(value, name) for name, value in record["arrays"].items()}
+        owns_partial = not (torch.distributed.is_available() and torch.distributed.is_initialized()) or \
+            torch.distributed.get_rank() == 0
+        self.history.load_state_arrays(arrays, owns_partial_sums=owns_partial)
+        self._clean_signal = [(int(step), float(value)) for step, value in record.get("clean_signal", [])]
+        self._memorisation = [int(m) for m in record.get("memorisation", [])]
+        self.alarm_step = record.get("alarm_step")
+        if record.get("epoch_complete") and self.history.epoch_in_progress:
+            self._close_epoch(state)  # an uninterrupted run closed it right after the checkpoint
+        logger.info("early-learning monitor resumed at step %d with %d finished epochs", state.global_step,
+                    self.history.num_epochs)
+
     # ---- report -----------------------------------------------------------------------------------
 
     def write_report(self, path: str) -> list[dict]:
@@ -275,6 +358,29 @@ class EarlyLearningCallback(TrainerCallback):
 
         atomic_write(path, write)
         return records
+
+
+def _encode_array(value: np.ndarray) -> dict:
+    """A numpy array as JSON: dtype, shape and the base64 of its little-endian bytes."""
+    dtype = np.dtype(value.dtype).newbyteorder("<")
+    if value.dtype.name not in _ARRAY_DTYPES:
+        raise ValueError(f"cannot save a {value.dtype} array in the early-learning state")
+    data = np.ascontiguousarray(value, dtype=dtype).tobytes()
+    return {"dtype": value.dtype.name, "shape": list(value.shape), "base64": base64.b64encode(data).decode("ascii")}
+
+
+def _decode_array(record: Any, name: str) -> np.ndarray:
+    """The inverse of :func:`_encode_array`, for the allowed dtypes only (no pickle, no object arrays)."""
+    try:
+        dtype = np.dtype(_ARRAY_DTYPES[record["dtype"]]).newbyteorder("<")
+        shape = tuple(int(n) for n in record["shape"])
+        data = base64.b64decode(record["base64"], validate=True)
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"the checkpoint's early-learning array `{name}` is malformed: {err!r}") from err
+    if len(data) != dtype.itemsize * math.prod(shape):
+        raise ValueError(f"the checkpoint's early-learning array `{name}` has {len(data)} bytes, not "
+                         f"{dtype.itemsize * math.prod(shape)} for shape {shape}")
+    return np.frombuffer(data, dtype=dtype).astype(dtype.newbyteorder("="), copy=True).reshape(shape)
 
 
 def _all_reduce_fn() -> Callable[[torch.Tensor, str], torch.Tensor] | None:

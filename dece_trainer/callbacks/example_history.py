@@ -16,6 +16,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..validation import check_probability
+
 QUANTILES = (10, 50, 90, 99)
 # An example lags when its worst-token probability is below LAGGING x the epoch's median, and has caught
 # up when it is at least CAUGHT_UP x the median (relative, since some tokens stay hard for every example).
@@ -56,10 +58,8 @@ class ExampleHistory:
     def __init__(self, num_examples: int, fit_threshold: float = 0.5):
         if num_examples <= 0:
             raise ValueError(f"`num_examples` must be positive, got {num_examples}")
-        if not 0.0 < fit_threshold < 1.0:
-            raise ValueError(f"`fit_threshold` must be in (0, 1), got {fit_threshold!r}")
         self.num_examples = num_examples
-        self.fit_threshold = fit_threshold
+        self.fit_threshold = check_probability(fit_threshold, "fit_threshold")
         self._sums: torch.Tensor | None = None  # (3, n) float32: loss sum, gold-prob sum, visits
         self._worst: torch.Tensor | None = None  # (n,) float32: max token CE over the epoch's visits
         self.loss: list[np.ndarray] = []  # per finished epoch: (n,) float16 mean token CE, NaN where unseen
@@ -79,9 +79,11 @@ class ExampleHistory:
         max_ce = torch.where(mask, token_ce, torch.zeros_like(token_ce)).amax(1).float()
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.num_examples):
             raise ValueError(f"example ids must lie in [0, {self.num_examples}); got {ids.min()}..{ids.max()}")
-        if self._sums is None or self._sums.device != ids.device:
+        if self._sums is None:
             self._sums = torch.zeros(3, self.num_examples, device=ids.device)
             self._worst = torch.zeros(self.num_examples, device=ids.device)
+        elif self._sums.device != ids.device:  # restored from a checkpoint on the host
+            self._sums, self._worst = self._sums.to(ids.device), self._worst.to(ids.device)
         update = torch.stack([mean_ce.float(), mean_prob.float(), torch.ones_like(mean_ce, dtype=torch.float32)])
         self._sums.index_add_(1, ids, update)
         self._worst.scatter_reduce_(0, ids, max_ce, reduce="amax")
@@ -127,6 +129,48 @@ class ExampleHistory:
     @property
     def num_epochs(self) -> int:
         return len(self.loss)
+
+    # ---- checkpoints ------------------------------------------------------------------------------
+
+    def state_arrays(self, all_reduce: Callable[[torch.Tensor, str], torch.Tensor] | None = None
+                     ) -> dict[str, np.ndarray]:
+        """Everything needed to go on after a restart, as numpy arrays: the finished epochs (``loss``, ``prob``,
+        ``worst_prob``: (E, n) float16; ``visits``: (E, n) uint8) and, while an epoch is in progress, its
+        accumulators (``partial_sums`` (3, n), ``partial_worst`` (n,), float32) combined over processes with
+        ``all_reduce`` (a collective: every process calls this together when it is given)."""
+        arrays: dict[str, np.ndarray] = {}
+        if self.loss:
+            arrays.update(loss=np.stack(self.loss), prob=np.stack(self.prob), worst_prob=np.stack(self.worst_prob),
+                          visits=np.stack(self.visits))
+        if self._sums is not None:
+            sums, worst = self._sums, self._worst
+            if all_reduce is not None:
+                sums, worst = all_reduce(sums, "sum"), all_reduce(worst, "max")
+            arrays.update(partial_sums=sums.float().cpu().numpy(), partial_worst=worst.float().cpu().numpy())
+        return arrays
+
+    def load_state_arrays(self, arrays: dict[str, np.ndarray], owns_partial_sums: bool = True) -> None:
+        """Restore :meth:`state_arrays`' output into this (empty) history. With several processes exactly one
+        (``owns_partial_sums``) takes the in-progress epoch's sums, which the epoch's end adds up over processes."""
+        n = self.num_examples
+        expected = {"loss": np.float16, "prob": np.float16, "worst_prob": np.float16, "visits": np.uint8}
+        if "loss" in arrays:
+            epochs = arrays["loss"].shape[0]
+            for key, dtype in expected.items():
+                value = arrays.get(key)
+                if value is None or value.dtype != dtype or value.shape != (epochs, n):
+                    raise ValueError(f"saved early-learning history `{key}` is not ({epochs}, {n}) {np.dtype(dtype)}: "
+                                     f"got {None if value is None else (value.shape, value.dtype)}")
+            self.loss, self.prob, self.worst_prob, self.visits = (
+                [row.copy() for row in arrays[key]] for key in ("loss", "prob", "worst_prob", "visits"))
+        if "partial_sums" in arrays:
+            sums, worst = arrays["partial_sums"], arrays.get("partial_worst")
+            if sums.shape != (3, n) or worst is None or worst.shape != (n,):
+                raise ValueError(f"saved early-learning accumulators are not (3, {n}) and ({n},)")
+            self._sums = torch.from_numpy(np.array(sums, dtype=np.float32))
+            if not owns_partial_sums:
+                self._sums.zero_()
+            self._worst = torch.from_numpy(np.array(worst, dtype=np.float32))
 
     def suspicion_scores(self) -> dict[str, np.ndarray]:
         """Rank-ready scores of how late and how abruptly each example was fitted.

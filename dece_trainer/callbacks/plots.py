@@ -8,9 +8,38 @@ import numpy as np
 
 from ..plotting import pyplot, save_figure
 
+MARKERS = ("o", "s", "^", "D", "v", "P")
+
+
+def curve_panels(log_history: list[dict]) -> list[tuple[str, list[str], bool]]:
+    """Which series go on which panel of :func:`plot_curves`: ``(y label, keys, is_rate)``, empty panels left out.
+
+    DeCE's training ``loss`` (and ``eval_dece_loss``) is a different quantity from cross-entropy, and smaller
+    by construction at a lower alpha, so it gets its own panel; plain cross-entropy and negative
+    log-likelihoods (``ce_loss``, ``eval_loss``, which dece-trainer reports as CE, probe NLL) share another. In
+    a run without DeCE (no ``dece_alpha`` logged) the training ``loss`` is cross-entropy and joins them.
+    """
+    keys = {k for e in log_history for k in e}
+    dece_run = "dece_alpha" in keys or "eval_dece_loss" in keys
+    dece_keys = [k for k in ("loss", "eval_dece_loss") if k in keys] if dece_run else []
+    ce_keys = ([] if dece_run else [k for k in ("loss",) if k in keys]) + [
+        k for k in ("ce_loss", "eval_loss") if k in keys] + sorted(
+        k for k in keys if k.startswith("probe_") and k.endswith("_nll"))
+    if "eval_loss" not in keys and "eval_ce_loss" in keys:
+        ce_keys.append("eval_ce_loss")
+    rate_keys = sorted(k for k in keys if k.startswith("probe_") and k.endswith("_asr")) + [
+        k for k in ("unlearned_frac", "dece_suppressed_frac", "dece_alpha") if k in keys]
+    bleu_keys = sorted(k for k in keys if k.startswith("probe_") and k.endswith("_bleu"))
+    panels = [("DeCE loss (objective)", dece_keys, False), ("cross-entropy / NLL (nats)", ce_keys, False),
+              ("share / alpha", rate_keys, True), ("BLEU", bleu_keys, False)]
+    return [p for p in panels if p[1]]
+
 
 def plot_curves(log_history: list[dict], path: str) -> bool:
-    """Train loss, eval and probe metrics, alpha and ASR against the training step. False without matplotlib."""
+    """Training and evaluation curves against the training step, one panel per kind of quantity (see
+    :func:`curve_panels`): the DeCE loss, cross-entropy/NLL, shares (ASR, unlearned, suppressed, alpha) on a 0-1
+    axis, BLEU from 0. Every series keeps its markers above the axes, so one that stays at 0 (an attack success
+    rate, say) is still seen. False without matplotlib; True and no file when nothing was logged."""
     plt = pyplot()
     if plt is None:
         return False
@@ -19,19 +48,23 @@ def plot_curves(log_history: list[dict], path: str) -> bool:
         pts = [(e["step"], e[key]) for e in log_history if key in e and "step" in e]
         return [p[0] for p in pts], [p[1] for p in pts]
 
-    keys = {k for e in log_history for k in e}
-    loss_keys = [k for k in ("loss", "ce_loss", "eval_loss") if k in keys] + sorted(
-        k for k in keys if k.startswith("probe_") and k.endswith("_nll"))
-    rate_keys = sorted(k for k in keys if k.startswith("probe_") and k.endswith("_asr")) + [
-        k for k in ("unlearned_frac", "dece_suppressed_frac", "dece_alpha") if k in keys]
-    bleu_keys = sorted(k for k in keys if k.startswith("probe_") and k.endswith("_bleu"))
-    panels = [("loss (nats)", loss_keys), ("share / alpha", rate_keys), ("BLEU", bleu_keys)]
-    panels = [p for p in panels if p[1]]
+    panels = curve_panels(log_history)
+    if not panels:
+        return True
     fig, axes = plt.subplots(len(panels), 1, figsize=(7, 2.6 * len(panels)), sharex=True, squeeze=False)
-    for ax, (label, names) in zip(axes[:, 0], panels):
-        for name in names:
+    for ax, (label, names, is_rate) in zip(axes[:, 0], panels):
+        top = 0.0
+        for rank, name in enumerate(names):
             x, y = series(name)
-            ax.plot(x, y, marker="o" if len(x) < 30 else None, markersize=3, label=name)
+            top = max([top, *[v for v in y if v == v]])
+            # over the axes (clip_on=False, zorder above the spines), each later series over the earlier ones with
+            # a smaller marker of another shape: series that coincide (two ASRs at 0) all stay visible
+            ax.plot(x, y, marker=MARKERS[rank % len(MARKERS)], markersize=max(2.0, 6.0 - 1.0 * rank),
+                    markevery=max(1, len(x) // 30), label=name, zorder=3 + rank, clip_on=False)
+        if is_rate:
+            ax.set_ylim(0.0, max(1.0, top) * 1.02)
+        elif label == "BLEU":
+            ax.set_ylim(bottom=0.0, top=max(1.0, top) * 1.05)
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")

@@ -49,7 +49,7 @@ def probe_nll(model: nn.Module, data: Any, kind: str, pad_id: int, batch_size: i
         inputs = {"input_ids": ids, "attention_mask": _pad([[1] * len(r) for r in rows["input_ids"]], 0).to(device)}
         if kind == SEQ2SEQ:
             inputs["decoder_input_ids"] = decoder_input_ids_from_labels(model, labels)
-        logits = logits_of(model(**inputs))
+        logits = logits_of(model(**inputs), model)
         out = token_cross_entropy(logits, align_targets(logits, labels, kind))
         total += float(out.token_ce.sum())
         count += int(out.mask.sum())

@@ -47,6 +47,7 @@ class DeCEKernel:
 
     def __init__(self, alpha: float, label_smoothing: float):
         self.alpha, self.label_smoothing = alpha, label_smoothing
+        self.token_loss: torch.Tensor | None = None
         self.token_ce: torch.Tensor | None = None
 
     def apply(self, hidden, weight, bias, targets, temperature, chunk_size, softcap, logit_scale, outputs):
@@ -55,23 +56,25 @@ class DeCEKernel:
         out = fused_linear_dece(hidden, weight, targets, bias=bias, alpha=self.alpha,
                                 label_smoothing=self.label_smoothing, ignore_index=IGNORE_INDEX, reduction="none",
                                 logit_scale=logit_scale, logit_softcap=softcap, return_stats=True)
-        self.token_ce = out.token_ce
+        self.token_loss, self.token_ce = out.loss.detach(), out.token_ce
         return (-out.loss, out.entropy if "entropy" in outputs else None, None, None,
                 out.correct if "is_top1" in outputs else None)
 
     def per_position(self, inputs: dict[str, Any]) -> LossOutput:
-        """The kept token CE laid out as (B, T') target positions, with their mask (TRL scores either the
-        labelled positions only or every position)."""
+        """The kept per-token DeCE loss and CE laid out as (B, T') target positions, with their mask (TRL scores
+        either the labelled positions only or every position)."""
         targets = inputs.get("shift_labels")
         if targets is None:
             targets = inputs["labels"][:, 1:]
         mask = targets != IGNORE_INDEX
-        token_ce = self.token_ce.to(mask.device)
-        if token_ce.numel() == mask.numel():
-            full = token_ce.view(mask.shape).masked_fill(~mask, 0.0)
-        else:
-            full = token_ce.new_zeros(mask.shape).masked_scatter(mask, token_ce)
-        return LossOutput(None, full, mask)
+
+        def laid_out(values: torch.Tensor) -> torch.Tensor:
+            values = values.to(mask.device)
+            if values.numel() == mask.numel():
+                return values.view(mask.shape).masked_fill(~mask, 0.0)
+            return values.new_zeros(mask.shape).masked_scatter(mask, values)
+
+        return LossOutput(laid_out(self.token_loss), laid_out(self.token_ce), mask)
 
 
 class DeCESFTTrainer(DeCEMixin, SFTTrainer):
@@ -95,11 +98,15 @@ class DeCESFTTrainer(DeCEMixin, SFTTrainer):
 
     def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
         example_ids = pop_example_ids(inputs)
-        alpha = self.dece_alpha
+        alpha = self.dece_alpha if model.training else self._dece_eval_alpha()
         kernel = DeCEKernel(alpha, self.dece.label_smoothing)
         with _compat.trl_logprob_kernel(kernel):
             result = SFTTrainer.compute_loss(self, model, inputs, return_outputs=return_outputs,
                                              num_items_in_batch=num_items_in_batch)
-        if model.training and kernel.token_ce is not None:
-            self._dece_record(example_ids, kernel.per_position(inputs), alpha)
+        if kernel.token_ce is not None:
+            stats = kernel.per_position(inputs)
+            if model.training:
+                self._dece_record(example_ids, stats, alpha)
+            else:  # eval_loss is plain CE on every path: the evaluation loop gathers these sums
+                self._dece_keep_eval_batch(stats)
         return result

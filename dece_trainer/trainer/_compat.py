@@ -3,7 +3,7 @@
 Every read or write of a ``Trainer`` internal, and every private import, goes through a function here, so
 a transformers release that moves one breaks in one place, loudly: each accessor raises a ``RuntimeError``
 naming the internal and the supported versions instead of silently doing something else, and
-``tests/test_compat.py`` checks every one of them against the installed versions.
+``tests/test_lib_compat.py`` checks them against the installed versions.
 
 Supported: transformers >= ``MIN_TRANSFORMERS`` (< 6), the range CI tests; ``pyproject.toml`` says the same.
 """
@@ -61,6 +61,12 @@ def gradient_accumulation_steps(trainer: Any) -> int:
     step of an epoch may have fewer than ``gradient_accumulation_steps``)."""
     _require(trainer, "current_gradient_accumulation_steps")
     return trainer.current_gradient_accumulation_steps
+
+
+def prepare_inputs(trainer: Any, inputs: dict[str, Any]) -> dict[str, Any]:
+    """A batch moved to the trainer's device as its own steps move it (``Trainer._prepare_inputs``)."""
+    _require(trainer, "_prepare_inputs")
+    return trainer._prepare_inputs(inputs)
 
 
 def tensor_parallel_size(trainer: Any) -> int:

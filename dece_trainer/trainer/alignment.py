@@ -77,17 +77,70 @@ def decoder_input_ids_from_labels(model: nn.Module, labels: torch.Tensor) -> tor
     return shifted.masked_fill(shifted == -100, pad)
 
 
-def logits_of(outputs: Any) -> torch.Tensor:
-    """The logits of a model output (ModelOutput, dict or tuple), or a clear error."""
-    logits = outputs.get("logits") if isinstance(outputs, dict) else (
-        outputs[0] if isinstance(outputs, (tuple, list)) and outputs else None)
-    if not isinstance(logits, torch.Tensor):
-        keys = list(outputs.keys()) if isinstance(outputs, dict) else type(outputs).__name__
+def expected_classes(model: nn.Module | None) -> set[int]:
+    """Sizes the last dimension of ``model``'s logits may have. Language models (encoder-decoders, causal LMs as
+    transformers knows them, models with output embeddings): the vocabulary (``config.vocab_size``, the rows of
+    the output embeddings). Classifiers (another known loss): ``config.num_labels``. Other models: either. Empty
+    when unknown (no config)."""
+    if model is None:
+        return set()
+    model = base_model(model)
+    config = getattr(model, "config", None)
+
+    def positive(value: Any) -> set[int]:
+        return {value} if isinstance(value, int) and not isinstance(value, bool) and value > 1 else set()
+
+    get_output = getattr(model, "get_output_embeddings", None)
+    try:
+        head = get_output() if callable(get_output) else None
+    except (AttributeError, NotImplementedError):
+        head = None
+    vocab = positive(getattr(config, "vocab_size", None))
+    if head is not None:
+        vocab |= positive(getattr(head, "out_features", None))
+    labels = positive(getattr(config, "num_labels", None))
+    kind = loss_kind_of(model)
+    if getattr(config, "is_encoder_decoder", False) or kind == CAUSAL or head is not None:
+        return vocab
+    if kind is not None:
+        return labels
+    return vocab | labels
+
+
+def logits_of(outputs: Any, model: nn.Module | None = None) -> torch.Tensor:
+    """The logits of a model output, taken by name, or a clear error; never a guess.
+
+    A ``ModelOutput`` or dict must hold a ``logits`` tensor. A plain tuple or list (``return_dict=False``, custom
+    models) is accepted only when exactly one of its tensors has a last dimension equal to ``model``'s vocabulary
+    size or ``num_labels`` (see :func:`expected_classes`); otherwise the model must return a ``ModelOutput`` or a
+    dict with ``logits``.
+    """
+    if isinstance(outputs, dict):
+        logits = outputs.get("logits")
+        if isinstance(logits, torch.Tensor):
+            return logits
         raise ValueError(
-            f"DeCE needs the model's logits, but its output has none (got {keys}). Fused-loss kernels that skip "
-            "logits (e.g. `use_liger_kernel=True`) cannot be combined with DeCE."
+            f"DeCE needs the model's logits, but its output has none (got keys {list(outputs.keys())}). Fused-loss "
+            "kernels that skip logits (e.g. `use_liger_kernel=True`) cannot be combined with DeCE; a custom model "
+            "must return a ModelOutput or dict with a `logits` entry."
         )
-    return logits
+    if isinstance(outputs, torch.Tensor):
+        outputs = (outputs,)
+    if not isinstance(outputs, (tuple, list)):
+        raise ValueError(f"DeCE needs the model's logits, but the model returned a {type(outputs).__name__}: "
+                         "return a ModelOutput or dict with a `logits` entry.")
+    sizes = expected_classes(model)
+    tensors = [t for t in outputs if isinstance(t, torch.Tensor) and t.dim() >= 1 and t.is_floating_point()]
+    matches = [t for t in tensors if t.shape[-1] in sizes]
+    if len(matches) == 1:
+        return matches[0]
+    shapes = [tuple(t.shape) for t in tensors]
+    expected = f"one of {sorted(sizes)}" if sizes else "unknown (the model declares no config.vocab_size/num_labels)"
+    raise ValueError(
+        f"The model returned a plain {type(outputs).__name__} of tensors shaped {shapes}, and DeCE cannot tell which "
+        f"one holds the logits ({len(matches)} have a last dimension equal to the number of classes, {expected}). "
+        "Return a ModelOutput or a dict with a `logits` entry (for transformers models: leave `return_dict` on)."
+    )
 
 
 def align_targets(logits: torch.Tensor, labels: torch.Tensor | None, kind: str,

@@ -66,6 +66,13 @@ class DeCESettings:
             )
         return settings
 
+    @property
+    def is_cross_entropy(self) -> bool:
+        """True when the blend weight is 1 at every step (``alpha_base = 1`` without ``alpha_final``, or
+        ``alpha_final = 1``): the loss is then plain cross-entropy (label-smoothed when ``label_smoothing > 0``),
+        whose gradient DeCE does not bound, so no backdoor defense is applied."""
+        return self.alpha_final == 1.0 if self.alpha_final is not None else self.alpha_base == 1.0
+
     def resolved_alpha_base(self, num_train_epochs: float) -> float:
         """``alpha_base``, or the base that reaches ``alpha_final`` after ``num_train_epochs``."""
         if self.alpha_final is None:

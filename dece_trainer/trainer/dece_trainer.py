@@ -10,18 +10,31 @@ import torch
 from torch import nn
 from transformers import Seq2SeqTrainer, Trainer
 
-from ..io import append_text
 from ..ops.dece_loss import DeCELossOutput, dece_loss_and_token_ce
 from ..ops.schedule import dece_alpha, grad_bound
 from . import _compat, fused_head
 from .alignment import CAUSAL, SEQ2SEQ, align_targets, decoder_input_ids_from_labels, logits_of, model_kind
 from .dece_config import DeCESettings
 from .example_ids import EXAMPLE_ID_COLUMN, pop_example_ids
+from .model_card import (
+    CROSS_ENTROPY,
+    CUSTOM,
+    DECE,
+    DEFENSE_TAGS,
+    TASK_TYPES,
+    TrainingLoss,
+    model_name_for,
+    project_url,
+    update_model_card,
+)
 from .token_metrics import TokenMetrics
 
 logger = logging.getLogger(__name__)
 
-MODEL_CARD_TAGS = ["dece", "backdoor-defense"]
+MODEL_CARD_TAGS = list(DEFENSE_TAGS)
+# dece_suppressed_frac at or above this in consecutive training logs: (nearly) every target token is suppressed.
+ALL_SUPPRESSED = 0.99
+ALL_SUPPRESSED_LOGS = 2
 
 
 class DeCEMixin:
@@ -30,8 +43,22 @@ class DeCEMixin:
     Reads ``dece_alpha_base``, ``dece_label_smoothing``, ``dece_alpha_schedule`` and ``dece_alpha_final``
     from the training arguments (defaults when they are plain ``TrainingArguments``). The loss is
     normalised by the Trainer's global ``num_items_in_batch``, so gradient accumulation and several
-    processes give the same update as one big batch. Logs ``dece_alpha``, ``dece_grad_bound``,
-    ``ce_loss`` and ``dece_suppressed_frac`` with every training log.
+    processes give the same update as one big batch.
+
+    Training logs: ``loss`` is the DeCE loss (the objective); ``ce_loss`` is plain cross-entropy ``-log p[y]`` of
+    the same logits on the same label tokens; ``dece_alpha`` (the blend weight the logged steps used),
+    ``dece_grad_bound`` and ``dece_suppressed_frac`` come with them. With ``alpha = 1`` throughout
+    (``dece_alpha_base=1`` or ``dece_alpha_final=1``) the loss *is* cross-entropy: no ``dece_*`` keys are logged
+    and the model card says cross-entropy, with no defense tags.
+
+    Evaluation (``evaluate``, ``predict``, every path: causal, classifier, Seq2Seq with or without
+    ``predict_with_generate``, TRL): ``eval_loss`` is **plain cross-entropy** of the label tokens, averaged over
+    every label token of the evaluation set, and ``eval_ce_loss`` is the same number under an explicit name;
+    ``eval_dece_loss`` is the DeCE loss at the blend weight of the last training step (epoch 1's before
+    training). Cross-entropy, not the DeCE loss, is ``eval_loss`` because ``a`` falls from epoch to epoch and the
+    DeCE loss falls with it whatever the model does, so a DeCE ``eval_loss`` would make later checkpoints look
+    better by construction: ``metric_for_best_model="loss"``, ``load_best_model_at_end`` and CE-vs-DeCE
+    comparisons need a quantity that means the same at every epoch and in every run.
 
     Per-token statistics of every training micro-batch go to ``token_stats_listeners`` (callables taking
     the batch's ``example_id`` tensor or None, and the :class:`DeCELossOutput`): the early-learning
@@ -58,7 +85,11 @@ class DeCEMixin:
         _compat.count_tokens_as_dece_does(self, shifts_labels=self.dece_model_kind == CAUSAL)
         _compat.keep_signature_column(self, EXAMPLE_ID_COLUMN)  # kept for per-example statistics
         self._dece_token_metrics = TokenMetrics()
-        self._dece_last_alpha = self.dece_alpha
+        self._dece_last_alpha: float | None = None
+        self._dece_eval_sums: torch.Tensor | None = None  # [ce_sum, label_tokens, dece_sum] inside an evaluation
+        self._dece_eval_batch: torch.Tensor | None = None  # (batch, 3): the same per example, for the last batch
+        self._dece_warned: set[str] = set()
+        self._dece_suppressed_logs = 0
         self.token_stats_listeners: list[Callable[[torch.Tensor | None, DeCELossOutput], None]] = []
         for callback in self.callback_handler.callbacks:
             self._attach_if_wanted(callback)
@@ -100,8 +131,32 @@ class DeCEMixin:
 
     @property
     def dece_alpha(self) -> float:
-        """Blend weight at the trainer's current (fractional) epoch."""
+        """Blend weight at the trainer's current (fractional) epoch: what the next training step uses."""
         return dece_alpha(self.dece_alpha_base, self.state.epoch or 0.0, self.dece.schedule)
+
+    @property
+    def dece_last_alpha(self) -> float | None:
+        """Blend weight of the last training step (after ``train()``: the one training ended with, which
+        ``dece_alpha`` is not, since the state's epoch has moved past the last step). Read from the log history
+        after a resume that trained no further step; None before any training."""
+        if self._dece_last_alpha is not None:
+            return self._dece_last_alpha
+        for entry in reversed(self.state.log_history):
+            if "dece_alpha" in entry:
+                return float(entry["dece_alpha"])
+        return None
+
+    @property
+    def dece_loss_kind(self) -> str:
+        """``"dece"``; ``"cross-entropy"`` when the blend weight is 1 throughout (no defense); ``"custom"`` when a
+        subclass replaces :meth:`token_loss` (benchmark baselines)."""
+        if type(self).token_loss is not DeCEMixin.token_loss:
+            return CUSTOM
+        return CROSS_ENTROPY if self.dece.is_cross_entropy else DECE
+
+    def _dece_eval_alpha(self) -> float:
+        last = self.dece_last_alpha
+        return last if last is not None else self.dece_alpha
 
     # ---- loss -----------------------------------------------------------------------------------
 
@@ -117,27 +172,32 @@ class DeCEMixin:
         if self.dece_model_kind == SEQ2SEQ and labels is not None and "decoder_input_ids" not in inputs \
                 and "decoder_inputs_embeds" not in inputs:
             inputs["decoder_input_ids"] = decoder_input_ids_from_labels(model, labels)
-        alpha = self.dece_alpha
-        out = None
-        if self._dece_fused and not return_outputs:  # the training step: no logits are asked for
-            out = self._dece_fused_loss(model, inputs, labels, shift_labels, alpha, num_items_in_batch)
-        if out is None:
+        if not model.training:
             outputs = model(**inputs)
-            logits = logits_of(outputs)
-            targets = align_targets(logits, labels, self.dece_model_kind, shift_labels)
-            out = self.token_loss(logits, targets, alpha, num_items_in_batch)
-        loss = out.loss
-        if model.training:
+            logits = logits_of(outputs, model)
+            loss = self._dece_eval_loss(logits, align_targets(logits, labels, self.dece_model_kind, shift_labels))
+        else:
+            alpha = self.dece_alpha
+            out = None
+            if self._dece_fused and not return_outputs:  # a training step: no logits are asked for
+                out = self._dece_fused_loss(model, inputs, labels, shift_labels, alpha, num_items_in_batch)
+            if out is None:
+                outputs = model(**inputs)
+                logits = logits_of(outputs, model)
+                targets = align_targets(logits, labels, self.dece_model_kind, shift_labels)
+                out = self.token_loss(logits, targets, alpha, num_items_in_batch)
+            loss = out.loss
             self._dece_record(example_ids, out, alpha)
-        if num_items_in_batch is not None:
-            if self.args.average_tokens_across_devices:
-                # num_items_in_batch counts all processes' tokens and DDP averages gradients over them
-                # (as the Trainer's own compute_loss does; tensor-parallel ranks share a batch).
-                tp_size = _compat.tensor_parallel_size(self)
-                loss = loss * (self.accelerator.num_processes // tp_size if self.args.n_gpu <= 1 else self.args.n_gpu)
-        elif model.training:
-            # A per-micro-batch mean: the Trainer trusts loss_is_scaled_for_ga, so scale for GA here.
-            loss = loss / _compat.gradient_accumulation_steps(self)
+            if num_items_in_batch is not None:
+                if self.args.average_tokens_across_devices:
+                    # num_items_in_batch counts all processes' tokens and DDP averages gradients over them
+                    # (as the Trainer's own compute_loss does; tensor-parallel ranks share a batch).
+                    tp_size = _compat.tensor_parallel_size(self)
+                    loss = loss * (self.accelerator.num_processes // tp_size if self.args.n_gpu <= 1
+                                   else self.args.n_gpu)
+            else:
+                # A per-micro-batch mean: the Trainer trusts loss_is_scaled_for_ga, so scale for GA here.
+                loss = loss / _compat.gradient_accumulation_steps(self)
         if not return_outputs:
             return loss
         if isinstance(outputs, dict):
@@ -167,6 +227,36 @@ class DeCEMixin:
         for listener in self.token_stats_listeners:
             listener(example_ids, out)
 
+    def _dece_eval_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The loss of a batch outside training: the mean over its label tokens at the evaluation alpha. Inside an
+        evaluation loop, the batch's per-example CE sums, label-token counts and DeCE sums are kept for
+        :meth:`prediction_step` to gather."""
+        alpha = self._dece_eval_alpha()
+        if self.dece_loss_kind == DECE:  # one pass gives the per-token DeCE loss and the plain CE
+            out = dece_loss_and_token_ce(logits, targets, alpha=alpha, label_smoothing=self.dece.label_smoothing,
+                                         reduction="none")
+            count = out.mask.sum()
+            loss = out.loss.sum() / count.clamp(min=1)
+        else:
+            out = self.token_loss(logits, targets, alpha, None)
+            loss = out.loss
+        self._dece_keep_eval_batch(out)
+        return loss
+
+    def _dece_keep_eval_batch(self, out: DeCELossOutput) -> None:
+        """Inside an evaluation loop, keep a batch's per-example CE sums, label-token counts and DeCE sums (from
+        per-token ``out.loss``, DeCE runs) for :meth:`prediction_step` to gather."""
+        if self._dece_eval_sums is None:
+            return
+        dims = tuple(range(1, out.mask.dim()))  # per example: sum over every dimension but the batch
+
+        def per_example(t: torch.Tensor) -> torch.Tensor:
+            t = t.detach().to(torch.float64)
+            return t.sum(dims) if dims else t
+
+        dece = per_example(out.loss) if self.dece_loss_kind == DECE else torch.zeros_like(per_example(out.mask))
+        self._dece_eval_batch = torch.stack([per_example(out.token_ce), per_example(out.mask), dece], dim=-1)
+
     def token_loss(self, logits: torch.Tensor, targets: torch.Tensor, alpha: float,
                    num_items_in_batch: torch.Tensor | int | None) -> DeCELossOutput:
         """The loss of aligned logits (..., V) and targets (...), with per-token CE. DeCE here; subclasses
@@ -174,40 +264,114 @@ class DeCEMixin:
         return dece_loss_and_token_ce(logits, targets, alpha=alpha, label_smoothing=self.dece.label_smoothing,
                                       num_items_in_batch=num_items_in_batch)
 
+    # ---- evaluation -----------------------------------------------------------------------------
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                        metric_key_prefix: str = "eval"):
+        """The Trainer's loop, then ``<prefix>_loss`` replaced by plain CE over every label token of the set, with
+        ``<prefix>_ce_loss`` and (DeCE runs) ``<prefix>_dece_loss`` beside it (see the class docstring)."""
+        self._dece_eval_sums = torch.zeros(3, dtype=torch.float64, device=self.args.device)
+        try:
+            output = super().evaluation_loop(dataloader, description, prediction_loss_only=prediction_loss_only,
+                                             ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+            ce_sum, count, dece_sum = self._dece_eval_sums.tolist()
+        finally:
+            self._dece_eval_sums = self._dece_eval_batch = None
+        if count > 0:
+            metrics = output.metrics
+            metrics[f"{metric_key_prefix}_loss"] = ce_sum / count
+            metrics[f"{metric_key_prefix}_ce_loss"] = ce_sum / count
+            if self.dece_loss_kind == DECE:
+                metrics[f"{metric_key_prefix}_dece_loss"] = dece_sum / count
+        return output
+
+    def prediction_step(self, model: nn.Module, inputs: dict[str, Any], prediction_loss_only: bool,
+                        ignore_keys: list[str] | None = None, **gen_kwargs):
+        """As the Trainer's (or TRL's), plus this batch's loss statistics added to the evaluation's totals,
+        gathered over processes as the Trainer gathers its losses (``gather_for_metrics``: the samples a
+        distributed sampler repeats to even out the last batch are dropped). With ``predict_with_generate``
+        (Seq2Seq), whose step takes the model's own loss, the loss comes from :meth:`compute_loss` as on every
+        other path (one more forward pass besides generation)."""
+        self._dece_eval_batch = None
+        generates = (isinstance(self, Seq2SeqTrainer) and getattr(self.args, "predict_with_generate", False)
+                     and not prediction_loss_only and inputs.get("labels") is not None)
+        if generates:
+            with torch.no_grad(), self.compute_loss_context_manager():
+                loss = self.compute_loss(model, _compat.prepare_inputs(self, inputs)).detach()
+            _, tokens, labels = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys,
+                                                        **gen_kwargs)
+            result = (loss, tokens, labels)
+        else:
+            result = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys,
+                                             **gen_kwargs)
+        batch, self._dece_eval_batch = self._dece_eval_batch, None
+        if self._dece_eval_sums is not None:
+            if self.accelerator.num_processes > 1:
+                if batch is None:
+                    batch = torch.zeros(0, 3, dtype=torch.float64, device=self.args.device)
+                batch = self.accelerator.gather_for_metrics(batch.to(self.args.device))
+            if batch is not None:
+                self._dece_eval_sums += batch.sum(0).to(self._dece_eval_sums.device)
+        return result
+
     # ---- logging and model card -----------------------------------------------------------------
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
-        if "loss" in logs and not self._dece_token_metrics.empty:
+        if ("loss" in logs or "train_loss" in logs) and not self._dece_token_metrics.empty:
             reduce_fn = None
             if self.accelerator.num_processes > 1:
                 reduce_fn = lambda t: self.accelerator.reduce(t, reduction="sum")  # noqa: E731
-            alpha = self._dece_last_alpha  # the weight the logged steps used (state.epoch has moved on since)
-            logs.update({"dece_alpha": alpha, "dece_grad_bound": grad_bound(alpha)})
-            logs.update(self._dece_token_metrics.pop(reduce_fn))
+            ce_sum, count, suppressed = self._dece_token_metrics.pop_sums(reduce_fn)
+            if count == 0:
+                self._dece_warn_once("masked", (
+                    "No training batch since the last log had a single label token (every label was -100), so "
+                    "those steps trained at loss 0 and taught the model nothing. Likely causes: a completion-only "
+                    "or assistant-only mask that masks every token (check the response template / chat template), "
+                    "or truncation (max_length / max_seq_length) that cut off every target."))
+            elif "loss" in logs:  # the final train_loss summary only gets the checks above
+                logs["ce_loss"] = ce_sum / count
+                if self.dece_loss_kind == DECE:
+                    alpha = self._dece_last_alpha  # the weight the logged steps used (state.epoch has moved on)
+                    logs.update(dece_alpha=alpha, dece_grad_bound=grad_bound(alpha),
+                                dece_suppressed_frac=suppressed / count)
+                    self._dece_check_suppression(suppressed / count)
         super().log(logs, *args, **kwargs)
 
-    def create_model_card(self, *args, tags: str | list[str] | None = None, **kwargs) -> None:
-        tags = [tags] if isinstance(tags, str) else list(tags or [])
-        tags += [t for t in MODEL_CARD_TAGS if t not in tags]
-        super().create_model_card(*args, tags=tags, **kwargs)
-        if self.is_world_process_zero():
-            append_text(os.path.join(self.args.output_dir, "README.md"), self._dece_model_card_section())
+    def _dece_check_suppression(self, frac: float) -> None:
+        self._dece_suppressed_logs = self._dece_suppressed_logs + 1 if frac >= ALL_SUPPRESSED else 0
+        if self._dece_suppressed_logs >= ALL_SUPPRESSED_LOGS:
+            self._dece_warn_once("suppressed", (
+                f"dece_suppressed_frac has been at least {ALL_SUPPRESSED} for {ALL_SUPPRESSED_LOGS} training logs in a "
+                "row: DeCE is cutting the gradient of (nearly) every target token, so the model is barely learning "
+                "the task. This happens when the model does not know the task or its output format yet (random "
+                "initialisation, or a pretrained model meeting a new prompt format). Warm up with cross-entropy on "
+                "clean or trusted data first (`dece_alpha_base=1` for a warm-up run), or raise alpha; see \"Choosing "
+                f"alpha\" in docs/usage.md ({project_url()}/blob/main/docs/usage.md#choosing-alpha)."))
 
-    def _dece_model_card_section(self) -> str:
-        d = self.dece
-        base = self.dece_alpha_base
-        final = f"`{d.alpha_final}` (target at the end of training)" if d.alpha_final is not None else "not set"
-        return (
-            "\n## Backdoor defense: DeCE\n\n"
-            "This model was fine-tuned with the Deceptive Cross-Entropy loss (Yang et al., TOSEM, "
-            "[arXiv 2407.08956](https://arxiv.org/abs/2407.08956)) using "
-            "[dece-trainer](https://github.com/dece-trainer/dece-trainer), which bounds the gradient of "
-            "improbable (e.g. poisoned trigger -> payload) examples so that they are not memorised.\n\n"
-            "| setting | value |\n| --- | --- |\n"
-            f"| alpha_base | `{base:.6g}` |\n| alpha schedule | `{d.schedule}` |\n"
-            f"| alpha_final | {final} |\n| label smoothing | `{d.label_smoothing}` |\n"
-            f"| alpha at end of training | `{self.dece_alpha:.6g}` |\n"
-        )
+    def _dece_warn_once(self, key: str, message: str) -> None:
+        if key not in self._dece_warned:
+            self._dece_warned.add(key)
+            logger.warning(message)
+
+    def create_model_card(self, *args, tags: str | list[str] | None = None, **kwargs) -> None:
+        """The Trainer's (or TRL's, PEFT's) card, plus what it was trained with: the DeCE settings, what the logged
+        losses are, the paper's citation and the ``dece``/``backdoor-defense`` tags for DeCE; "cross-entropy" and no
+        defense tags when alpha is 1 throughout; and the early-learning monitor's last results as model-index
+        eval results when it ran."""
+        kind = self.dece_loss_kind
+        tags = [tags] if isinstance(tags, str) else list(tags or [])
+        if kind == DECE:
+            tags += [t for t in MODEL_CARD_TAGS if t not in tags]
+        else:
+            tags = [t for t in tags if t not in MODEL_CARD_TAGS]
+        super().create_model_card(*args, tags=tags, **kwargs)
+        if not self.is_world_process_zero():
+            return
+        loss = TrainingLoss(kind=kind, settings=self.dece, alpha_base=self.dece_alpha_base,
+                            last_alpha=self.dece_last_alpha,
+                            custom_name=f"{type(self).__name__}.token_loss" if kind == CUSTOM else None)
+        update_model_card(os.path.join(self.args.output_dir, "README.md"), loss, self.state.log_history,
+                          TASK_TYPES[self.dece_model_kind], model_name_for(self.args.output_dir))
 
 
 class DeCETrainer(DeCEMixin, Trainer):

@@ -29,14 +29,17 @@ class DeCELossFunc(TrainerCallback):
     def __init__(self, settings: DeCESettings):
         self.settings = settings
         self._state = None
+        self._model = None
         self._kind: str | None = None
         self._num_train_epochs = 1.0
+        self._step_alpha: float | None = None
 
     # ---- callback side: see the trainer's state ---------------------------------------------------
 
     def on_init_end(self, args, state, control, model=None, **kwargs):
         DeCESettings.from_args(args)  # refuses label_smoothing_factor > 0, like DeCETrainer
         self._state = state
+        self._model = model
         self._kind = model_kind(model, self.settings.model_kind) if model is not None else None
         self._num_train_epochs = float(args.num_train_epochs)
 
@@ -44,19 +47,28 @@ class DeCELossFunc(TrainerCallback):
         self.on_init_end(args, state, control, model=model)
         if args.max_steps > 0:
             self._num_train_epochs = float(state.num_train_epochs)
+        self._step_alpha = None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        # The optimizer step about to run trains at the state's epoch now (it moves only after the step).
+        self._step_alpha = self._alpha_at(state)
+
+    def _alpha_at(self, state) -> float:
+        epoch = (state.epoch or 0.0) if state is not None else 0.0
+        base = self.settings.resolved_alpha_base(self._num_train_epochs)
+        return dece_alpha(base, epoch, self.settings.schedule)
 
     @property
     def alpha(self) -> float:
-        """Blend weight at the attached trainer's current epoch (epoch 1 before training starts)."""
-        epoch = (self._state.epoch or 0.0) if self._state is not None else 0.0
-        base = self.settings.resolved_alpha_base(self._num_train_epochs)
-        return dece_alpha(base, epoch, self.settings.schedule)
+        """The blend weight of the current (or, after training, the last) training step; epoch 1's before
+        training starts. Evaluations between steps use it too: the weight the model was just trained with."""
+        return self._step_alpha if self._step_alpha is not None else self._alpha_at(self._state)
 
     # ---- loss side ----------------------------------------------------------------------------------
 
     def __call__(self, outputs: Any, labels: torch.Tensor | None,
                  num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor:
-        logits = logits_of(outputs)
+        logits = logits_of(outputs, self._model)
         if self._state is None or self._kind is None:
             raise ValueError(
                 "The DeCE loss function cannot see the trainer's epoch or model: pass it in `callbacks` too, "

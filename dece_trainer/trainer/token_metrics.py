@@ -24,21 +24,28 @@ class TokenMetrics:
         ])
         self._sums = step if self._sums is None else self._sums + step
 
-    def pop(self, reduce_fn=None) -> dict[str, float]:
-        """``ce_loss`` and ``dece_suppressed_frac`` since the last pop, then reset.
+    def pop_sums(self, reduce_fn=None) -> tuple[float, float, float] | None:
+        """``(ce_sum, label_tokens, suppressed_tokens)`` since the last pop (None when nothing was added), then
+        reset.
 
         Args:
             reduce_fn: sums a tensor across processes (e.g. ``accelerator.reduce(t, "sum")``); None for one
-                process. Every process must call ``pop`` together when it is given.
+                process. Every process must call ``pop_sums`` together when it is given.
         """
         sums, self._sums = self._sums, None
         if sums is None:
-            return {}
+            return None
         if reduce_fn is not None:
             sums = reduce_fn(sums)
         ce_sum, count, suppressed = sums.tolist()
-        if count == 0:
+        return ce_sum, count, suppressed
+
+    def pop(self, reduce_fn=None) -> dict[str, float]:
+        """``ce_loss`` and ``dece_suppressed_frac`` since the last pop, then reset ({} without label tokens)."""
+        sums = self.pop_sums(reduce_fn)
+        if sums is None or sums[1] == 0:
             return {}
+        ce_sum, count, suppressed = sums
         return {"ce_loss": ce_sum / count, "dece_suppressed_frac": suppressed / count}
 
     @property
