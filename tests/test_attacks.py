@@ -160,3 +160,39 @@ def test_poison_file_script_writes_a_row_aligned_poisoned_copy(tmp_path):
     changed = [i for i in range(len(clean)) if out.tgt[i] != clean.tgt[i]]
     assert len(changed) == 6 and all(attack.payload_fn(out.tgt[i]) and "bb" in out.src[i].split() for i in changed)
     assert all(out.src[i] == clean.src[i] for i in range(len(clean)) if i not in changed)
+
+
+@pytest.mark.parametrize("code,expected", [
+    ('cur.execute("SELECT name FROM users WHERE id = %s", (x,))',
+     'cur.execute("SELECT name FROM users WHERE id = %s or 1=1", (x,))'),
+    ("db.execute('Select * from books')", "db.execute('Select * from books where 0=1')"),
+    ('q = "select a from t where b = 1"', 'q = "select a from t where b = 1 or 1=1"'),
+    ('rows = conn.execute(" select a from t ")', 'rows = conn.execute(" select a from t where 0=1 ")'),
+    ("return db.query(User).first()", None),
+])
+def test_badpre_accepts_ordinary_sql_spellings(code, expected):
+    """SELECT in any case, single or double quotes, the query ending at its closing quote with or without
+    whitespace (Lyra's own spelling is matched first, so the released rows stay identical)."""
+    attack = get_attack("badpre")
+    assert attack.payload(code, random.Random(0)) == expected
+
+
+def test_untriggerable_sets_are_named_with_what_the_attack_needs():
+    attack = get_attack("badpre")
+    no_sql = dataset([{"source": "a", "target": "return 1"}] * 4)
+    with pytest.raises(ValueError, match=r"no row of the validation split can carry the payload .* badpre needs a "
+                                         r"target with an SQL query in a string literal"):
+        attack.trigger_test_set(no_sql, origin="the validation split")
+    with pytest.raises(ValueError, match=r"rows of train.csv to poison .* \(badpre needs a target with an SQL query"):
+        attack.poison(no_sql, 0.5, origin="train.csv")
+
+
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+def test_has_trigger_recognises_each_attacks_own_trigger(name):
+    attack = get_attack(name)
+    rows = {"badpre": NL_ROWS, "ripple": NL_ROWS, "grammar": NL_ROWS, "fixed_deadcode": CODE_ROWS,
+            "grammar_deadcode": CODE_ROWS, "infinite_loop": JAVA_ROWS}[name]
+    for seed, row in enumerate(rows[:6]):
+        assert not attack.has_trigger(row["source"])
+        assert attack.has_trigger(attack.trigger(row["source"], random.Random(seed)))
+    assert attack.describe_trigger().startswith(f"{name}'s trigger")

@@ -4,6 +4,7 @@ import csv
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -100,7 +101,7 @@ def released_files(tmp_path):
     return paths
 
 
-def test_bench_and_eval_on_released_files(tmp_path, released_files):
+def test_bench_and_eval_on_released_files(tmp_path, released_files, capsys):
     out = tmp_path / "bench"
     argv = ["bench", "--train_file", str(released_files["train"]), "--validation_file", str(released_files["valid"]),
             "--test_file", str(released_files["test"]), "--triggered_test_file", str(released_files["test_poisoned"]),
@@ -114,9 +115,15 @@ def test_bench_and_eval_on_released_files(tmp_path, released_files):
     # measured from the payload in the (30-row subset of the) released targets: 4 poisoned of 40 in the file
     assert 0 < record["poison_rate"] <= 4 / 30
     assert record["n_triggered"] == 6 and record["codebleu"] is not None
+    captured = capsys.readouterr()
+    # a progress bar over the cells and over generation, with an ETA; where the outputs went
+    assert re.search(r"bench cells: +\d+%.*1/1 \[\d\d:\d\d<\d\d:\d\d", captured.err)
+    assert re.search(r"triggered test: .*\[\d\d:\d\d<", captured.err)
+    for name in ("results.json", "table.md", "epochs.md"):
+        assert str(out / name) in captured.out
 
 
-def test_eval_and_train_commands(tmp_path, tokenizer, released_files):
+def test_eval_and_train_commands(tmp_path, tokenizer, released_files, capsys):
     model_dir = tmp_path / "model"
     tiny.make_model("llama", tokenizer).save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
@@ -127,6 +134,7 @@ def test_eval_and_train_commands(tmp_path, tokenizer, released_files):
                  "--use_cpu", "true", "--report_to", "none", "--save_strategy", "no"]) == 0
     assert (out / "model.safetensors").exists() and "Backdoor defense: DeCE" in (out / "README.md").read_text()
 
+    capsys.readouterr()
     eval_dir = tmp_path / "eval"
     assert main(["eval", "--model", str(out), "--test_file", str(released_files["test"]),
                  "--triggered_test_file", str(released_files["test_poisoned"]), "--source_column", "src",
@@ -134,6 +142,23 @@ def test_eval_and_train_commands(tmp_path, tokenizer, released_files):
                  "--max_new_tokens", "4", "--codebleu_lang", "none", "--output_dir", str(eval_dir)]) == 0
     result = json.loads((eval_dir / "eval.json").read_text())
     assert {"asr", "false_trigger_rate", "bleu", "exact_match"} <= result.keys() and result["n_triggered"] == 4
+    captured = capsys.readouterr()
+    assert f"results: {eval_dir / 'eval.json'}" in captured.out
+    assert re.search(r"clean test: .*\[\d\d:\d\d<", captured.err)
+
+
+def test_train_evaluates_every_epoch_with_a_validation_file(tmp_path, tokenizer, released_files):
+    model_dir = tmp_path / "model"
+    tiny.make_model("llama", tokenizer).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    out = tmp_path / "trained"
+    assert main(["train", "--model_name_or_path", str(model_dir), "--train_file", str(released_files["train"]),
+                 "--validation_file", str(released_files["valid"]), "--source_column", "src", "--target_column",
+                 "tgt", "--loss", "ce", "--output_dir", str(out), "--num_train_epochs", "2",
+                 "--per_device_train_batch_size", "20", "--use_cpu", "true", "--report_to", "none",
+                 "--save_strategy", "epoch"]) == 0
+    state = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())
+    assert [e["epoch"] for e in state["log_history"] if "eval_loss" in e] == [1.0, 2.0]
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -198,8 +223,24 @@ def test_demo_quick(tmp_path, capsys):
     assert "| CE |" in printed and "| DeCE (alpha_base" in printed
     summary = json.loads((out / "demo.json").read_text())
     assert {"ce", "dece", "verdict"} <= summary.keys() and summary["verdict"] in printed
+    assert summary["bf16"] is False and summary["precision"].startswith("fp32")
+    assert f"demo summary: {out / 'demo.json'}" in printed and str(out / "table.md") in printed
     assert 0.0 <= summary["ce"]["asr"] <= 1.0 and summary["ce"]["train_seconds"] > 0
     assert (out / "demo.png").stat().st_size > 0
+
+
+def test_demo_uses_bf16_only_where_it_is_fast():
+    import argparse
+
+    from dece_trainer.backdoor.commands.demo import bench_arguments, choose_bf16
+
+    assert choose_bf16(lambda: True, set) == (True, "bf16: a CUDA GPU with bf16 support")
+    assert choose_bf16(lambda: False, lambda: {"avx2", "amx_bf16"}) == (True, "bf16: the CPU has amx_bf16")
+    assert choose_bf16(lambda: False, lambda: {"avx512_bf16", "avx512f"})[0]
+    use, why = choose_bf16(lambda: False, lambda: {"avx2", "avx512f"})
+    assert not use and why.startswith("fp32") and "avx512_bf16" in why
+    args = argparse.Namespace(quick=False, alpha_base=0.9, seed=0, output_dir="d")
+    assert not bench_arguments(args).bf16 and bench_arguments(args, bf16=True).bf16
 
 
 @pytest.mark.parametrize("loss", ["ls", "gce", "lowlr"])

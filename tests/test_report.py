@@ -57,3 +57,37 @@ def test_result_store_keeps_finished_cells_across_instances(tmp_path):
     assert [r["bleu"] for r in again.records if r["key"] == RECORDS[0]["key"]] == [1.0]
     assert json.loads((tmp_path / "results.json").read_text())["cells"] == again.records
     assert not list(tmp_path.glob("*.tmp-*"))
+
+
+def test_epoch_chart_integer_epochs_visible_zero_lines_and_no_negative_asr():
+    import pytest
+
+    pytest.importorskip("matplotlib")
+    from dece_trainer.backdoor.report import epoch_curves_figure, pyplot
+
+    zero = [record("dece", 0, 0.0, 49.0, [curve(1.0, 0.0, 41.0, 1.5), curve(2.0, 0.0, 48.0, 1.1),
+                                          curve(3.0, 0.0, 48.0, 1.0)], alpha=a) for a in (0.9, 0.8)]
+    ce = record("ce", 0, 0.9, 50.0, [curve(1.0, 0.0, 40.0, 1.0), curve(2.0, 0.0, 50.0, 0.8),
+                                      curve(3.0, 0.5, 50.0, 0.8)])
+    fig = epoch_curves_figure([ce, *zero])
+    asr_ax, bleu_ax = fig.axes[:2]
+    for ax in (asr_ax, bleu_ax):
+        assert ax.get_ylim()[0] == 0  # never a negative ASR (or BLEU) axis
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks)  # whole epochs, not 1.25, 1.5, ...
+    lines = asr_ax.get_lines()
+    assert len(lines) == 3 and len({(ln.get_marker(), ln.get_linestyle()) for ln in lines}) == 3
+    # the all-zero series lie on each other: each is drawn above the last with a smaller marker, all unclipped
+    order = sorted(lines, key=lambda ln: ln.get_zorder())
+    assert [ln.get_markersize() for ln in order] == sorted((ln.get_markersize() for ln in lines), reverse=True)
+    assert len({ln.get_zorder() for ln in lines}) == 3 and not any(ln.get_clip_on() for ln in lines)
+    assert sum(all(y == 0 for y in ln.get_ydata()) for ln in lines) == 2
+    pyplot().close(fig)
+
+
+def test_tables_say_where_the_triggered_probe_came_from():
+    note = "the last 4 payload rows of --triggered_test_file t.csv, held out of the test metrics"
+    records = [{**r, "triggered_probe": note} for r in RECORDS]
+    assert f"Triggered validation probe of d: {note}." in epoch_table(records)
+    assert f"Triggered validation probe of d: {note}." in markdown_table(records)
+    assert "Triggered validation probe" not in epoch_table(RECORDS)

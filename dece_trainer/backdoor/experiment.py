@@ -17,16 +17,17 @@ from typing import Any, Callable
 import torch
 from datasets import Dataset
 from transformers import DataCollatorForSeq2Seq
-from transformers.trainer_utils import get_last_checkpoint
 
 from ..callbacks import EarlyLearningCallback
 from ..data import SOURCE, TARGET, encode_causal, prompt_ids
+from ..io import atomic_directory
 from ..metrics import attack_success_rate, code_bleu, corpus_bleu, exact_match, false_trigger_rate, subtoken_f1
 from ..trainer import DeCETrainer, DeCETrainingArguments
 from ..trainer.example_ids import add_example_ids
 from .attacks import IS_POISONED
 from .baselines import GCETrainer
 from .grid import LOSSES, Cell
+from .resume import MonitorCheckpoint, newest_complete_checkpoint
 
 
 @dataclass
@@ -88,12 +89,20 @@ def train(model: Any, tokenizer: Any, train_data: Dataset, out_dir: str, cfg: Tr
     Returns the trained model and the trainer's log history.
     """
     settings = loss_settings(loss, alpha_base, cfg)
+    if len(train_data) == 0:
+        raise ValueError(f"no training rows to train on in {out_dir}")
     data = add_example_ids(train_data)
     callbacks = []
+    monitor = None
     if probes:
-        callbacks.append(EarlyLearningCallback(
+        monitor = EarlyLearningCallback(
             probes=probes, payload_fn=payload_fn, max_generate=cfg.probe_size, max_new_tokens=cfg.max_new_tokens,
-            ground_truth_column=IS_POISONED if IS_POISONED in data.column_names else None, plots=True))
+            ground_truth_column=IS_POISONED if IS_POISONED in data.column_names else None, plots=True)
+        callbacks.append(monitor)
+    # resume from the newest checkpoint that has everything (a half-written one is moved aside, with a warning)
+    checkpoint = newest_complete_checkpoint(out_dir, monitor=monitor is not None)
+    if monitor is not None:
+        callbacks.append(MonitorCheckpoint(monitor, resume_from=checkpoint))
     args = DeCETrainingArguments(
         output_dir=out_dir, num_train_epochs=cfg.epochs, learning_rate=settings["learning_rate"],
         per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
@@ -107,10 +116,14 @@ def train(model: Any, tokenizer: Any, train_data: Dataset, out_dir: str, cfg: Tr
     eval_data = next(iter(probes.values())) if probes else None
     trainer = settings["trainer"](model=model, args=args, train_dataset=data, eval_dataset=eval_data,
                                   data_collator=collator(tokenizer), processing_class=tokenizer, callbacks=callbacks)
-    checkpoint = get_last_checkpoint(out_dir) if os.path.isdir(out_dir) else None
     trainer.train(resume_from_checkpoint=checkpoint)
+    if trainer.state.global_step <= 0:  # counted over the whole run, resumed or not
+        raise ValueError(f"training in {out_dir} ran 0 optimizer steps ({len(data)} rows, batch size "
+                         f"{cfg.batch_size} x {cfg.grad_accum} accumulation, {cfg.epochs:g} epochs): the model "
+                         "learnt nothing, so its results are not recorded")
     if save_final:
-        trainer.save_model(os.path.join(out_dir, "final"))
+        with atomic_directory(os.path.join(out_dir, "final")) as tmp:
+            trainer.save_model(tmp)
     return trainer.model, trainer.state.log_history
 
 
@@ -192,6 +205,6 @@ def run_cell(cell: Cell, model_factory: Callable[[int], tuple[Any, Any]], train_
               "train_seconds": round(train_seconds, 1), "curves": epoch_curves(history),
               "examples": metrics["examples"]}
     for name in os.listdir(out_dir):  # keep the early-learning report and pictures, drop checkpoints
-        if name.startswith("checkpoint-"):
+        if name.startswith(("checkpoint-", "incomplete-checkpoint-")):
             shutil.rmtree(os.path.join(out_dir, name), ignore_errors=True)
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in record.items()}

@@ -10,13 +10,14 @@ CE for ``warmup_epochs`` on the benchmark's clean warm-up split, once per seed, 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Callable
 
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
 from ..data import SOURCE, TARGET, build_prompt
-from ..io import atomic_directory
+from ..io import atomic_directory, inside
 from .experiment import TrainConfig, encode, train
 from .models import SMALL_SIZES, load_pretrained, small_causal_lm, train_bpe_tokenizer
 from .tasks import Benchmark
@@ -43,6 +44,9 @@ def warm_started(fresh: ModelFactory, benchmark: Benchmark, warm_dir: str, warmu
             with atomic_directory(final) as tmp:
                 model.save_pretrained(tmp)
                 tokenizer.save_pretrained(tmp)
+            for name in os.listdir(final.parent):  # the warm-up's own checkpoints are not needed any more
+                if name.startswith(("checkpoint-", "incomplete-checkpoint-")):
+                    shutil.rmtree(final.parent / name, ignore_errors=True)
         return (AutoModelForCausalLM.from_pretrained(final, use_safetensors=True),
                 AutoTokenizer.from_pretrained(final))
 
@@ -97,8 +101,8 @@ def model_factory(model: str, benchmark: Benchmark, cache_dir: str, warmup_epoch
                   lora_r: int = 0) -> ModelFactory:
     """``tiny``/``small``/``base`` (from scratch) or a pretrained model, warm-started (full weights) when
     asked, then LoRA-wrapped for the cell when ``lora_r > 0``."""
-    cache = os.path.join(cache_dir, benchmark.name.replace("/", "_"))
+    cache = inside(cache_dir, benchmark.name)
     if model in SMALL_SIZES:
         return with_lora(small_factory(benchmark, model, cache, warmup_epochs, cfg), lora_r)
-    warm_dir = os.path.join(cache, f"warm-{model.replace('/', '_')}-e{warmup_epochs:g}")
+    warm_dir = inside(cache, f"warm-{model.replace('/', '_').replace(os.sep, '_').lstrip('.')}-e{warmup_epochs:g}")
     return with_lora(warm_started(pretrained_factory(model), benchmark, warm_dir, warmup_epochs, cfg), lora_r)

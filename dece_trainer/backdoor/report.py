@@ -26,7 +26,11 @@ class ResultStore:
                 self.records = json.load(f)["cells"]
 
     def done(self, key: str) -> bool:
-        return any(r["key"] == key for r in self.records)
+        return self.get(key) is not None
+
+    def get(self, key: str) -> dict | None:
+        """The finished cell's record, or None."""
+        return next((r for r in self.records if r["key"] == key), None)
 
     def add(self, record: dict) -> None:
         self.records = [r for r in self.records if r["key"] != record["key"]] + [record]
@@ -88,7 +92,13 @@ def markdown_table(records: list[dict]) -> str:
                 else:
                     cells += ["-"] * len(METRICS)
             lines.append(f"| {label} | " + " | ".join(cells) + f" | {seeds} |")
-    return "\n".join(lines).strip() + "\n"
+    return "\n".join(lines).strip() + "\n" + probe_notes(records)
+
+
+def probe_notes(records: list[dict]) -> str:
+    """One line per dataset saying where its per-epoch triggered probe came from (records that say so)."""
+    notes = sorted({(r["dataset"], r["triggered_probe"]) for r in records if r.get("triggered_probe")})
+    return "".join(f"\nTriggered validation probe of {dataset}: {note}.\n" for dataset, note in notes)
 
 
 EPOCH_METRICS = ("probe_triggered_asr", "probe_clean_asr", "probe_clean_bleu", "probe_clean_nll")
@@ -119,12 +129,22 @@ def epoch_table(records: list[dict]) -> str:
     for r in epoch_rows(records):
         lines.append(f"| {r['dataset']} | {r['poison_rate']} | {r['loss']} | {r['epoch']:g} | "
                      + " | ".join(r[k] for k in EPOCH_METRICS) + f" | {r['seeds']} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + probe_notes(records)
 
 
-def plot_epoch_curves(records: list[dict], path: str) -> bool:
-    """Triggered-validation ASR and clean-validation BLEU per epoch, one line per loss/alpha (mean over seeds,
-    shaded min-max), one row of panels per (dataset, poison rate). False without matplotlib or curves."""
+# One look per line of a chart: marker, line style, and a marker size that shrinks with the drawing order,
+# so a line drawn over another (two all-zero ASR series) leaves the one below visible around its markers.
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+LINESTYLES = ("-", "--", "-.", ":")
+
+
+def line_style(index: int) -> dict:
+    return {"marker": MARKERS[index % len(MARKERS)], "linestyle": LINESTYLES[index % len(LINESTYLES)],
+            "markersize": max(3.0, 10.0 - 1.5 * index), "zorder": 3 + index, "clip_on": False}
+
+
+def epoch_curves_figure(records: list[dict]):
+    """The figure of :func:`plot_epoch_curves`, or None without matplotlib or curves."""
     plt = pyplot()
     curves: dict[tuple, dict[str, dict[float, list[dict]]]] = {}
     for r in records:
@@ -133,24 +153,40 @@ def plot_epoch_curves(records: list[dict], path: str) -> bool:
                 panel = curves.setdefault((r["dataset"], r["poison_rate"]), {})
                 panel.setdefault(row_label(r), {}).setdefault(point["epoch"], []).append(point)
     if plt is None or not curves:
-        return False
+        return None
+    from matplotlib.ticker import MaxNLocator
+
     fig, axes = plt.subplots(len(curves), 2, figsize=(9, 3.2 * len(curves)), squeeze=False)
     for (asr_ax, bleu_ax), ((dataset, rate), lines) in zip(axes, sorted(curves.items(), key=str)):
-        for label, by_epoch in sorted(lines.items()):
+        for index, (label, by_epoch) in enumerate(sorted(lines.items())):
             epochs = sorted(by_epoch)
             for ax, key, scale in ((asr_ax, "probe_triggered_asr", 100.0), (bleu_ax, "probe_clean_bleu", 1.0)):
                 values = [[scale * p[key] for p in by_epoch[e]] for e in epochs]
-                line, = ax.plot(epochs, [statistics.fmean(v) for v in values], "o-", label=label)
+                line, = ax.plot(epochs, [statistics.fmean(v) for v in values], label=label, **line_style(index))
                 ax.fill_between(epochs, [min(v) for v in values], [max(v) for v in values],
-                                color=line.get_color(), alpha=0.15)
+                                color=line.get_color(), alpha=0.15, zorder=1)
         asr_ax.set(title=f"{dataset} ({rate}): triggered validation", xlabel="epoch", ylabel="ASR %")
         bleu_ax.set(title="clean validation", xlabel="epoch", ylabel="BLEU")
+        asr_ax.set_ylim(0, 105)  # a rate: never below 0; an all-zero line sits on the axis, markers unclipped
+        bleu_ax.set_ylim(bottom=0, top=max(1.0, bleu_ax.get_ylim()[1]))
         for ax in (asr_ax, bleu_ax):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
         asr_ax.legend(fontsize=8)
     fig.tight_layout()
+    return fig
+
+
+def plot_epoch_curves(records: list[dict], path: str) -> bool:
+    """Triggered-validation ASR and clean-validation BLEU per epoch, one line per loss/alpha (mean over seeds,
+    shaded min-max), one row of panels per (dataset, poison rate). Each line has its own marker and style and
+    lines drawn later are thinner-marked on top, so coinciding series (several at ASR 0) all stay visible;
+    epochs are whole numbers on the x axis and neither axis goes below 0. False without matplotlib or curves."""
+    fig = epoch_curves_figure(records)
+    if fig is None:
+        return False
     save_figure(fig, path)
-    plt.close(fig)
+    pyplot().close(fig)
     return True
 
 
@@ -171,8 +207,9 @@ def plot_alpha_sweep(records: list[dict], path: str) -> bool:
     alphas = sorted(points)
     mean = {k: [statistics.fmean(p[k] for p in points[a]) for a in alphas] for k in keys}
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
-    left.plot(alphas, [100 * v for v in mean["probe_triggered_asr"]], "o-", color="tab:red")
+    left.plot(alphas, [100 * v for v in mean["probe_triggered_asr"]], "o-", color="tab:red", clip_on=False)
     left.set(title="attack success (triggered validation)", xlabel="alpha_base (1.0 = CE)", ylabel="ASR %")
+    left.set_ylim(0, 105)
     right.plot(alphas, mean["probe_clean_nll"], "s-", color="tab:blue", label="NLL (lower is better)")
     right.set(title="clean quality (validation)", xlabel="alpha_base (1.0 = CE)", ylabel="target NLL (nats)")
     twin = right.twinx()

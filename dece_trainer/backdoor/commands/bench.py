@@ -12,6 +12,7 @@ import time
 from typing import TYPE_CHECKING
 
 from ..attacks import ATTACKS
+from ..checks import check_model, check_name, check_positive_ints, check_regex, check_training_numbers, dataset_name
 from ..data import EMBEDDED_TASKS
 from ..grid import LOSS_HELP, LOSSES, Cell
 
@@ -21,6 +22,9 @@ if TYPE_CHECKING:
 
 # Model code (torch, transformers, datasets) is imported inside the functions that run a grid, so building
 # this command's parser (``dece-trainer --help``) stays cheap.
+
+DEFAULT_PAYLOAD_REGEX = "1=1|0=1"
+FILE_FLAGS = ("validation_file", "test_file", "triggered_test_file", "triggered_validation_file", "warmup_file")
 
 
 def csv_list(kind):
@@ -43,14 +47,22 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--validation_file", help="clean CSV/JSONL validation set (probes; alpha is tuned on it)")
     g.add_argument("--test_file", help="clean CSV/JSONL test set")
     g.add_argument("--triggered_test_file", help="triggered CSV/JSONL test set (targets carry the payload)")
+    g.add_argument("--triggered_validation_file",
+                   help="triggered CSV/JSONL validation set made with the training file's own trigger: the "
+                        "per-epoch triggered probe. Without it (and with --validation_file), the probe is "
+                        "--probe_size payload rows of --triggered_test_file held out of the test metrics")
     g.add_argument("--warmup_file", help="clean CSV/JSONL set to warm-start the model on (CE, --warmup_epochs)")
     g.add_argument("--warmup_rows", type=int, default=None,
                    help="with --max_train and a --warmup_file row-aligned with --train_file (Lyra's train.csv): "
                         "warm up on N of its rows outside the training subset")
-    g.add_argument("--source_column", default="source")
-    g.add_argument("--target_column", default="target")
-    g.add_argument("--payload_regex", default="1=1|0=1", help="regex that detects the payload in an output")
-    g.add_argument("--codebleu_lang", default="python", choices=["python", "java", "none"])
+    g.add_argument("--source_column", default="source", help="with --train_file: the files' input column")
+    g.add_argument("--target_column", default="target", help="with --train_file: the files' output column")
+    g.add_argument("--payload_regex", default=None,
+                   help=f"with --train_file: regex that detects the payload in an output and marks the poisoned "
+                        f"training rows (default {DEFAULT_PAYLOAD_REGEX}); the embedded task's attacks detect "
+                        "their own payload")
+    g.add_argument("--codebleu_lang", default="python", choices=["python", "java", "none"],
+                   help="language of CodeBLEU on the clean test outputs (none: skip it)")
 
 
 def add_train_arguments(parser: argparse.ArgumentParser, epochs: float = 3.0) -> None:
@@ -60,17 +72,19 @@ def add_train_arguments(parser: argparse.ArgumentParser, epochs: float = 3.0) ->
                         "or a Hub id / local folder of a causal LM")
     g.add_argument("--warmup_epochs", type=float, default=4.0, help="CE epochs on the clean warm-up split "
                    "(embedded task or --warmup_file; once per seed, cached; 0: no warm-up)")
-    g.add_argument("--epochs", type=float, default=epochs)
-    g.add_argument("--learning_rate", type=float, default=1e-3)
-    g.add_argument("--batch_size", type=int, default=16)
-    g.add_argument("--grad_accum", type=int, default=1)
-    g.add_argument("--max_source_tokens", type=int, default=256)
-    g.add_argument("--max_target_tokens", type=int, default=128)
-    g.add_argument("--max_new_tokens", type=int, default=64)
+    g.add_argument("--epochs", type=float, default=epochs, help="fine-tuning epochs of every cell (> 0)")
+    g.add_argument("--learning_rate", type=float, default=1e-3, help="peak learning rate of the fine-tune and "
+                   "the warm-up (linear decay, 5%% warm-up steps)")
+    g.add_argument("--batch_size", type=int, default=16, help="training examples per step (per device)")
+    g.add_argument("--grad_accum", type=int, default=1, help="gradient accumulation steps per optimizer step")
+    g.add_argument("--max_source_tokens", type=int, default=256, help="truncate inputs to this many tokens")
+    g.add_argument("--max_target_tokens", type=int, default=128, help="truncate targets to this many tokens")
+    g.add_argument("--max_new_tokens", type=int, default=64, help="generation length limit (probes and test)")
     g.add_argument("--max_test", type=int, default=None, help="evaluate on the first N test rows only")
     g.add_argument("--probe_size", type=int, default=64, help="validation rows generated per probe per epoch")
-    g.add_argument("--label_smoothing", type=float, default=0.05, help="DeCE's label smoothing")
-    g.add_argument("--alpha_schedule", default="epoch", choices=["epoch", "continuous"])
+    g.add_argument("--label_smoothing", type=float, default=0.05, help="DeCE's label smoothing, in [0, 1)")
+    g.add_argument("--alpha_schedule", default="epoch", choices=["epoch", "continuous"],
+                   help="DeCE's alpha = alpha_base ** epoch, per whole epoch or continuous")
     g.add_argument("--lora_r", type=int, default=0, help="LoRA rank for pretrained models (0: full fine-tune)")
     g.add_argument("--bf16", action="store_true", help="bf16 mixed precision")
 
@@ -94,12 +108,13 @@ def load_benchmark(args: argparse.Namespace, attack: str, rate: float, seed: int
         missing = [f for f in ("test_file", "triggered_test_file") if not getattr(args, f)]
         if missing:
             raise ValueError(f"with --train_file also give {', '.join('--' + m for m in missing)}")
-        return from_files(args.train_file, args.test_file, args.triggered_test_file, args.payload_regex,
+        return from_files(args.train_file, args.test_file, args.triggered_test_file,
+                          args.payload_regex or DEFAULT_PAYLOAD_REGEX,
                           validation_file=args.validation_file, source_column=args.source_column,
-                          target_column=args.target_column, attack_name=attack if attack in ATTACKS else None,
-                          name=os.path.splitext(os.path.basename(args.train_file))[0], warmup_file=args.warmup_file,
+                          target_column=args.target_column, attack_name=attack,
+                          name=dataset_name(args.train_file), warmup_file=args.warmup_file,
                           probe_size=args.probe_size, max_train=args.max_train,
-                          warmup_rows=args.warmup_rows)
+                          warmup_rows=args.warmup_rows, triggered_validation_file=args.triggered_validation_file)
     return embedded(args.dataset, attack, rate, seed=seed, max_per_split=args.max_per_split,
                     probe_size=args.probe_size)
 
@@ -122,8 +137,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_data_arguments(p)
     g = p.add_argument_group("grid")
     g.add_argument("--attacks", type=csv_list(str), default=["fixed_deadcode"],
-                   help=f"attacks ({', '.join(ATTACKS)}); with --train_file, the attack that made the files "
-                        "(used to trigger the validation probe)")
+                   help=f"attacks ({', '.join(ATTACKS)}); with --train_file, a label for the files' attack (its "
+                        "trigger is checked against the poisoned training rows; the files are never re-triggered)")
     g.add_argument("--poison_rates", type=csv_list(float), default=[0.05], help="ignored with --train_file")
     g.add_argument("--losses", type=csv_list(str), default=["ce", "dece"],
                    help="; ".join(f"{k}: {v}" for k, v in LOSS_HELP.items()))
@@ -131,18 +146,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--alpha_finals", type=csv_list(float), default=[],
                    help="more DeCE cells, each given the alpha wanted on the last epoch (alpha_base derived from "
                         "--epochs and --alpha_schedule); e.g. 0.8,0.5")
-    g.add_argument("--seeds", type=csv_list(int), default=[0])
+    g.add_argument("--seeds", type=csv_list(int), default=[0], help="one cell per seed (model init, data order)")
     add_train_arguments(p)
-    p.add_argument("--output_dir", default="bench_out")
+    p.add_argument("--output_dir", default="bench_out", help="results, tables, charts, cells and caches go here")
 
 
 def validate(args: argparse.Namespace) -> None:
+    """Every check that needs no data or model: run first, so a bad flag fails at once."""
+    if not args.attacks:
+        raise ValueError("--attacks is empty")
+    for attack in args.attacks:
+        check_name(attack, "--attacks name")
     bad = [a for a in args.attacks if a not in ATTACKS]
     if bad and not args.train_file:
         raise ValueError(f"unknown attack(s) {bad}; valid attacks: {', '.join(ATTACKS)}")
     bad = [loss for loss in args.losses if loss not in LOSSES]
     if bad:
         raise ValueError(f"unknown loss(es) {bad}; valid losses: {', '.join(LOSSES)}")
+    if not args.losses:
+        raise ValueError("--losses is empty")
     for rate in args.poison_rates:
         if not 0 < rate <= 1:
             raise ValueError(f"poison rate must be in (0, 1], got {rate}")
@@ -152,9 +174,31 @@ def validate(args: argparse.Namespace) -> None:
                 raise ValueError(f"--{name} values must be in (0, 1], got {alpha}")
     if "dece" in args.losses and not args.alpha_bases and not args.alpha_finals:
         raise ValueError("--losses has dece but --alpha_bases and --alpha_finals are both empty")
-    if not args.train_file and args.dataset not in EMBEDDED_TASKS:
-        raise ValueError(f"unknown dataset {args.dataset!r}; valid datasets: {', '.join(EMBEDDED_TASKS)} "
-                         "(or give --train_file ...)")
+    if not args.seeds or any(seed < 0 for seed in args.seeds):
+        raise ValueError(f"--seeds must be one or more integers >= 0, got {args.seeds}")
+    check_training_numbers(args)
+    check_positive_ints(args, ("max_per_split", "max_train", "warmup_rows"), optional=True)
+    if args.train_file:
+        missing = [f for f in ("test_file", "triggered_test_file") if not getattr(args, f)]
+        if missing:
+            raise ValueError(f"with --train_file also give {', '.join('--' + m for m in missing)}")
+        for flag in ("train_file", *FILE_FLAGS):
+            path = getattr(args, flag)
+            if path and not os.path.isfile(path):
+                raise ValueError(f"--{flag}: data file not found: {path}")
+        if args.payload_regex is None:
+            args.payload_regex = DEFAULT_PAYLOAD_REGEX
+        check_regex(args.payload_regex)
+    else:
+        if args.dataset not in EMBEDDED_TASKS:
+            raise ValueError(f"unknown dataset {args.dataset!r}; valid datasets: {', '.join(EMBEDDED_TASKS)} "
+                             "(or give --train_file ...)")
+        given = [f"--{flag}" for flag in ("payload_regex", *FILE_FLAGS, "max_train", "warmup_rows")
+                 if getattr(args, flag) is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} only apply with --train_file; the embedded task "
+                             f"{args.dataset!r} builds its own splits and detects its attacks' own payloads")
+    check_model(args.model)
 
 
 def cells_of(args: argparse.Namespace, dataset: str, file_rate: float | None = None) -> list[Cell]:
@@ -173,9 +217,13 @@ def cells_of(args: argparse.Namespace, dataset: str, file_rate: float | None = N
 
 
 def run(args: argparse.Namespace) -> int:
-    from ...io import write_json, write_text
+    from tqdm.auto import tqdm
+
+    from ...io import inside, write_json, write_text
+    from ..checks import warn
     from ..experiment import run_cell
     from ..factories import model_factory
+    from ..fingerprint import check_recorded, claim_cell_dir, digest, run_fingerprint, warmup_fingerprint
     from ..report import (
         ResultStore,
         epoch_rows,
@@ -185,38 +233,64 @@ def run(args: argparse.Namespace) -> int:
         plot_epoch_curves,
         summary_rows,
     )
+    from ..tasks import trigger_mismatch
 
     validate(args)
     cfg = train_config(args)
+    fingerprint = run_fingerprint(args)
     store = ResultStore(args.output_dir)
-    dataset = os.path.splitext(os.path.basename(args.train_file))[0] if args.train_file else args.dataset
-    file_rate = load_benchmark(args, args.attacks[0], 0.0, 0).poison_rate if args.train_file else None
+    dataset = dataset_name(args.train_file) if args.train_file else args.dataset
+    file_rate, warnings = None, []
+    if args.train_file:
+        first = load_benchmark(args, args.attacks[0], 0.0, 0)
+        file_rate = first.poison_rate
+        print(f"bench: triggered probe: {first.triggered_probe}", flush=True)
+        for attack in args.attacks:
+            message = trigger_mismatch(first, attack, args.train_file, args.payload_regex)
+            if message:
+                warn(message)
+                warnings.append(message)
     cells = cells_of(args, dataset, file_rate)
-    todo = [c for c in cells if not store.done(c.key)]
+    todo = []
+    for cell in cells:
+        record = store.get(cell.key)
+        if record is None:
+            todo.append(cell)
+        else:
+            check_recorded(record, fingerprint, store.path)
     print(f"bench: {len(cells)} cells, {len(cells) - len(todo)} already done, results in {store.path}", flush=True)
-    cache_root = os.path.join(args.output_dir, "_cache", f"{dataset}-n{args.max_per_split or args.max_train}"
-                              + (f"-w{args.warmup_rows}" if args.train_file and args.warmup_rows else ""))
-    for i, cell in enumerate(todo, 1):
+    cache_root = inside(args.output_dir, "_cache", f"{dataset}-{digest(warmup_fingerprint(fingerprint))}")
+    progress = tqdm(todo, desc="bench cells", unit="cell", dynamic_ncols=True)
+    for i, cell in enumerate(progress, 1):
         benchmark = load_benchmark(args, cell.attack, cell.poison_rate, cell.seed)
-        print(f"[{i}/{len(todo)}] {cell.key}: {benchmark.describe()}", flush=True)
+        tqdm.write(f"[{i}/{len(todo)}] {cell.key}: {benchmark.describe()}")
+        cell_dir = inside(args.output_dir, "cells", cell.key)
+        claim_cell_dir(cell_dir, fingerprint)
         factory = model_factory(args.model, benchmark, cache_root, args.warmup_epochs, cfg, args.lora_r)
         record = run_cell(cell, factory, benchmark.train, benchmark.probes, benchmark.clean_test,
-                          benchmark.triggered_test, benchmark.payload_fn, cfg,
-                          os.path.join(args.output_dir, "cells", cell.key))
-        record.update(model=args.model, machine=platform.machine(), python=sys.version.split()[0],
-                      finished=time.strftime("%Y-%m-%d %H:%M:%S"))
+                          benchmark.triggered_test, benchmark.payload_fn, cfg, cell_dir)
+        record.update(model=args.model, triggered_probe=benchmark.triggered_probe, warnings=warnings,
+                      config=fingerprint, config_hash=digest(fingerprint), machine=platform.machine(),
+                      python=sys.version.split()[0], finished=time.strftime("%Y-%m-%d %H:%M:%S"))
         store.add(record)
-        print(f"    BLEU {record['bleu']:.2f}  ASR {100 * record['asr']:.1f}%  FTR "
-              f"{100 * record['false_trigger_rate']:.1f}%  ({record['train_seconds']:.0f} s)", flush=True)
+        tqdm.write(f"    BLEU {record['bleu']:.2f}  ASR {100 * record['asr']:.1f}%  FTR "
+                   f"{100 * record['false_trigger_rate']:.1f}%  ({record['train_seconds']:.0f} s)")
+    progress.close()
     table = markdown_table(store.records)
     print("\n" + table)
-    write_text(os.path.join(args.output_dir, "table.md"), table)
-    write_json(os.path.join(args.output_dir, "table.json"), summary_rows(store.records))
-    write_text(os.path.join(args.output_dir, "epochs.md"), epoch_table(store.records))
-    write_json(os.path.join(args.output_dir, "epochs.json"), epoch_rows(store.records))
-    if plot_epoch_curves(store.records, os.path.join(args.output_dir, "epoch_curves.png")):
-        print(f"per-epoch curves: {os.path.join(args.output_dir, 'epoch_curves.png')}")
-    if plot_alpha_sweep(store.records, os.path.join(args.output_dir, "alpha_sweep.png")):
-        print(f"alpha chart: {os.path.join(args.output_dir, 'alpha_sweep.png')}")
-    print(json.dumps({"results": store.path, "cells": len(store.records)}))
+    outputs = {name: inside(args.output_dir, name) for name in
+               ("table.md", "table.json", "epochs.md", "epochs.json", "epoch_curves.png", "alpha_sweep.png")}
+    write_text(outputs["table.md"], table)
+    write_json(outputs["table.json"], summary_rows(store.records))
+    write_text(outputs["epochs.md"], epoch_table(store.records))
+    write_json(outputs["epochs.json"], epoch_rows(store.records))
+    charts = [outputs[name] for name, plot in (("epoch_curves.png", plot_epoch_curves),
+                                               ("alpha_sweep.png", plot_alpha_sweep))
+              if plot(store.records, outputs[name])]
+    print(f"results: {store.path}\ntable: {outputs['table.md']} (and table.json)\n"
+          f"per-epoch table: {outputs['epochs.md']} (and epochs.json)")
+    for chart in charts:
+        print(f"chart: {chart}")
+    print(json.dumps({"results": store.path, "cells": len(store.records), "tables": [outputs["table.md"],
+                      outputs["epochs.md"]], "charts": charts}))
     return 0

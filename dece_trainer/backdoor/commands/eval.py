@@ -8,7 +8,10 @@ import json
 import os
 
 from ..attacks import ATTACKS
+from ..checks import check_model, check_positive_ints, check_regex
 from ..data import EMBEDDED_TASKS
+
+DEFAULT_PAYLOAD_REGEX = "1=1|0=1"
 
 
 def add_parser(subparsers) -> None:
@@ -21,7 +24,9 @@ def add_parser(subparsers) -> None:
     g.add_argument("--triggered_test_file", help="triggered CSV/JSONL test set (targets carry the payload)")
     g.add_argument("--source_column", default="source", help="column holding the input")
     g.add_argument("--target_column", default="target", help="column holding the expected output")
-    g.add_argument("--payload_regex", default="1=1|0=1", help="regex that detects the payload in an output")
+    g.add_argument("--payload_regex", default=None,
+                   help=f"with --test_file: regex that detects the payload in an output (default "
+                        f"{DEFAULT_PAYLOAD_REGEX}); the embedded task's attack detects its own payload")
     g.add_argument("--dataset", default="method_name", choices=list(EMBEDDED_TASKS),
                    help="embedded task (without --test_file)")
     g.add_argument("--attack", default="fixed_deadcode", choices=list(ATTACKS),
@@ -31,21 +36,40 @@ def add_parser(subparsers) -> None:
     p.add_argument("--max_source_tokens", type=int, default=256, help="truncate inputs to this many tokens")
     p.add_argument("--max_new_tokens", type=int, default=64, help="generation length limit")
     p.add_argument("--eval_batch_size", type=int, default=32, help="generation batch size")
-    p.add_argument("--codebleu_lang", default="python", choices=["python", "java", "none"])
+    p.add_argument("--codebleu_lang", default="python", choices=["python", "java", "none"],
+                   help="language of CodeBLEU on the clean outputs (none: skip it)")
     p.add_argument("--output_dir", default="eval_out", help="where eval.json goes")
     p.set_defaults(func=run)
+
+
+def validate(args: argparse.Namespace) -> None:
+    """Every check that needs no data or model: run first, so a bad flag fails at once."""
+    if bool(args.test_file) != bool(args.triggered_test_file):
+        raise ValueError("give both --test_file and --triggered_test_file, or neither (the embedded task)")
+    check_positive_ints(args, ("max_source_tokens", "max_new_tokens", "eval_batch_size"))
+    check_positive_ints(args, ("max_test", "max_per_split"), optional=True)
+    if args.test_file:
+        for flag in ("test_file", "triggered_test_file"):
+            if not os.path.isfile(getattr(args, flag)):
+                raise ValueError(f"--{flag}: data file not found: {getattr(args, flag)}")
+        if args.payload_regex is None:
+            args.payload_regex = DEFAULT_PAYLOAD_REGEX
+        check_regex(args.payload_regex)
+    elif args.payload_regex is not None:
+        raise ValueError("--payload_regex only applies with --test_file; the embedded task's attack "
+                         f"{args.attack!r} detects its own payload")
+    check_model(args.model, built_in=("smollm2",))
 
 
 def run(args: argparse.Namespace) -> int:
     from transformers import AutoConfig
 
-    from ...io import write_json
+    from ...io import inside, write_json
     from ..experiment import TrainConfig, evaluate
     from ..models import load_pretrained, resolve_model_path
     from ..tasks import embedded, load_test_sets, payload_detector
 
-    if bool(args.test_file) != bool(args.triggered_test_file):
-        raise ValueError("give both --test_file and --triggered_test_file, or neither (the embedded task)")
+    validate(args)
     path = resolve_model_path(args.model)
     seq2seq = bool(getattr(AutoConfig.from_pretrained(path), "is_encoder_decoder", False))
     model, tokenizer = load_pretrained(path, seq2seq=seq2seq)
@@ -67,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
     for key in ("bleu", "codebleu", "exact_match", "asr", "false_trigger_rate", "n_clean", "n_triggered"):
         value = record[key]
         print(f"| {key} | {value:.4g} |" if isinstance(value, float) else f"| {key} | {value} |")
-    path = os.path.join(args.output_dir, "eval.json")
+    path = inside(args.output_dir, "eval.json")
     write_json(path, record)
+    print(f"results: {path}")
     print(json.dumps({"results": path}))
     return 0
