@@ -106,13 +106,14 @@ def test_killed_saves_and_cache_writes_resume_to_the_same_results(tmp_path, file
 
 
 def test_newest_complete_checkpoint_moves_half_written_ones_aside(tmp_path, capsys):
-    from dece_trainer.backdoor.resume import MONITOR_META, MONITOR_STATE, newest_complete_checkpoint
+    from dece_trainer.backdoor.resume import newest_complete_checkpoint
+    from dece_trainer.callbacks.early_learning import STATE_KEY
 
-    def checkpoint(step, *names):
+    def checkpoint(step, *names, state="{}"):
         folder = tmp_path / f"checkpoint-{step}"
         folder.mkdir()
         for name in names:
-            (folder / name).write_text("{}" if name.endswith(".json") else "x")
+            (folder / name).write_text(state if name == "trainer_state.json" else "x")
         return str(folder)
 
     full = ("trainer_state.json", "model.safetensors", "optimizer.pt", "scheduler.pt")
@@ -125,7 +126,7 @@ def test_newest_complete_checkpoint_moves_half_written_ones_aside(tmp_path, caps
     assert sorted(os.listdir(tmp_path)) == ["checkpoint-5", "incomplete-checkpoint-10", "incomplete-checkpoint-15"]
     assert newest_complete_checkpoint(str(tmp_path), monitor=True) is None  # no early-learning state saved in it
     assert "no early-learning state" in capsys.readouterr().err
-    checkpoint(20, *full, MONITOR_STATE, MONITOR_META)
+    checkpoint(20, *full, state=json.dumps({"stateful_callbacks": {STATE_KEY: {}}}))
     assert newest_complete_checkpoint(str(tmp_path), monitor=True).endswith("checkpoint-20")
     assert newest_complete_checkpoint(str(tmp_path / "missing")) is None
 

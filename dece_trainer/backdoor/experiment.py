@@ -27,7 +27,7 @@ from ..trainer.example_ids import add_example_ids
 from .attacks import IS_POISONED
 from .baselines import GCETrainer
 from .grid import LOSSES, Cell
-from .resume import MonitorCheckpoint, newest_complete_checkpoint
+from .resume import newest_complete_checkpoint
 
 
 @dataclass
@@ -101,8 +101,6 @@ def train(model: Any, tokenizer: Any, train_data: Dataset, out_dir: str, cfg: Tr
         callbacks.append(monitor)
     # resume from the newest checkpoint that has everything (a half-written one is moved aside, with a warning)
     checkpoint = newest_complete_checkpoint(out_dir, monitor=monitor is not None)
-    if monitor is not None:
-        callbacks.append(MonitorCheckpoint(monitor, resume_from=checkpoint))
     args = DeCETrainingArguments(
         output_dir=out_dir, num_train_epochs=cfg.epochs, learning_rate=settings["learning_rate"],
         per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
