@@ -82,7 +82,7 @@ def test_trigger_mismatch_is_detected(custom_files, lyra_dir):
 def backdoored_model(monkeypatch):
     """Every tiny model generates as one that learnt the files' backdoor: the payload after ``zq``, else the
     clean query (the fine-tune itself still runs; only generation is this oracle)."""
-    from dece_trainer.backdoor import models
+    from dece_trainer.backdoor import factories, models
 
     tokenizers = []
 
@@ -102,6 +102,7 @@ def backdoored_model(monkeypatch):
 
     models_train = models.train_bpe_tokenizer
     monkeypatch.setattr(models, "train_bpe_tokenizer", train_bpe_tokenizer)
+    monkeypatch.setattr(factories, "train_bpe_tokenizer", train_bpe_tokenizer)  # bound there at import
     monkeypatch.setattr(transformers.LlamaForCausalLM, "generate", generate)
 
 
