@@ -80,6 +80,17 @@ def test_bench_refuses_nonsensical_numbers_before_any_setup(tmp_path, capsys, fl
     assert not out.exists() and seconds < 10  # refused before the task, the models or the output folder
 
 
+@pytest.mark.parametrize("argv,message", [
+    (["demo", "--alpha_base", "1.5"], r"`--alpha_base` must be a finite number in \(0, 1\]"),
+    (["demo", "--seed", "-1"], "`--seed` must be an integer >= 0"),
+    (["eval", "--model", "smollm2", "--max_new_tokens", "0"], "`--max_new_tokens` must be an integer >= 1"),
+    (["eval", "--model", "smollm2", "--eval_batch_size", "0"], "`--eval_batch_size` must be an integer >= 1"),
+])
+def test_demo_and_eval_refuse_nonsensical_numbers(argv, message, capsys):
+    err, seconds = refused(argv, capsys)
+    assert re.search(message, err) and seconds < 10, err
+
+
 def test_a_training_run_of_zero_optimizer_steps_is_an_error_not_a_result(tmp_path, tokenizer):
     from datasets import Dataset
 

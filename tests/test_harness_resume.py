@@ -151,6 +151,8 @@ def test_a_rerun_with_other_settings_is_refused_not_reused(tmp_path, files, caps
     assert "model 'tiny' -> 'small'" in refusal("--model", "small")
     assert "training.learning_rate 0.001 -> 0.002" in refusal("--learning_rate", "2e-3")
     assert "evaluation.max_test 4 -> 3" in refusal("--max_test", "3")
+    # a new cell (another loss) with other settings would be averaged with the old ones in the tables
+    assert "training.epochs 1.0 -> 3.0" in refusal("--losses", "dece", "--alpha_bases", "0.9", "--epochs", "3")
     with open(files["train"], encoding="utf-8") as f:
         text = f.read()
     with open(files["train"], "w", encoding="utf-8") as f:  # same rows and poison share, other content

@@ -12,6 +12,7 @@ from datasets import Dataset
 
 from ..data import load_pairs
 from .attacks import ATTACKS, IS_POISONED, get_attack
+from .checks import dataset_name
 from .data import EMBEDDED_TASKS, build_stdlib_task
 
 # The fixed output of the dead-code attacks on the embedded method-name task: a plausible, rare name.
@@ -173,7 +174,7 @@ def from_files(train_file: str, test_file: str, triggered_test_file: str, payloa
                              f"got {warmup_rows}")
         warmup = warmup.select(rest_rows[:warmup_rows])
     rate = sum(train[IS_POISONED]) / max(len(train), 1)
-    return Benchmark(name or train_file, attack_name or "as-released", round(rate, 4), train, probes,
+    return Benchmark(name or dataset_name(train_file), attack_name or "as-released", round(rate, 4), train, probes,
                      clean_test, triggered, payload_fn, warmup, triggered_probe=probe_note)
 
 

@@ -251,13 +251,9 @@ def run(args: argparse.Namespace) -> int:
                 warn(message)
                 warnings.append(message)
     cells = cells_of(args, dataset, file_rate)
-    todo = []
-    for cell in cells:
-        record = store.get(cell.key)
-        if record is None:
-            todo.append(cell)
-        else:
-            check_recorded(record, fingerprint, store.path)
+    for record in store.records:  # one output folder, one configuration: its tables average these records
+        check_recorded(record, fingerprint, store.path)
+    todo = [cell for cell in cells if not store.done(cell.key)]
     print(f"bench: {len(cells)} cells, {len(cells) - len(todo)} already done, results in {store.path}", flush=True)
     cache_root = inside(args.output_dir, "_cache", f"{dataset}-{digest(warmup_fingerprint(fingerprint))}")
     progress = tqdm(todo, desc="bench cells", unit="cell", dynamic_ncols=True)
