@@ -22,7 +22,7 @@ _FILE_KINDS = {".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "pa
 
 
 def build_prompt(source: str) -> str:
-    """The causal-LM prompt for ``source`` (:data:`PROMPT_TEMPLATE`)."""
+    """The causal-LM prompt for ``source`` (`PROMPT_TEMPLATE`)."""
     return PROMPT_TEMPLATE.format(source=source)
 
 

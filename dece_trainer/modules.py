@@ -1,4 +1,4 @@
-"""Module API of the DeCE loss: :class:`DeCELoss`, an ``nn.Module`` that owns the schedule."""
+"""Module API of the DeCE loss: `DeCELoss`, an ``nn.Module`` that owns the schedule."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ class DeCELoss(nn.Module):
 
     ``forward(logits, labels, epoch)`` takes logits (..., V), labels (...) and the **1-based** epoch number
     (``epoch=1`` uses ``a = alpha_base``, as in the paper); or, instead of ``epoch``, ``trainer_epoch=``, the
-    trainer's **0-based fractional** epoch (``TrainerState.epoch``), mapped exactly as :func:`dece_alpha` maps
+    trainer's **0-based fractional** epoch (``TrainerState.epoch``), mapped exactly as `dece_alpha` maps
     it. Returns the float32 loss.
     """
 

@@ -144,7 +144,7 @@ def line_style(index: int) -> dict:
 
 
 def epoch_curves_figure(records: list[dict]):
-    """The figure of :func:`plot_epoch_curves`, or None without matplotlib or curves."""
+    """The figure of `plot_epoch_curves`, or None without matplotlib or curves."""
     plt = pyplot()
     curves: dict[tuple, dict[str, dict[float, list[dict]]]] = {}
     for r in records:

@@ -47,7 +47,7 @@ class EarlyLearningCallback(TrainerCallback):
 
     With a DeCE trainer, pass it in ``callbacks``; it attaches itself. With a plain ``Trainer`` (CE), also
     call ``callback.attach(trainer)`` once. The training dataset needs an ``example_id`` column
-    (:func:`dece_trainer.add_example_ids`).
+    (`dece_trainer.add_example_ids`).
 
     Args:
         probes: ``{name: Dataset}`` tokenised like the training data (``input_ids``, ``labels``), e.g.
@@ -370,7 +370,7 @@ def _encode_array(value: np.ndarray) -> dict:
 
 
 def _decode_array(record: Any, name: str) -> np.ndarray:
-    """The inverse of :func:`_encode_array`, for the allowed dtypes only (no pickle, no object arrays)."""
+    """The inverse of `_encode_array`, for the allowed dtypes only (no pickle, no object arrays)."""
     try:
         dtype = np.dtype(_ARRAY_DTYPES[record["dtype"]]).newbyteorder("<")
         shape = tuple(int(n) for n in record["shape"])

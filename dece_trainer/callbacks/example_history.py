@@ -150,7 +150,7 @@ class ExampleHistory:
         return arrays
 
     def load_state_arrays(self, arrays: dict[str, np.ndarray], owns_partial_sums: bool = True) -> None:
-        """Restore :meth:`state_arrays`' output into this (empty) history. With several processes exactly one
+        """Restore `state_arrays`' output into this (empty) history. With several processes exactly one
         (``owns_partial_sums``) takes the in-progress epoch's sums, which the epoch's end adds up over processes."""
         n = self.num_examples
         expected = {"loss": np.float16, "prob": np.float16, "worst_prob": np.float16, "visits": np.uint8}

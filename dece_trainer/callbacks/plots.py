@@ -12,7 +12,7 @@ MARKERS = ("o", "s", "^", "D", "v", "P")
 
 
 def curve_panels(log_history: list[dict]) -> list[tuple[str, list[str], bool]]:
-    """Which series go on which panel of :func:`plot_curves`: ``(y label, keys, is_rate)``, empty panels left out.
+    """Which series go on which panel of `plot_curves`: ``(y label, keys, is_rate)``, empty panels left out.
 
     DeCE's training ``loss`` (and ``eval_dece_loss``) is a different quantity from cross-entropy, and smaller
     by construction at a lower alpha, so it gets its own panel; plain cross-entropy and negative
@@ -37,7 +37,7 @@ def curve_panels(log_history: list[dict]) -> list[tuple[str, list[str], bool]]:
 
 def plot_curves(log_history: list[dict], path: str) -> bool:
     """Training and evaluation curves against the training step, one panel per kind of quantity (see
-    :func:`curve_panels`): the DeCE loss, cross-entropy/NLL, shares (ASR, unlearned, suppressed, alpha) on a 0-1
+    `curve_panels`): the DeCE loss, cross-entropy/NLL, shares (ASR, unlearned, suppressed, alpha) on a 0-1
     axis, BLEU from 0. Every series keeps its markers above the axes, so one that stays at 0 (an attack success
     rate, say) is still seen. False without matplotlib; True and no file when nothing was logged."""
     plt = pyplot()

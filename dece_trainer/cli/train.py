@@ -32,7 +32,7 @@ class TrainScriptArguments:
 
 
 def add_parser(subparsers) -> None:
-    """Register ``train`` (its flags are parsed by ``HfArgumentParser`` in :func:`main`)."""
+    """Register ``train`` (its flags are parsed by ``HfArgumentParser`` in `main`)."""
     subparsers.add_parser("train", help="fine-tune a causal or seq2seq model with --loss dece|ce",
                           description=__doc__, add_help=False)
 

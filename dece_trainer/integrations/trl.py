@@ -3,7 +3,7 @@
 ``DeCESFTTrainer`` is ``SFTTrainer`` in every respect but the per-token loss. TRL computes SFT's loss through a
 fused LM head (``add_fused_lm_head``): the backbone's hidden states of the labelled positions go through the head
 in tiles and come back as per-token log-probabilities, entropy and top-1 hits, never as logits. While this trainer
-computes a loss, that tile kernel is swapped for :func:`~dece_trainer.ops.fused_linear.fused_linear_dece`, which
+computes a loss, that tile kernel is swapped for `dece_trainer.ops.fused_linear.fused_linear_dece`, which
 returns minus the DeCE per-token loss in the log-probability slot (SFT's loss is minus their token mean) and the
 true entropy and top-1 hits. So everything else is SFT's own code: completion-only and assistant-only masks,
 packing and padding-free batches, ``num_items_in_batch``, the MoE router loss, ``use_cache=False``, PEFT, and the

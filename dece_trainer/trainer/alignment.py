@@ -112,7 +112,7 @@ def logits_of(outputs: Any, model: nn.Module | None = None) -> torch.Tensor:
 
     A ``ModelOutput`` or dict must hold a ``logits`` tensor. A plain tuple or list (``return_dict=False``, custom
     models) is accepted only when exactly one of its tensors has a last dimension equal to ``model``'s vocabulary
-    size or ``num_labels`` (see :func:`expected_classes`); otherwise the model must return a ``ModelOutput`` or a
+    size or ``num_labels`` (see `expected_classes`); otherwise the model must return a ``ModelOutput`` or a
     dict with ``logits``.
     """
     if isinstance(outputs, dict):

@@ -17,12 +17,12 @@ DEFAULT_LABEL_SMOOTHING = 0.05
 
 @dataclass(frozen=True)
 class DeCESettings:
-    """The DeCE knobs, validated. Built from any ``TrainingArguments`` by :meth:`from_args`.
+    """The DeCE knobs, validated. Built from any ``TrainingArguments`` by `from_args`.
 
     Attributes:
         alpha_base: blend weight of epoch 1, in (0, 1]; ignored when ``alpha_final`` is set.
         label_smoothing: in [0, 1).
-        schedule: ``"epoch"`` or ``"continuous"`` (see :func:`dece_trainer.schedule_exponent`).
+        schedule: ``"epoch"`` or ``"continuous"`` (see `dece_trainer.schedule_exponent`).
         alpha_final: blend weight wanted at the end of training, in (0, 1], or None.
         model_kind: ``"auto"`` (decided from the model as transformers decides it), or ``"causal"``,
             ``"seq2seq"``, ``"other"`` to say how the model's logits line up with its labels.
@@ -82,7 +82,7 @@ class DeCESettings:
 
 @dataclass
 class DeCEArgumentsMixin:
-    """The ``--dece_*`` fields shared by :class:`DeCETrainingArguments` and its Seq2Seq sibling."""
+    """The ``--dece_*`` fields shared by `DeCETrainingArguments` and its Seq2Seq sibling."""
 
     dece_alpha_base: float = field(
         default=DEFAULT_ALPHA_BASE,

@@ -61,7 +61,7 @@ class DeCEMixin:
     comparisons need a quantity that means the same at every epoch and in every run.
 
     Per-token statistics of every training micro-batch go to ``token_stats_listeners`` (callables taking
-    the batch's ``example_id`` tensor or None, and the :class:`DeCELossOutput`): the early-learning
+    the batch's ``example_id`` tensor or None, and the `DeCELossOutput`): the early-learning
     monitor reads per-example dynamics there at no extra forward pass. Callbacks with an ``attach(trainer)``
     method are attached when the trainer is built or the callback added.
     """
@@ -149,7 +149,7 @@ class DeCEMixin:
     @property
     def dece_loss_kind(self) -> str:
         """``"dece"``; ``"cross-entropy"`` when the blend weight is 1 throughout (no defense); ``"custom"`` when a
-        subclass replaces :meth:`token_loss` (benchmark baselines)."""
+        subclass replaces `token_loss` (benchmark baselines)."""
         if type(self).token_loss is not DeCEMixin.token_loss:
             return CUSTOM
         return CROSS_ENTROPY if self.dece.is_cross_entropy else DECE
@@ -230,7 +230,7 @@ class DeCEMixin:
     def _dece_eval_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """The loss of a batch outside training: the mean over its label tokens at the evaluation alpha. Inside an
         evaluation loop, the batch's per-example CE sums, label-token counts and DeCE sums are kept for
-        :meth:`prediction_step` to gather."""
+        `prediction_step` to gather."""
         alpha = self._dece_eval_alpha()
         if self.dece_loss_kind == DECE:  # one pass gives the per-token DeCE loss and the plain CE
             out = dece_loss_and_token_ce(logits, targets, alpha=alpha, label_smoothing=self.dece.label_smoothing,
@@ -245,7 +245,7 @@ class DeCEMixin:
 
     def _dece_keep_eval_batch(self, out: DeCELossOutput) -> None:
         """Inside an evaluation loop, keep a batch's per-example CE sums, label-token counts and DeCE sums (from
-        per-token ``out.loss``, DeCE runs) for :meth:`prediction_step` to gather."""
+        per-token ``out.loss``, DeCE runs) for `prediction_step` to gather."""
         if self._dece_eval_sums is None:
             return
         dims = tuple(range(1, out.mask.dim()))  # per example: sum over every dimension but the batch
@@ -290,7 +290,7 @@ class DeCEMixin:
         """As the Trainer's (or TRL's), plus this batch's loss statistics added to the evaluation's totals,
         gathered over processes as the Trainer gathers its losses (``gather_for_metrics``: the samples a
         distributed sampler repeats to even out the last batch are dropped). With ``predict_with_generate``
-        (Seq2Seq), whose step takes the model's own loss, the loss comes from :meth:`compute_loss` as on every
+        (Seq2Seq), whose step takes the model's own loss, the loss comes from `compute_loss` as on every
         other path (one more forward pass besides generation)."""
         self._dece_eval_batch = None
         generates = (isinstance(self, Seq2SeqTrainer) and getattr(self.args, "predict_with_generate", False)

@@ -1,5 +1,5 @@
 """The fused LM-head path of the DeCE trainers: the backbone's last hidden states go straight into
-:func:`~dece_trainer.ops.fused_linear.fused_linear_dece`, so the (tokens x V) logits of a causal LM are never
+`dece_trainer.ops.fused_linear.fused_linear_dece`, so the (tokens x V) logits of a causal LM are never
 built, neither forward nor backward.
 
 The model's own ``forward`` is wrapped once (as TRL's ``add_fused_lm_head`` does), so the call still goes through
@@ -155,7 +155,7 @@ def full_parameters(head: nn.Linear) -> Iterator[tuple[torch.Tensor, torch.Tenso
 
 def head_for(model: nn.Module, alpha: float, label_smoothing: float,
              num_items_in_batch: int | torch.Tensor | None) -> DeCEHead:
-    """The :class:`DeCEHead` for ``model``'s logit transform and this batch's settings."""
+    """The `DeCEHead` for ``model``'s logit transform and this batch's settings."""
     scale, softcap = logit_transform(base_model(model).config)
     return DeCEHead(alpha, label_smoothing, scale, softcap, num_items_in_batch)
 

@@ -61,7 +61,7 @@ class TrainingLoss:
     Attributes:
         kind: ``"dece"``, ``"cross-entropy"`` (a = 1 throughout: no defense) or ``"custom"`` (a subclass's own
             ``token_loss``, e.g. a benchmark baseline).
-        settings: the :class:`DeCESettings` of the run.
+        settings: the `DeCESettings` of the run.
         alpha_base: the base in force (derived from ``alpha_final`` when that is set).
         last_alpha: the blend weight of the last training step, None before any.
         custom_name: ``Class.token_loss`` for a custom loss.
