@@ -87,7 +87,7 @@ class DeCEArgumentsMixin:
     dece_alpha_base: float = field(
         default=DEFAULT_ALPHA_BASE,
         metadata={"help": "DeCE blend weight of epoch 1, in (0, 1]; epoch E uses alpha_base ** E. "
-                          "Lower values defend harder (see docs/benchmark.md)."},
+                          "Lower values defend harder (see docs/choosing_alpha.md)."},
     )
     dece_label_smoothing: float = field(
         default=DEFAULT_LABEL_SMOOTHING,

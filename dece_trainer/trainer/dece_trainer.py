@@ -114,6 +114,7 @@ class DeCEMixin:
             attach(self)
 
     def add_callback(self, callback) -> None:
+        """The Trainer's ``add_callback``, then ``callback.attach(self)`` when the callback has one."""
         super().add_callback(callback)
         self._attach_if_wanted(callback)
 
@@ -162,6 +163,12 @@ class DeCEMixin:
 
     def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: torch.Tensor | int | None = None):
+        """The DeCE loss of a batch (training), or plain CE (evaluation: see the class docstring).
+
+        In training, causal LMs take the fused LM-head path (``dece_fused_linear``) unless outputs are asked for;
+        the loss is divided by ``num_items_in_batch`` (the whole accumulated, gathered batch's label tokens) and
+        scaled as the Trainer's own ``compute_loss`` scales it for several processes.
+        """
         inputs = dict(inputs)
         labels = inputs.pop("labels", None)
         shift_labels = inputs.pop("shift_labels", None)
@@ -317,6 +324,8 @@ class DeCEMixin:
     # ---- logging and model card -----------------------------------------------------------------
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        """The Trainer's ``log``, with ``ce_loss`` and (DeCE runs) ``dece_alpha``, ``dece_grad_bound`` and
+        ``dece_suppressed_frac`` added to every training log (averaged over processes)."""
         if ("loss" in logs or "train_loss" in logs) and not self._dece_token_metrics.empty:
             reduce_fn = None
             if self.accelerator.num_processes > 1:

@@ -17,10 +17,13 @@ class DeCELossFunc(TrainerCallback):
     """A ``compute_loss_func`` that follows the DeCE epoch schedule.
 
     It is also a ``TrainerCallback``: register it in ``callbacks`` as well, which is how it sees the
-    trainer's epoch and the model kind (causal LMs are shifted)::
+    trainer's epoch and the model kind (causal LMs are shifted).
 
+    Example:
+        ```python
         loss_fn = make_dece_loss_func(alpha_base=0.985)
         trainer = Trainer(model, args, train_dataset=ds, compute_loss_func=loss_fn, callbacks=[loss_fn])
+        ```
 
     Encoder-decoders need ``decoder_input_ids`` in the batch (``DataCollatorForSeq2Seq(tok, model=model)``),
     since the Trainer takes the labels out before the forward pass.
@@ -84,8 +87,12 @@ def make_dece_loss_func(alpha_base: float = DEFAULT_ALPHA_BASE, label_smoothing:
                         model_kind: str = AUTO) -> DeCELossFunc:
     """A DeCE ``compute_loss_func`` for ``Trainer``; register the returned object as a callback too.
 
-    Args mirror the ``--dece_*`` flags: ``alpha_base`` in (0, 1], ``label_smoothing`` in [0, 1),
-    ``schedule`` ``"epoch"`` or ``"continuous"``, ``alpha_final`` in (0, 1] or None, ``model_kind``
-    ``"auto"``, ``"causal"``, ``"seq2seq"`` or ``"other"``.
+    Args (as the ``--dece_*`` flags):
+        alpha_base: blend weight of epoch 1, in (0, 1]; epoch E uses ``alpha_base ** E``.
+        label_smoothing: in [0, 1).
+        schedule: ``"epoch"`` (1-based epoch number as exponent) or ``"continuous"`` (1 + fractional epoch).
+        alpha_final: blend weight wanted at the end of training, in (0, 1], or None; when set, ``alpha_base``
+            is derived from it and the run length.
+        model_kind: ``"auto"``, ``"causal"``, ``"seq2seq"`` or ``"other"`` (how logits line up with labels).
     """
     return DeCELossFunc(DeCESettings(alpha_base, label_smoothing, schedule, alpha_final, model_kind))
