@@ -82,7 +82,7 @@ def test_trigger_mismatch_is_detected(custom_files, lyra_dir):
 def backdoored_model(monkeypatch):
     """Every tiny model generates as one that learnt the files' backdoor: the payload after ``zq``, else the
     clean query (the fine-tune itself still runs; only generation is this oracle)."""
-    from dece_trainer.backdoor import factories, models
+    from dece_trainer.backdoor import factories
 
     tokenizers = []
 
@@ -100,9 +100,8 @@ def backdoored_model(monkeypatch):
         width = max(len(r) for r in rows)
         return torch.tensor([r + [tok.pad_token_id] * (width - len(r)) for r in rows])
 
-    models_train = models.train_bpe_tokenizer
-    monkeypatch.setattr(models, "train_bpe_tokenizer", train_bpe_tokenizer)
-    monkeypatch.setattr(factories, "train_bpe_tokenizer", train_bpe_tokenizer)  # bound there at import
+    models_train = factories.train_bpe_tokenizer
+    monkeypatch.setattr(factories, "train_bpe_tokenizer", train_bpe_tokenizer)
     monkeypatch.setattr(transformers.LlamaForCausalLM, "generate", generate)
 
 
