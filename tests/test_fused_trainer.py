@@ -64,6 +64,7 @@ def test_the_fused_step_never_builds_the_logits(tmp_path, tokenizer, fused, monk
     from dece_trainer.ops import dece_loss
 
     monkeypatch.setattr(dece_loss, "CPU_CHUNK_BYTES", 16 * 4 * len(tokenizer))
+    monkeypatch.setattr(dece_loss, "CPU_CHUNK_ROWS", 16)
     trainer = DeCETrainer(model=tiny.make_model("llama", tokenizer),
                           args=sgd_args(tmp_path, "x", max_steps=1, dece_fused_linear=fused),
                           train_dataset=tiny.causal_dataset(tokenizer, varied_rows(8)),
