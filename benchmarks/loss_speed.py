@@ -75,7 +75,7 @@ def extra_peak(device: torch.device, result: dict):
     """Sets ``result["extra_peak_mib"]``: the block's peak memory above the memory before it.
 
     CUDA: ``torch.cuda.max_memory_allocated``. CPU (Linux): the peak resident set size (VmHWM, reset through
-    /proc/self/clear_refs) above the resident size before, as in ``loss_memory.py``; in one process, since
+    /proc/self/clear_refs) above the resident size before; in one process, since
     glibc maps large buffers with mmap and unmaps them when freed.
     """
     sync(device)
