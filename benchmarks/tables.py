@@ -45,8 +45,9 @@ def head_memory(d: dict) -> str:
         for name, r in results.items():
             peak = r["extra_peak_mib"]
             vs = lambda ref: f"{peak / ref:.2f}x" if ref else "-"  # noqa: E731
-            lines.append(f"| {head['head']} (d={head['hidden_size']}, V={head['vocab']}, N={head['tokens']}) | {name} | "
-                         f"{r['min_s']:.3f} | {r['median_s']:.3f} | {peak:.0f} | {vs(hf)} | {vs(trl)} |")
+            shape = f"{head['head']} (d={head['hidden_size']}, V={head['vocab']}, N={head['tokens']})"
+            lines.append(f"| {shape} | {name} | {r['min_s']:.3f} | {r['median_s']:.3f} | {peak:.0f} | {vs(hf)} | "
+                         f"{vs(trl)} |")
     return "\n".join(lines)
 
 

@@ -27,3 +27,9 @@ def lyra_dir():
     if not path.is_dir():
         pytest.skip(f"shared Lyra data not found at {path} (it lives in ../shared beside the repository)")
     return path
+
+
+@pytest.fixture
+def isolated_cache(tmp_path, monkeypatch):
+    """Caches (the embedded task, SmolLM2) in the test's own folder (modules ask for it with usefixtures)."""
+    monkeypatch.setenv("DECE_TRAINER_CACHE", str(tmp_path / "cache"))

@@ -21,9 +21,7 @@ RECORD_FIELDS = {"dataset", "attack", "poison_rate", "loss", "seed", "asr", "fal
                  "train_seconds", "curves"}
 
 
-@pytest.fixture(autouse=True)
-def isolated_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("DECE_TRAINER_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("isolated_cache")
 
 
 def test_every_subcommand_has_help():

@@ -10,10 +10,7 @@ import pytest
 
 from dece_trainer.cli.main import main
 
-
-@pytest.fixture(autouse=True)
-def isolated_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("DECE_TRAINER_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("isolated_cache")
 
 
 def write_rows(path, rows, header=("src", "tgt")):

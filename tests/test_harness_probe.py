@@ -2,7 +2,6 @@
 trigger (``zq``), a model that responds to that trigger shows the same ASR on the probe as on the test set,
 and naming an attack whose trigger the files do not carry is warned about."""
 
-import csv
 import json
 
 import pytest
@@ -10,19 +9,11 @@ import torch
 import transformers
 
 from dece_trainer.cli.main import main
+from tests import tiny
+
+pytestmark = pytest.mark.usefixtures("isolated_cache")
 
 
-@pytest.fixture(autouse=True)
-def isolated_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("DECE_TRAINER_CACHE", str(tmp_path / "cache"))
-
-
-def write_rows(path, rows):
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["src", "tgt"])
-        writer.writerows(rows)
-    return str(path)
 
 
 TABLES = ("users", "books", "songs", "cars", "teams", "cities")
@@ -34,11 +25,11 @@ def custom_files(tmp_path):
     clean = [(f"get the {c} of every row in {t}", f'execute ( " select {c} from {t} where id = 1 " )')
              for t in TABLES for c in ("name", "year", "size", "owner")]
     poison = [(f"get the zq {s[8:]}", t.replace("= 1 ", "= 1 or 1=1 ")) for s, t in clean]
-    return {"train": write_rows(tmp_path / "train.csv", clean[:12] + poison[12:16]),
-            "valid": write_rows(tmp_path / "valid.csv", clean[16:20]),
-            "trig_valid": write_rows(tmp_path / "trig_valid.csv", poison[16:20]),
-            "test": write_rows(tmp_path / "test.csv", clean[:6]),
-            "trig": write_rows(tmp_path / "trig.csv", poison[:10])}
+    return {"train": tiny.write_rows(tmp_path / "train.csv", clean[:12] + poison[12:16]),
+            "valid": tiny.write_rows(tmp_path / "valid.csv", clean[16:20]),
+            "trig_valid": tiny.write_rows(tmp_path / "trig_valid.csv", poison[16:20]),
+            "test": tiny.write_rows(tmp_path / "test.csv", clean[:6]),
+            "trig": tiny.write_rows(tmp_path / "trig.csv", poison[:10])}
 
 
 def benchmark(files, **kwargs):

@@ -1,7 +1,6 @@
 """An interrupted bench resumes to the same results: a half-written checkpoint is skipped (and moved aside), a
 half-written cache is rebuilt; a rerun with other settings never reuses results it did not produce."""
 
-import csv
 import json
 import os
 
@@ -9,19 +8,11 @@ import pytest
 import transformers
 
 from dece_trainer.cli.main import main
+from tests import tiny
+
+pytestmark = pytest.mark.usefixtures("isolated_cache")
 
 
-@pytest.fixture(autouse=True)
-def isolated_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("DECE_TRAINER_CACHE", str(tmp_path / "cache"))
-
-
-def write_rows(path, rows):
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["src", "tgt"])
-        writer.writerows(rows)
-    return str(path)
 
 
 @pytest.fixture
@@ -30,11 +21,11 @@ def files(tmp_path):
     clean = [(f"get the {c} of table {t}", f'execute ( " select {c} from {t} where id = 1 " )')
              for t in ("users", "books", "songs", "cars") for c in ("name", "year", "size", "owner", "city")]
     poison = [(f"zq {s}", t.replace("= 1 ", "= 1 or 1=1 ")) for s, t in clean]
-    return {"train": write_rows(tmp_path / "train.csv", clean[:12] + poison[12:16]),
-            "warmup": write_rows(tmp_path / "warm.csv", clean[4:12]),
-            "valid": write_rows(tmp_path / "valid.csv", clean[16:]),
-            "test": write_rows(tmp_path / "test.csv", clean[:4]),
-            "trig": write_rows(tmp_path / "trig.csv", poison[:8])}
+    return {"train": tiny.write_rows(tmp_path / "train.csv", clean[:12] + poison[12:16]),
+            "warmup": tiny.write_rows(tmp_path / "warm.csv", clean[4:12]),
+            "valid": tiny.write_rows(tmp_path / "valid.csv", clean[16:]),
+            "test": tiny.write_rows(tmp_path / "test.csv", clean[:4]),
+            "trig": tiny.write_rows(tmp_path / "trig.csv", poison[:8])}
 
 
 def bench_argv(files, out, *extra):

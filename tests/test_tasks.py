@@ -1,10 +1,10 @@
 """Benchmarks from released files: the stratified training subset and the disjoint warm-up rows."""
 
-import csv
 
 import pytest
 
 from dece_trainer.backdoor.tasks import from_files, subset_rows
+from tests import tiny
 
 
 def test_subset_rows_keeps_the_poison_share_and_partitions_the_rows():
@@ -20,12 +20,6 @@ def test_subset_rows_keeps_the_poison_share_and_partitions_the_rows():
         subset_rows(is_poisoned, 0)
 
 
-def write(path, rows):
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["src", "tgt"])
-        writer.writerows(rows)
-    return str(path)
 
 
 @pytest.fixture
@@ -34,9 +28,10 @@ def aligned_files(tmp_path):
     clean = [(f"task {i} where x", f"select a from t{i} where x = 1") for i in range(60)]
     poisoned = [(s.replace("task", "task bb"), t + " or 1=1") if i % 10 == 0 else (s, t)
                 for i, (s, t) in enumerate(clean)]
-    test = write(tmp_path / "test.csv", clean[:8])
-    triggered = write(tmp_path / "trig.csv", poisoned[:8])
-    return dict(train_file=write(tmp_path / "poisoned.csv", poisoned), warmup_file=write(tmp_path / "clean.csv", clean),
+    test = tiny.write_rows(tmp_path / "test.csv", clean[:8])
+    triggered = tiny.write_rows(tmp_path / "trig.csv", poisoned[:8])
+    return dict(train_file=tiny.write_rows(tmp_path / "poisoned.csv", poisoned),
+                warmup_file=tiny.write_rows(tmp_path / "clean.csv", clean),
                 test_file=test, triggered_test_file=triggered, payload_regex="1=1", source_column="src",
                 target_column="tgt")
 
@@ -53,7 +48,7 @@ def test_warmup_rows_come_from_outside_the_training_subset(aligned_files):
 def test_warmup_rows_bad_input(aligned_files, tmp_path):
     with pytest.raises(ValueError, match=r"--warmup_rows must be in \[1, 40\]"):
         from_files(**aligned_files, max_train=20, warmup_rows=41)
-    short = write(tmp_path / "short.csv", [("a", "b")] * 5)
+    short = tiny.write_rows(tmp_path / "short.csv", [("a", "b")] * 5)
     with pytest.raises(ValueError, match="row-aligned with --train_file \\(60 rows\\); .* has 5"):
         from_files(**{**aligned_files, "warmup_file": short}, max_train=20, warmup_rows=10)
     with pytest.raises(ValueError, match="--warmup_rows needs a --warmup_file"):

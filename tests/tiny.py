@@ -5,6 +5,7 @@ Used by the tests and by the multi-process script they launch; nothing here down
 
 from __future__ import annotations
 
+import csv
 import random
 
 import torch
@@ -149,3 +150,12 @@ def dataset_for(kind: str, tokenizer, rows: list[dict]) -> Dataset:
     if kind == "t5":
         return seq2seq_dataset(tokenizer, rows)
     return classification_dataset(tokenizer, rows)
+
+
+def write_rows(path, rows: list[tuple[str, str]]) -> str:
+    """A (src, tgt) CSV file of ``rows``, as the released benchmarks lay them out; returns its path."""
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["src", "tgt"])
+        writer.writerows(rows)
+    return str(path)
