@@ -28,8 +28,7 @@ from ..trainer import _compat
 from ..trainer.dece_config import DeCEArgumentsMixin
 from ..trainer.dece_trainer import DeCEMixin
 from ..trainer.example_ids import ExampleIdCollator, pop_example_ids
-
-IGNORE_INDEX = -100
+from ..trainer.fused_head import IGNORE_INDEX
 
 
 @dataclass
