@@ -34,19 +34,30 @@ def test_every_subcommand_has_help():
 
 def test_bench_on_the_embedded_task_is_resumable(tmp_path, capsys):
     out = tmp_path / "bench"
-    argv = ["bench", "--max_per_split", "48", "--losses", "ce,dece", "--alpha_bases", "0.5", "--seeds", "0",
-            "--output_dir", str(out), *TINY_BENCH]
+    argv = ["bench", "--max_per_split", "48", "--losses", "ce,dece,dece+filter", "--alpha_bases", "0.5", "--seeds",
+            "0", "--output_dir", str(out), *TINY_BENCH]
     assert main(argv) == 0
     records = json.loads((out / "results.json").read_text())["cells"]
-    assert len(records) == 2 and all(RECORD_FIELDS <= r.keys() for r in records)
-    assert {r["loss"] for r in records} == {"ce", "dece"}
+    assert len(records) == 3 and all(RECORD_FIELDS <= r.keys() for r in records)
+    assert {r["loss"] for r in records} == {"ce", "dece", "dece+filter"}
+    by_loss = {r["loss"]: r for r in records}
+    # the filter reused the finished dece cell's report, and says what it dropped and kept
+    filtered = by_loss["dece+filter"]["filter"]
+    assert filtered["first_stage"] == by_loss["dece"]["key"]
+    assert filtered["flagged"] + filtered["kept"] == 48  # every training row (--max_per_split 48)
+    assert filtered["kept_poisoned"] <= filtered["poisoned"] and filtered["dropped_clean"] <= filtered["flagged"]
+    assert not (out / "cells" / by_loss["dece+filter"]["key"] / "dece").exists()
+    assert (out / "cells" / by_loss["dece+filter"]["key"] / "retrain").is_dir()
+    assert all(0 <= r["report_auroc"] <= 1 for r in records)
     assert all(r["attack"] == "fixed_deadcode" and r["poison_rate"] == 0.05 for r in records)
     assert all(r["curves"] and "probe_triggered_asr" in r["curves"][-1] for r in records)
     table = (out / "table.md").read_text()
     assert "| ce |" in table and "dece (alpha_base 0.5)" in table and "fixed_deadcode ASR %" in table
+    assert "dece+filter (alpha_base 0.5)" in table
     assert json.loads((out / "table.json").read_text())
     epochs = json.loads((out / "epochs.json").read_text())
-    assert {(r["loss"], r["epoch"]) for r in epochs} == {(label, 1.0) for label in ("ce", "dece (alpha_base 0.5)")}
+    assert {(r["loss"], r["epoch"]) for r in epochs} == {
+        (label, 1.0) for label in ("ce", "dece (alpha_base 0.5)", "dece+filter (alpha_base 0.5)")}
     assert "| triggered ASR % |" in (out / "epochs.md").read_text()
     if importlib.util.find_spec("matplotlib"):
         assert (out / "epoch_curves.png").stat().st_size > 0
@@ -55,7 +66,7 @@ def test_bench_on_the_embedded_task_is_resumable(tmp_path, capsys):
 
     capsys.readouterr()
     assert main(argv) == 0  # a rerun finds every cell done and trains nothing
-    assert "2 already done" in capsys.readouterr().out
+    assert "3 already done" in capsys.readouterr().out
     again = json.loads((out / "results.json").read_text())["cells"]
     assert {r["key"]: r["finished"] for r in again} == finished
 
@@ -163,7 +174,7 @@ def test_train_evaluates_every_epoch_with_a_validation_file(tmp_path, tokenizer,
     (["bench", "--attacks", "nope"], "unknown attack.*valid attacks: badpre"),
     (["bench", "--dataset", "nope"], "unknown dataset 'nope'.*method_name, summary"),
     (["bench", "--poison_rates", "1.5"], r"poison rate must be in \(0, 1\]"),
-    (["bench", "--losses", "ce,mse"], "unknown loss.*valid losses: ce, dece, ls, gce, lowlr"),
+    (["bench", "--losses", "ce,mse"], "unknown loss.*valid losses: ce, dece, dece\\+filter, ls, gce, lowlr"),
     (["bench", "--train_file", "x.csv"], "also give --test_file, --triggered_test_file"),
     (["eval", "--model", "./no/such/model"], "model path does not exist"),
     (["bench", "--alpha_finals", "0.8,1.2"], r"--alpha_finals values must be in \(0, 1\], got 1.2"),

@@ -238,6 +238,9 @@ def test_resumed_run_reports_what_an_uninterrupted_one_does(tmp_path, tokenizer,
     for name in ("loss", "prob", "worst_prob", "visits"):
         np.testing.assert_array_equal(np.stack(getattr(resumed_cb.history, name)),
                                       np.stack(getattr(whole_cb.history, name)))
+    for name in ("ce", "ids", "prev"):
+        np.testing.assert_array_equal(np.stack(getattr(resumed_cb.tokens, name)),
+                                      np.stack(getattr(whole_cb.tokens, name)))
     report = "early_learning/suspicious.jsonl"
     assert (tmp_path / "resumed" / report).read_text() == (tmp_path / "whole" / report).read_text()
 
@@ -252,9 +255,10 @@ def test_saved_state_is_plain_json(tmp_path, tokenizer, small_train):
     state = json.loads((tmp_path / "out" / "checkpoint-2" / "trainer_state.json").read_text())
     record = state["stateful_callbacks"]["dece_trainer.EarlyLearningCallback"]
     assert record["global_step"] == 2 and record["num_examples"] == 32 and not record["epoch_complete"]
-    assert set(record["arrays"]) == {"partial_sums", "partial_worst"}  # mid-epoch: no finished epoch yet
+    assert set(record["arrays"]) == {"partial_sums", "partial_worst", "token_partial"}  # mid-epoch: none finished
     assert record["arrays"]["partial_sums"]["dtype"] == "float32"
     assert record["arrays"]["partial_sums"]["shape"] == [3, 32]
+    assert record["arrays"]["token_partial"]["shape"] == [3, 32, 8]
 
     from dece_trainer.callbacks.early_learning import _decode_array
 

@@ -28,11 +28,11 @@ def generalized_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, *, q: 
     token_loss = torch.where(mask, (1.0 - torch.exp(q * logp_gold)) / q, torch.zeros_like(logp_gold))
     token_ce = torch.where(mask, -logp_gold, torch.zeros_like(logp_gold)).detach()
     if reduction == "none":
-        return DeCELossOutput(token_loss, token_ce, mask)
+        return DeCELossOutput(token_loss, token_ce, mask, labels=labels)
     loss = token_loss.sum()
     if reduction == "mean":
         loss = mean_over_items(loss, mask.sum(), num_items_in_batch)
-    return DeCELossOutput(loss, token_ce, mask)
+    return DeCELossOutput(loss, token_ce, mask, labels=labels)
 
 
 class GCETrainer(DeCETrainer):

@@ -14,19 +14,23 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from datasets import Dataset
 from transformers import DataCollatorForSeq2Seq
 
 from ..callbacks import EarlyLearningCallback
+from ..callbacks.early_learning import REPORT_DIR
+from ..callbacks.example_history import auroc, precision_at_k
+from ..callbacks.poison_filter import drop_flagged, read_report
 from ..data import SOURCE, TARGET, encode_causal, prompt_ids
 from ..io import atomic_directory
 from ..metrics import attack_success_rate, code_bleu, corpus_bleu, exact_match, false_trigger_rate, subtoken_f1
 from ..trainer import DeCETrainer, DeCETrainingArguments
-from ..trainer.example_ids import add_example_ids
+from ..trainer.example_ids import EXAMPLE_ID_COLUMN, add_example_ids
 from .attacks import IS_POISONED
 from .baselines import GCETrainer
-from .grid import LOSSES, Cell
+from .grid import FILTER, LOSSES, Cell
 from .resume import newest_complete_checkpoint
 
 
@@ -64,8 +68,9 @@ def collator(tokenizer: Any) -> DataCollatorForSeq2Seq:
 
 def loss_settings(loss: str, alpha_base: float, cfg: TrainConfig) -> dict[str, Any]:
     """Trainer class, DeCE settings and learning rate for a named loss (CE is DeCE with a = 1, e = 0)."""
-    if loss not in LOSSES:
-        raise ValueError(f"unknown loss {loss!r}; valid losses: {', '.join(LOSSES)}")
+    if loss not in LOSSES or loss == FILTER:
+        raise ValueError(f"unknown loss {loss!r}; valid losses: {', '.join(x for x in LOSSES if x != FILTER)} "
+                         f"({FILTER} is a two-stage cell: run_cell trains dece, then ce)")
     settings = {"trainer": DeCETrainer, "dece_alpha_base": 1.0, "dece_label_smoothing": 0.0,
                 "learning_rate": cfg.learning_rate}
     if loss == "dece":
@@ -177,7 +182,8 @@ def evaluate(model: Any, tokenizer: Any, clean_test: Dataset, triggered_test: Da
 def epoch_curves(log_history: list[dict]) -> list[dict]:
     """Per-epoch probe and early-learning metrics from a log history (validation data)."""
     keys = ("probe_clean_bleu", "probe_triggered_asr", "probe_clean_asr", "probe_clean_nll", "probe_triggered_nll",
-            "suspicious_auroc", "memorisation_score", "unlearned_frac", "example_loss_p50")
+            "suspicious_auroc", "suspicious_precision_at_k", "suspicious_token_auroc",
+            "suspicious_token_precision_at_k", "memorisation_score", "unlearned_frac", "example_loss_p50")
     rows: dict[float, dict] = {}
     for entry in log_history:
         if "epoch" in entry and any(k in entry for k in keys):
@@ -188,21 +194,79 @@ def epoch_curves(log_history: list[dict]) -> list[dict]:
 
 def run_cell(cell: Cell, model_factory: Callable[[int], tuple[Any, Any]], train_data: Dataset,
              probes: dict[str, Dataset], clean_test: Dataset, triggered_test: Dataset,
-             payload_fn: Callable[[str], bool], cfg: TrainConfig, out_dir: str) -> dict:
-    """Train and evaluate one cell; returns its record (cell fields, metrics, seconds, curves)."""
-    model, tokenizer = model_factory(cell.seed)
+             payload_fn: Callable[[str], bool], cfg: TrainConfig, out_dir: str,
+             first_stage_dir: str | None = None) -> dict:
+    """Train and evaluate one cell; returns its record (cell fields, metrics, seconds, curves, the
+    suspicious-example report's ranking quality).
+
+    A ``dece+filter`` cell trains DeCE in ``out_dir/dece`` (or reuses the report of ``first_stage_dir``, a
+    finished dece cell of the same grid point), drops the rows the report flags and trains CE on the rest from
+    the same starting model in ``out_dir/retrain``; its record adds the filter's counts.
+    """
     start = time.time()
-    encoded = encode(train_data, tokenizer, cfg)
-    encoded_probes = {name: encode(data, tokenizer, cfg) for name, data in probes.items()}
-    model, history = train(model, tokenizer, encoded, out_dir, cfg, loss=cell.loss,
-                           alpha_base=cell.alpha_base or 1.0, seed=cell.seed, probes=encoded_probes,
-                           payload_fn=payload_fn)
+    loss, train_dir, extra = cell.loss, out_dir, {}
+    report = os.path.join(out_dir, REPORT_DIR, "suspicious.jsonl")
+    if cell.loss == FILTER:
+        if first_stage_dir is None:
+            first_stage_dir = os.path.join(out_dir, "dece")
+            _train_cell(model_factory, train_data, probes, payload_fn, cfg, first_stage_dir, "dece",
+                        cell.alpha_base, cell.seed)
+        report = os.path.join(first_stage_dir, REPORT_DIR, "suspicious.jsonl")
+        train_data, decision = drop_flagged(train_data, report)
+        poisoned = train_data_poisoned(report)
+        extra.update(report_quality(report))  # the ranking the filter acted on
+        extra["filter"] = {**decision.summary(poisoned), "first_stage": os.path.basename(first_stage_dir)}
+        loss, train_dir = "ce", os.path.join(out_dir, "retrain")
+    model, tokenizer, history = _train_cell(model_factory, train_data, probes, payload_fn, cfg, train_dir, loss,
+                                            cell.alpha_base, cell.seed)
     train_seconds = time.time() - start
     metrics = evaluate(model, tokenizer, clean_test, triggered_test, payload_fn, cfg)
+    if cell.loss != FILTER and os.path.isfile(report):
+        extra.update(report_quality(report))
     record = {**cell.record(), "key": cell.key, **{k: v for k, v in metrics.items() if k != "examples"},
-              "train_seconds": round(train_seconds, 1), "curves": epoch_curves(history),
+              "train_seconds": round(train_seconds, 1), "curves": epoch_curves(history), **extra,
               "examples": metrics["examples"]}
-    for name in os.listdir(out_dir):  # keep the early-learning report and pictures, drop checkpoints
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in record.items()}
+
+
+def _train_cell(model_factory, train_data, probes, payload_fn, cfg, out_dir, loss, alpha_base, seed):
+    """A fresh model for ``seed``, trained with ``loss`` in ``out_dir``; checkpoints are dropped afterwards
+    (the early-learning report and pictures stay). Returns (model, tokenizer, log history)."""
+    model, tokenizer = model_factory(seed)
+    encoded = encode(train_data, tokenizer, cfg)
+    encoded_probes = {name: encode(data, tokenizer, cfg) for name, data in probes.items()}
+    model, history = train(model, tokenizer, encoded, out_dir, cfg, loss=loss, alpha_base=alpha_base or 1.0,
+                           seed=seed, probes=encoded_probes, payload_fn=payload_fn)
+    for name in os.listdir(out_dir):
         if name.startswith(("checkpoint-", "incomplete-checkpoint-")):
             shutil.rmtree(os.path.join(out_dir, name), ignore_errors=True)
-    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in record.items()}
+    return model, tokenizer, history
+
+
+def train_data_poisoned(report: str) -> list[bool] | None:
+    """``is_poisoned`` by example id, as the report recorded it (ground truth, for the counts only)."""
+    records = read_report(report)
+    if not records or IS_POISONED not in records[0]:
+        return None
+    poisoned = [False] * (1 + max(int(r[EXAMPLE_ID_COLUMN]) for r in records))
+    for r in records:
+        poisoned[int(r[EXAMPLE_ID_COLUMN])] = bool(r[IS_POISONED])
+    return poisoned
+
+
+def report_quality(report: str) -> dict[str, float]:
+    """AUROC and precision at k (k = poisoned rows) of a suspicious-example report against its ground truth:
+    the token-level score (``report_*``) and the per-example worst-token score (``example_report_*``); empty
+    without poisoned rows."""
+    poisoned = train_data_poisoned(report)
+    if not poisoned or not any(poisoned):
+        return {}
+    records = read_report(report)
+    truth = np.array([poisoned[int(r[EXAMPLE_ID_COLUMN])] for r in records])
+    k = int(truth.sum())
+    out = {}
+    for prefix, key in (("report", "token_score"), ("example_report", "score")):
+        scores = np.array([np.nan if r.get(key) is None else r[key] for r in records], dtype=np.float64)
+        out[f"{prefix}_auroc"] = auroc(scores, truth)
+        out[f"{prefix}_precision_at_k"] = precision_at_k(scores, truth, k)
+    return out

@@ -5,9 +5,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-LOSSES = ("ce", "dece", "ls", "gce", "lowlr")
-LOSS_HELP = {"ce": "cross-entropy", "dece": "DeCE", "ls": "label smoothing 0.1 alone",
-             "gce": "generalized cross-entropy (q=0.7)", "lowlr": "CE at a tenth of the learning rate"}
+FILTER = "dece+filter"
+LOSSES = ("ce", "dece", FILTER, "ls", "gce", "lowlr")
+LOSS_HELP = {"ce": "cross-entropy", "dece": "DeCE",
+             FILTER: "DeCE, drop the rows its report flags, CE again on the rest (reuses a finished dece cell)",
+             "ls": "label smoothing 0.1 alone", "gce": "generalized cross-entropy (q=0.7)",
+             "lowlr": "CE at a tenth of the learning rate"}
+ALPHA_LOSSES = ("dece", FILTER)  # the losses a cell sweeps alpha for
 
 
 @dataclass
@@ -26,7 +30,7 @@ class Cell:
     @property
     def key(self) -> str:
         alpha = ""
-        if self.loss == "dece":
+        if self.loss in ALPHA_LOSSES:
             alpha = f"-f{self.alpha_final:g}" if self.alpha_final is not None else f"-a{self.alpha_base:g}"
         return f"{self.dataset}-{self.attack}-p{self.poison_rate:g}-{self.loss}{alpha}-s{self.seed}"
 

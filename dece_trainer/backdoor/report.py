@@ -10,6 +10,7 @@ import statistics
 
 from ..io import write_json
 from ..plotting import pyplot, save_figure
+from .grid import ALPHA_LOSSES
 
 METRICS = ("bleu", "codebleu", "subtoken_f1", "asr", "false_trigger_rate")
 
@@ -46,10 +47,10 @@ def _mean_std(values: list[float]) -> str:
 
 
 def row_label(record: dict) -> str:
-    if record["loss"] == "dece" and record.get("alpha_final") is not None:
-        return f"dece (alpha_final {record['alpha_final']:g}, alpha_base {record['alpha_base']:.3g})"
-    if record["loss"] == "dece":
-        return f"dece (alpha_base {record['alpha_base']:g})"
+    if record["loss"] in ALPHA_LOSSES and record.get("alpha_final") is not None:
+        return f"{record['loss']} (alpha_final {record['alpha_final']:g}, alpha_base {record['alpha_base']:.3g})"
+    if record["loss"] in ALPHA_LOSSES:
+        return f"{record['loss']} (alpha_base {record['alpha_base']:g})"
     return record["loss"]
 
 

@@ -30,6 +30,7 @@ from ..validation import check_bool, check_callable, check_int, check_name, chec
 from .example_history import ExampleHistory, auroc, precision_at_k
 from .plots import plot_curves, plot_loss_histogram
 from .probes import check_probes, probe_generate, probe_nll
+from .worst_tokens import WorstTokens, recurrence_scores
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ REPORT_DIR = "early_learning"
 # name from JSON arguments, dropping the probes, payload_fn and the attachment to the trainer.
 STATE_KEY = "dece_trainer.EarlyLearningCallback"
 STATE_VERSION = 1
-_ARRAY_DTYPES = {"float16": np.float16, "float32": np.float32, "uint8": np.uint8}
+_ARRAY_DTYPES = {"float16": np.float16, "float32": np.float32, "uint8": np.uint8, "int32": np.int32}
 
 
 class EarlyLearningCallback(TrainerCallback):
@@ -91,6 +92,7 @@ class EarlyLearningCallback(TrainerCallback):
         self.plots = check_bool(plots, "plots")
         self.probe_batch_size = check_int(probe_batch_size, "probe_batch_size", minimum=1)
         self.history: ExampleHistory | None = None
+        self.tokens: WorstTokens | None = None
         self.poisoned: np.ndarray | None = None
         self.alarm_step: int | None = None
         self._trainer = None
@@ -143,6 +145,9 @@ class EarlyLearningCallback(TrainerCallback):
             raise ValueError(f"training batches carry no `{EXAMPLE_ID_COLUMN}`: add it with "
                              "dece_trainer.add_example_ids(train_dataset) and use a collator that keeps it")
         self.history.add(example_ids, stats.token_ce, stats.mask)
+        labels = getattr(stats, "labels", None)
+        if labels is not None:
+            self.tokens.add(example_ids, stats.token_ce, stats.mask, labels)
 
     # ---- training events --------------------------------------------------------------------------
 
@@ -158,6 +163,7 @@ class EarlyLearningCallback(TrainerCallback):
                              "train_dataset = dece_trainer.add_example_ids(train_dataset)")
         ids = np.asarray(data[EXAMPLE_ID_COLUMN])
         self.history = ExampleHistory(int(ids.max()) + 1, self.fit_threshold)
+        self.tokens = WorstTokens(self.history.num_examples)
         if self.ground_truth_column is not None:
             if self.ground_truth_column not in columns:
                 raise ValueError(f"ground_truth_column {self.ground_truth_column!r} is not a column of the "
@@ -187,6 +193,7 @@ class EarlyLearningCallback(TrainerCallback):
 
     def _close_epoch(self, state) -> None:
         summary = self.history.end_epoch(_all_reduce_fn())
+        self.tokens.end_epoch(_all_reduce_fn(), _rank())
         logs = {f"example_loss_p{q}": v for q, v in summary.loss_quantiles.items()}
         logs.update(unlearned_frac=summary.unlearned_frac, memorisation_score=float(summary.memorisation_score),
                     examples_seen=float(summary.seen))
@@ -199,8 +206,11 @@ class EarlyLearningCallback(TrainerCallback):
             return {}
         score = self.history.suspicion_scores()["score"]
         k = self.top_k or int(self.poisoned.sum())
+        token_score = recurrence_scores(self.tokens).score
         return {"suspicious_auroc": auroc(score, self.poisoned),
-                "suspicious_precision_at_k": precision_at_k(score, self.poisoned, k)}
+                "suspicious_precision_at_k": precision_at_k(score, self.poisoned, k),
+                "suspicious_token_auroc": auroc(token_score, self.poisoned),
+                "suspicious_token_precision_at_k": precision_at_k(token_score, self.poisoned, k)}
 
     def on_evaluate(self, args, state, control, metrics=None, model=None, processing_class=None, **kwargs):
         if self._trainer is None or self.history is None:
@@ -298,6 +308,7 @@ class EarlyLearningCallback(TrainerCallback):
         if self.history is None:
             return
         arrays = self.history.state_arrays(_all_reduce_fn())
+        arrays.update(self.tokens.state_arrays(_all_reduce_fn(), _rank()))
         epoch = float(state.epoch or 0.0)
         state.stateful_callbacks[self._state_key()] = {
             "version": STATE_VERSION, "global_step": int(state.global_step), "epoch": epoch,
@@ -322,9 +333,10 @@ class EarlyLearningCallback(TrainerCallback):
                            "per-example statistics of the steps in between are missing", record["global_step"],
                            state.global_step)
         arrays = {name: _decode_array(value, name) for name, value in record["arrays"].items()}
-        owns_partial = not (torch.distributed.is_available() and torch.distributed.is_initialized()) or \
-            torch.distributed.get_rank() == 0
-        self.history.load_state_arrays(arrays, owns_partial_sums=owns_partial)
+        owns_partial = _rank() == 0
+        self.history.load_state_arrays({k: v for k, v in arrays.items() if not k.startswith("token_")},
+                                       owns_partial_sums=owns_partial)
+        self.tokens.load_state_arrays({k: v for k, v in arrays.items() if k.startswith("token_")}, owns_partial)
         self._clean_signal = [(int(step), float(value)) for step, value in record.get("clean_signal", [])]
         self._memorisation = [int(m) for m in record.get("memorisation", [])]
         self.alarm_step = record.get("alarm_step")
@@ -338,6 +350,8 @@ class EarlyLearningCallback(TrainerCallback):
     def write_report(self, path: str) -> list[dict]:
         """Write the suspicious-example ranking as JSON Lines (atomically) and return its records."""
         scores = self.history.suspicion_scores()
+        evidence = recurrence_scores(self.tokens)
+        tokenizer = getattr(self._trainer, "processing_class", None) if self._trainer is not None else None
         order = [i for i in np.argsort(-np.nan_to_num(scores["score"], nan=-np.inf), kind="mergesort")
                  if not math.isnan(scores["score"][i])]
         records = []
@@ -347,7 +361,9 @@ class EarlyLearningCallback(TrainerCallback):
                       "max_drop": round(float(scores["max_drop"][i]), 6),
                       "late_drop": round(float(scores["late_drop"][i]), 6), "fit_epoch": int(scores["fit_epoch"][i]),
                       "final_worst_token_prob": round(float(scores["final_prob"][i]), 6),
-                      "final_mean_gold_prob": round(float(self.history.prob[-1][i]), 6)}
+                      "final_mean_gold_prob": round(float(self.history.prob[-1][i]), 6),
+                      "token_score": None if math.isnan(evidence.score[i]) else round(float(evidence.score[i]), 6),
+                      "tokens": _token_records(evidence, i, tokenizer)}
             if self.poisoned is not None:
                 record[self.ground_truth_column] = bool(self.poisoned[i])
             records.append(record)
@@ -357,7 +373,27 @@ class EarlyLearningCallback(TrainerCallback):
                 f.writelines(json.dumps(r) + "\n" for r in records)
 
         atomic_write(path, write)
+        if self.tokens.num_epochs:
+            def write_arrays(tmp: str) -> None:
+                with open(tmp, "wb") as f:
+                    np.savez(f, ce=np.stack(self.tokens.ce), ids=np.stack(self.tokens.ids),
+                             prev=np.stack(self.tokens.prev),
+                             poisoned=self.poisoned if self.poisoned is not None else np.zeros(0, dtype=bool))
+            atomic_write(os.path.join(os.path.dirname(path), "worst_tokens.npz"), write_arrays)
         return records
+
+
+def _token_records(evidence, i: int, tokenizer) -> list[dict]:
+    """The tokens behind example ``i``'s token score: id, text (when a tokenizer is known) and weight (nats)."""
+    out = []
+    for token, weight in zip(evidence.tokens[i], evidence.weights[i]):
+        if token < 0:
+            break
+        record = {"id": int(token), "weight": round(float(weight), 4)}
+        if tokenizer is not None and hasattr(tokenizer, "decode"):
+            record["text"] = tokenizer.decode([int(token)])
+        out.append(record)
+    return out
 
 
 def _encode_array(value: np.ndarray) -> dict:
@@ -381,6 +417,11 @@ def _decode_array(record: Any, name: str) -> np.ndarray:
         raise ValueError(f"the checkpoint's early-learning array `{name}` has {len(data)} bytes, not "
                          f"{dtype.itemsize * math.prod(shape)} for shape {shape}")
     return np.frombuffer(data, dtype=dtype).astype(dtype.newbyteorder("="), copy=True).reshape(shape)
+
+
+def _rank() -> int:
+    return torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() \
+        else 0
 
 
 def _all_reduce_fn() -> Callable[[torch.Tensor, str], torch.Tensor] | None:

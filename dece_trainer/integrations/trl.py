@@ -73,7 +73,7 @@ class DeCEKernel:
                 return values.view(mask.shape).masked_fill(~mask, 0.0)
             return values.new_zeros(mask.shape).masked_scatter(mask, values)
 
-        return LossOutput(laid_out(self.token_loss), laid_out(self.token_ce), mask)
+        return LossOutput(laid_out(self.token_loss), laid_out(self.token_ce), mask, labels=targets)
 
 
 class DeCESFTTrainer(DeCEMixin, SFTTrainer):

@@ -89,6 +89,8 @@ class LossOutput(NamedTuple):
             in nats per token (float32, detached, 0 at ignored positions); else None.
         correct: with ``return_stats=True``, bool per token: ``argmax(z) == label`` (first maximum on ties;
             False at ignored positions); else None.
+        labels: the target token ids these statistics score (the ``labels`` given), so a consumer of the
+            statistics (the early-learning monitor) can tell which tokens were improbable.
     """
 
     loss: torch.Tensor
@@ -96,6 +98,7 @@ class LossOutput(NamedTuple):
     mask: torch.Tensor
     entropy: torch.Tensor | None = None
     correct: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
 
 
 DeCELossOutput = LossOutput  # the name before the fused head; kept for existing imports
@@ -422,7 +425,7 @@ def dece_loss_and_token_ce(
                                rows, bool(return_stats))
     row_loss, token_ce, *stats = (out.view(labels.shape) for out in outs)
     loss = reduce_rows(row_loss, mask, reduction, num_items_in_batch)
-    return LossOutput(loss, token_ce, mask.view(labels.shape), *stats)
+    return LossOutput(loss, token_ce, mask.view(labels.shape), *stats, labels=labels)
 
 
 def deceptive_cross_entropy(

@@ -265,4 +265,4 @@ def fused_linear_dece(
     loss, token_ce, *stats = outs
     shape = labels.shape
     return LossOutput(loss.view(shape) if reduction == "none" else loss, token_ce.view(shape), mask.view(shape),
-                      *(s.view(shape) for s in stats))
+                      *(s.view(shape) for s in stats), labels=labels)

@@ -15,7 +15,7 @@ def token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index
     """``-log p[y]`` per token of logits (..., V) against labels (...), in float32.
 
     Returns ``(loss, token_ce, mask)``: the summed CE (scalar), per-token CE shaped like ``labels`` (0 where
-    ignored) and the mask of non-ignored labels.
+    ignored) and the mask of non-ignored labels; ``labels`` rides along.
     """
     ignore_index = check_ignore_index(ignore_index)
     if labels.shape != logits.shape[:-1]:
@@ -24,4 +24,4 @@ def token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index
     vocab = logits.shape[-1]
     token_ce = F.cross_entropy(logits.reshape(-1, vocab).float(), labels.reshape(-1).long(),
                                ignore_index=ignore_index, reduction="none").view(labels.shape)
-    return DeCELossOutput(token_ce.sum(), token_ce, labels != ignore_index)
+    return DeCELossOutput(token_ce.sum(), token_ce, labels != ignore_index, labels=labels)

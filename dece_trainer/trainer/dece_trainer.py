@@ -225,7 +225,7 @@ class DeCEMixin:
                 self._dece_fused = False
                 return None
         fused = model(**inputs, labels=labels, shift_labels=shift_labels, dece_head=head)
-        return DeCELossOutput(fused.loss, fused.token_ce, fused.mask)
+        return DeCELossOutput(fused.loss, fused.token_ce, fused.mask, labels=fused.labels)
 
     def _dece_record(self, example_ids: torch.Tensor | None, out: DeCELossOutput, alpha: float) -> None:
         """Keep a training micro-batch's per-token statistics: for the logged metrics and the listeners."""

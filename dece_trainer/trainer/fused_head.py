@@ -43,6 +43,7 @@ class FusedDeCEOutput(ModelOutput):
         mask: (B, T') bool, the target positions that count.
         entropy: (B, T') entropy of ``p`` per position (nats), for SFT's ``entropy`` metric.
         correct: (B, T') bool, top-1 prediction equals the label.
+        labels: (B, T') the target ids scored (labels shifted for causal models).
     """
 
     loss: torch.Tensor | None = None
@@ -50,6 +51,7 @@ class FusedDeCEOutput(ModelOutput):
     mask: torch.Tensor | None = None
     entropy: torch.Tensor | None = None
     correct: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
 
 
 def logit_transform(config: Any) -> tuple[float, float | None]:
@@ -128,7 +130,7 @@ class DeCEHead:
                                 num_items_in_batch=self.num_items_in_batch, logit_scale=self.logit_scale,
                                 logit_softcap=self.logit_softcap, return_stats=True)
         return FusedDeCEOutput(loss=out.loss, token_ce=out.token_ce, mask=out.mask, entropy=out.entropy,
-                               correct=out.correct)
+                               correct=out.correct, labels=targets)
 
 
 @contextlib.contextmanager

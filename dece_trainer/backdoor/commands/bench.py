@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import os
@@ -14,10 +15,11 @@ from typing import TYPE_CHECKING
 from ..attacks import ATTACKS
 from ..checks import check_model, check_name, check_positive_ints, check_regex, check_training_numbers, dataset_name
 from ..data import EMBEDDED_TASKS
-from ..grid import LOSS_HELP, LOSSES, Cell
+from ..grid import ALPHA_LOSSES, FILTER, LOSS_HELP, LOSSES, Cell
 
 if TYPE_CHECKING:
     from ..experiment import TrainConfig
+    from ..report import ResultStore
     from ..tasks import Benchmark
 
 # Model code (torch, transformers, datasets) is imported inside the functions that run a grid, so building
@@ -172,7 +174,7 @@ def validate(args: argparse.Namespace) -> None:
         for alpha in getattr(args, name):
             if not 0 < alpha <= 1:
                 raise ValueError(f"--{name} values must be in (0, 1], got {alpha}")
-    if "dece" in args.losses and not args.alpha_bases and not args.alpha_finals:
+    if set(ALPHA_LOSSES) & set(args.losses) and not args.alpha_bases and not args.alpha_finals:
         raise ValueError("--losses has dece but --alpha_bases and --alpha_finals are both empty")
     if not args.seeds or any(seed < 0 for seed in args.seeds):
         raise ValueError(f"--seeds must be one or more integers >= 0, got {args.seeds}")
@@ -207,13 +209,27 @@ def cells_of(args: argparse.Namespace, dataset: str, file_rate: float | None = N
     rates = [file_rate] if args.train_file else args.poison_rates
     cells = []
     for attack, rate, seed, loss in itertools.product(args.attacks, rates, args.seeds, args.losses):
-        if loss != "dece":
+        if loss not in ALPHA_LOSSES:
             cells.append(Cell(dataset, attack, rate, loss, seed))
             continue
         cells += [Cell(dataset, attack, rate, loss, seed, a) for a in args.alpha_bases]
         cells += [Cell(dataset, attack, rate, loss, seed, alpha_base_for_final(f, args.epochs, args.alpha_schedule), f)
                   for f in args.alpha_finals]
     return cells
+
+
+def finished_dece_dir(cell: Cell, store: ResultStore, output_dir: str) -> str | None:
+    """For a dece+filter cell: the folder of the finished dece cell of the same grid point, whose report the
+    filter can reuse instead of training DeCE again; None otherwise."""
+    from ...callbacks.early_learning import REPORT_DIR
+    from ...io import inside
+
+    if cell.loss != FILTER:
+        return None
+    sibling = dataclasses.replace(cell, loss="dece")
+    folder = inside(output_dir, "cells", sibling.key)
+    report = os.path.join(folder, REPORT_DIR, "suspicious.jsonl")
+    return folder if store.done(sibling.key) and os.path.isfile(report) else None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -264,7 +280,8 @@ def run(args: argparse.Namespace) -> int:
         claim_cell_dir(cell_dir, fingerprint)
         factory = model_factory(args.model, benchmark, cache_root, args.warmup_epochs, cfg, args.lora_r)
         record = run_cell(cell, factory, benchmark.train, benchmark.probes, benchmark.clean_test,
-                          benchmark.triggered_test, benchmark.payload_fn, cfg, cell_dir)
+                          benchmark.triggered_test, benchmark.payload_fn, cfg, cell_dir,
+                          first_stage_dir=finished_dece_dir(cell, store, args.output_dir))
         record.update(model=args.model, triggered_probe=benchmark.triggered_probe, warnings=warnings,
                       config=fingerprint, config_hash=digest(fingerprint), machine=platform.machine(),
                       python=sys.version.split()[0], finished=time.strftime("%Y-%m-%d %H:%M:%S"))

@@ -1,0 +1,123 @@
+"""The token-level poison report (WorstTokens, recurrence_scores) and the filter that acts on it."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from dece_trainer.callbacks.example_history import auroc
+from dece_trainer.callbacks.poison_filter import choose_threshold, decide, drop_flagged, read_report
+from dece_trainer.callbacks.worst_tokens import WorstTokens, recurrence_scores
+
+
+def test_worst_tokens_keeps_the_highest_ce_tokens_with_their_ids_and_predecessors():
+    tokens = WorstTokens(num_examples=3, per_example=2)
+    labels = torch.tensor([[-100, 11, 12, 13, 14], [-100, -100, 21, 22, -100]])
+    token_ce = torch.tensor([[9.0, 1.0, 5.0, 0.5, 3.0], [9.0, 9.0, 0.1, 0.2, 9.0]])
+    mask = labels != -100
+    tokens.add(torch.tensor([2, 0]), token_ce, mask, labels)
+    tokens.end_epoch()
+    ce, ids, prev = tokens.ce[0], tokens.ids[0], tokens.prev[0]
+    # example 2: tokens 12 (5.0 nats, after 11) and 14 (3.0, after 13); masked positions never count
+    assert ids[2].tolist() == [12, 14] and prev[2].tolist() == [11, 13]
+    assert ce[2].astype(float).tolist() == pytest.approx([5.0, 3.0], rel=1e-3)
+    # example 0: its first target token has no predecessor (-1); example 1 was never seen
+    assert ids[0].tolist() == [22, 21] and prev[0].tolist() == [21, -1]
+    assert ids[1].tolist() == [-1, -1] and ce[1].astype(float).tolist() == [-1.0, -1.0]
+
+
+def test_short_rows_are_padded_and_state_round_trips():
+    tokens = WorstTokens(num_examples=2, per_example=4)
+    labels = torch.tensor([[5, 6]])
+    tokens.add(torch.tensor([1]), torch.tensor([[2.0, 1.0]]), labels != -100, labels)
+    tokens.end_epoch()
+    assert tokens.ids[0][1].tolist() == [5, 6, -1, -1]
+    tokens.add(torch.tensor([0]), torch.tensor([[4.0, 1.0]]), labels != -100, labels)  # an epoch in progress
+    restored = WorstTokens(num_examples=2, per_example=4)
+    restored.load_state_arrays(tokens.state_arrays())
+    tokens.end_epoch()
+    restored.end_epoch()
+    for name in ("ce", "ids", "prev"):
+        np.testing.assert_array_equal(np.stack(getattr(restored, name)), np.stack(getattr(tokens, name)))
+    with pytest.raises(ValueError, match="token_ce. is not"):
+        WorstTokens(num_examples=3, per_example=4).load_state_arrays(tokens.state_arrays())
+
+
+def test_processes_combine_by_the_process_that_saw_each_example():
+    a, b = WorstTokens(num_examples=3, per_example=1), WorstTokens(num_examples=3, per_example=1)
+    labels = torch.tensor([[7]])
+    a.add(torch.tensor([0]), torch.tensor([[1.0]]), labels != -100, labels)
+    a.add(torch.tensor([2]), torch.tensor([[9.0]]), labels != -100, labels)  # also seen by rank 1: rank 1 wins
+    b.add(torch.tensor([1]), torch.tensor([[0.5]]), labels != -100, labels + 1)
+    b.add(torch.tensor([2]), torch.tensor([[2.0]]), labels != -100, labels + 2)
+    contributions = []  # rank 1's inputs to each collective (rank 1 is the highest rank: it owns what it saw)
+    b.combined(lambda t, op: contributions.append(t) or t, rank=1)
+    calls = iter(contributions)
+    a.end_epoch(lambda t, op: torch.maximum(t, next(calls)), rank=0)  # all_reduce(MAX) over the two
+    assert a.ids[0][:, 0].tolist() == [7, 8, 9]
+    assert a.ce[0][:, 0].astype(float).tolist() == [1.0, 0.5, 2.0]
+
+
+def synthetic(n_clean=40, n_poisoned=6, epochs=3, seed=0):
+    """Clean rows whose worst token is their own rare token (CE up to 9 nats, higher than the payload's), and
+    poisoned rows that share one payload bigram (CE 4 nats) which never gets learnt."""
+    rng = np.random.default_rng(seed)
+    tokens = WorstTokens(num_examples=n_clean + n_poisoned, per_example=2)
+    for _ in range(epochs):
+        for i in range(n_clean + n_poisoned):
+            poisoned = i >= n_clean
+            rare = 1000 + i  # this row's own token
+            ids = [rare, 50 + int(rng.integers(0, 3)), 99 if poisoned else 60, 77 if poisoned else 61]
+            ce = [float(rng.uniform(5, 9)), 0.3, 0.1, 4.0 if poisoned else 0.2]
+            labels = torch.tensor([ids])
+            tokens.add(torch.tensor([i]), torch.tensor([ce]), labels != -100, labels)
+        tokens.end_epoch()
+    truth = np.arange(n_clean + n_poisoned) >= n_clean
+    return tokens, truth
+
+
+def test_shared_improbable_tokens_outrank_hard_clean_rows():
+    tokens, truth = synthetic()
+    evidence = recurrence_scores(tokens)
+    assert auroc(evidence.score, truth) == 1.0
+    # the payload token is what drove every poisoned row's score; no clean row has a shared improbable token
+    assert (evidence.tokens[truth, 0] == 77).all() and (evidence.score[~truth] == 0).all()
+    # per-example worst-token CE alone ranks the other way: clean rows' rare tokens are worse
+    worst = np.stack([ce.astype(float).max(axis=1) for ce in tokens.ce]).mean(axis=0)
+    assert auroc(worst, truth) < 0.5
+
+
+def test_threshold_flags_outliers_and_nothing_when_nothing_stands_out():
+    rng = np.random.default_rng(0)
+    clean = list(rng.uniform(0, 1, 200))
+    assert choose_threshold(clean) > max(clean)  # one spread-out group: nothing flagged
+    mixed = clean + [30.0 + x for x in range(10)]
+    threshold = choose_threshold(mixed)
+    assert max(clean) < threshold < 30.0
+    assert choose_threshold([0.0] * 50 + [12.0] * 5) < 12.0  # a majority of zero scores
+    assert math.isinf(choose_threshold([3.0]))
+    with pytest.raises(ValueError, match=">= 0"):
+        choose_threshold([-1.0, 2.0, 3.0])
+
+
+def test_decide_and_drop_flagged_from_a_written_report(tmp_path):
+    from datasets import Dataset
+
+    scores = [0.0] * 30 + [0.5] * 10 + [20.0, 25.0, 30.0]
+    path = tmp_path / "suspicious.jsonl"
+    path.write_text("".join(json.dumps({"example_id": i, "token_score": s, "is_poisoned": i >= 40}) + "\n"
+                            for i, s in enumerate(scores)))
+    decision = decide(str(path))
+    assert decision.flagged == [42, 41, 40] and len(decision.kept) == 40
+    summary = decision.summary([r["is_poisoned"] for r in read_report(path)])
+    assert summary["dropped_clean"] == 0 and summary["kept_poisoned"] == 0 and summary["poisoned"] == 3
+    data = Dataset.from_list([{"text": str(i)} for i in range(len(scores))])
+    kept, _ = drop_flagged(data, str(path))
+    assert kept["text"] == [str(i) for i in range(40)]
+    with pytest.raises(ValueError, match="no suspicious-example report"):
+        read_report(tmp_path / "missing.jsonl")
+    (tmp_path / "bad.jsonl").write_text('{"rank": 1}\n')
+    with pytest.raises(ValueError, match="example_id"):
+        read_report(tmp_path / "bad.jsonl")
