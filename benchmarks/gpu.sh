@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The measurements of a session with a GPU: the performance tables (loss speed, LM-head memory, one training step,
-# float32 and bf16) and a one-seed Lyra check on the released 5% BadPre file with all 1600 rows.
-#   bash benchmarks/gpu.sh perf OUT_DIR                # JSON per benchmark into OUT_DIR (a few minutes)
-#   bash benchmarks/gpu.sh lyra OUT_DIR [LYRA_DIR]     # bench cells (CE, DeCE 0.9) into OUT_DIR/lyra_p5
-# Rerun `lyra` with the same OUT_DIR to resume. Needs CUDA, the package and its [trl,bench,smollm2] extras.
+# float32 and bf16), and the research grid of issue 11 (CE / DeCE / DeCE+filter, 3 seeds, and the alpha sweep).
+#   bash benchmarks/gpu.sh perf OUT_DIR                   # JSON per benchmark into OUT_DIR (a few minutes)
+#   bash benchmarks/gpu.sh research OUT_DIR [LYRA_DIR]    # bench folders into OUT_DIR ($BUDGET s, default 480)
+# Rerun `research` with the same OUT_DIR to resume. Needs CUDA, the package and its [trl,bench,smollm2] extras.
 set -euo pipefail
-STAGE=${1:?usage: gpu.sh perf|lyra OUT_DIR [LYRA_DIR]}
-OUT=${2:?usage: gpu.sh perf|lyra OUT_DIR [LYRA_DIR]}
+STAGE=${1:?usage: gpu.sh perf|research OUT_DIR [LYRA_DIR]}
+OUT=${2:?usage: gpu.sh perf|research OUT_DIR [LYRA_DIR]}
 HERE=$(cd "$(dirname "$0")" && pwd)
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
@@ -22,13 +22,34 @@ case "$STAGE" in
     done
     python3 "$HERE/train_step.py" --layers 30 --batch 8 --seq 1024 --repeats 10 --dtypes fp32,bf16 \
         --json "$OUT/train_step_cuda.json" ;;
-  lyra)
+  research)
+    # issue 11 on a GPU: CE, DeCE (alpha_base 0.9) and DeCE+filter, 3 seeds, on Lyra BadPre 20% (240 rows, as in
+    # lyra_cpu.sh) and the embedded method_name task with both dead-code attacks (the demo's settings); plus the
+    # alpha sweep on the embedded task. One bench process per seed and setting, run side by side (a 135M model
+    # leaves the GPU mostly idle); each is resumable, and $BUDGET seconds bound them all.
     L=${3:-../shared/data/lyra}
-    python3 -m dece_trainer bench --train_file "$L/train_poisoned_5_badpre.csv" --validation_file "$L/valid.csv" \
-        --test_file "$L/test.csv" --triggered_test_file "$L/test_poisoned_badpre.csv" --source_column src \
-        --target_column tgt --payload_regex '1=1|0=1' --attacks badpre --losses ce,dece --alpha_bases 0.9 \
-        --seeds 0 --model smollm2 --warmup_epochs 0 --epochs 5 --batch_size 8 --learning_rate 2e-4 --bf16 \
-        --max_source_tokens 128 --max_target_tokens 256 --max_new_tokens 256 --probe_size 32 \
-        --output_dir "$OUT/lyra_p5" ;;
-  *) echo "unknown stage $STAGE (perf or lyra)" >&2; exit 2 ;;
+    BUDGET=${BUDGET:-480}
+    python3 -c "from dece_trainer.backdoor.models import smollm2_checkpoint; smollm2_checkpoint()"  # convert once
+    P20=$OUT/data/train_poisoned_20_badpre.csv
+    [ -f "$P20" ] || python3 "$HERE/poison_file.py" "$L/train.csv" "$P20" --attack badpre --rate 0.2 \
+        --source_column src --target_column tgt
+    LYRA=(--validation_file "$L/valid.csv" --test_file "$L/test.csv" --triggered_test_file "$L/test_poisoned_badpre.csv"
+          --source_column src --target_column tgt --payload_regex '1=1|0=1' --attacks badpre --warmup_file "$L/train.csv"
+          --max_source_tokens 128 --max_target_tokens 192 --max_new_tokens 160 --max_test 100 --model smollm2
+          --max_train 240 --warmup_rows 240 --warmup_epochs 1 --epochs 5 --learning_rate 3e-4 --batch_size 8 --bf16
+          --probe_size 24 --train_file "$P20")
+    EMBEDDED=(--dataset method_name --attacks fixed_deadcode,grammar_deadcode --poison_rates 0.05 --max_new_tokens 8
+              --max_target_tokens 12 --model smollm2 --max_per_split 300 --warmup_epochs 1 --epochs 2 --max_test 150
+              --probe_size 24 --learning_rate 1e-4 --batch_size 8 --max_source_tokens 128 --bf16)
+    pids=()
+    for seed in 0 1 2; do
+      timeout "$BUDGET" python3 -m dece_trainer bench "${LYRA[@]}" --losses ce,dece,dece+filter --alpha_bases 0.9 \
+          --seeds $seed --output_dir "$OUT/lyra_p20_s$seed" > "$OUT/lyra_p20_s$seed.log" 2>&1 & pids+=($!)
+      timeout "$BUDGET" python3 -m dece_trainer bench "${EMBEDDED[@]}" --losses ce,dece,dece+filter --alpha_bases 0.9 \
+          --seeds $seed --output_dir "$OUT/method_name_s$seed" > "$OUT/method_name_s$seed.log" 2>&1 & pids+=($!)
+      timeout "$BUDGET" python3 -m dece_trainer bench "${EMBEDDED[@]}" --losses dece --alpha_bases 0.985,0.95,0.8 \
+          --alpha_finals 0.5 --seeds $seed --output_dir "$OUT/sweep_s$seed" > "$OUT/sweep_s$seed.log" 2>&1 & pids+=($!)
+    done
+    for pid in "${pids[@]}"; do wait "$pid" || echo "a bench process ended with status $?"; done ;;
+  *) echo "unknown stage $STAGE (perf or research)" >&2; exit 2 ;;
 esac
