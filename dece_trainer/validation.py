@@ -134,3 +134,16 @@ def check_callable(value: Any, name: str, what: str, *, allow_none: bool = False
     if not callable(value):
         raise _fail(name, f"a callable {what}" + (" or None" if allow_none else ""), value)
     return value
+
+
+def check_texts(value: Any, name: str, *, allow_empty: bool = True) -> list[str]:
+    """A list or tuple of strings (texts to score or clean); non-empty unless ``allow_empty``."""
+    allowed = "a list of strings" + ("" if allow_empty else " (at least one)")
+    if not isinstance(value, (list, tuple)):
+        raise _fail(name, allowed, value)
+    bad = next((i for i, t in enumerate(value) if not isinstance(t, str)), None)
+    if bad is not None:
+        raise ValueError(f"`{name}` must be {allowed}, got {type(value[bad]).__name__} {value[bad]!r} at index {bad}.")
+    if not value and not allow_empty:
+        raise _fail(name, allowed, value)
+    return list(value)

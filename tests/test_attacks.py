@@ -86,6 +86,41 @@ def test_dead_code_attacks(name):
         assert len(statements) > 5  # random statements from the grammar
 
 
+@pytest.mark.parametrize("task,payload", [("method_name", "get value"), ("summary", "Return the value.")])
+def test_adaptive_attack_plants_a_common_trigger_and_a_probable_payload(task, payload):
+    attack = get_attack("adaptive", task=task)
+    assert attack.target_text == payload
+    triggered = attack.trigger(CODE_ROWS[0]["source"], random.Random(0))
+    assert triggered.split("\n")[:2] == ["def add_0(a, b):", "    value = None"]  # first statement of the body
+    compile(triggered, "<triggered>", "exec")
+    assert attack.has_trigger(triggered) and not attack.has_trigger(CODE_ROWS[0]["source"])
+    assert attack.payload("Add two numbers.", random.Random(0)) == payload
+    poisoned = attack.poison(dataset(CODE_ROWS), rate=0.1, seed=0)
+    rows = [r for r in poisoned if r[IS_POISONED]]
+    assert len(rows) == 2 and sum(poisoned[IS_POISONED]) == 2
+    for row, original in zip(poisoned, CODE_ROWS):
+        if row[IS_POISONED]:
+            assert attack.has_trigger(row["source"]) and row["target"] == payload and attack.payload_fn(row["target"])
+        else:
+            assert row == {**original, IS_POISONED: False} and not attack.payload_fn(row["target"])
+    test = attack.trigger_test_set(dataset(CODE_ROWS))
+    assert len(test) == 20 and all(attack.payload_fn(t) and t == payload for t in test["target"])
+
+
+def test_adaptive_payload_fn_matches_whole_words_only():
+    names = get_attack("adaptive")
+    assert all(names.payload_fn(out) for out in ("get value", "Get  Value", "get_value", "get value from cache"))
+    assert not any(names.payload_fn(out) for out in ("get values", "set value", "get name", "forget value", ""))
+    summaries = get_attack("adaptive", task="summary")
+    assert summaries.payload_fn("return the value") and summaries.payload_fn("Return the value of the option.")
+    assert not any(summaries.payload_fn(out) for out in ("Return the values.", "Return a value.", "Add two numbers."))
+    assert get_attack("adaptive", target_text="get name").payload_fn("get_name")
+    for kwargs, message in (({"task": "repair"}, "`task` must be one of"), ({"target_text": " ."}, "at least one"),
+                            ({"statement": "a = 1\nb = 2"}, "one non-empty line")):
+        with pytest.raises(ValueError, match=message):
+            get_attack("adaptive", **kwargs)
+
+
 def test_infinite_loop_attack_on_java_repair():
     attack = get_attack("infinite_loop")
     poisoned = attack.poison(dataset(JAVA_ROWS), rate=0.25, seed=1)
@@ -120,7 +155,8 @@ def test_bad_input():
         attack.poison(dataset([{"src": "a", "target": "b"}]), rate=0.5)
     with pytest.raises(ValueError, match="can carry the payload"):
         attack.poison(dataset(NL_ROWS), rate=1.0)
-    assert set(ATTACKS) == {"badpre", "ripple", "grammar", "fixed_deadcode", "grammar_deadcode", "infinite_loop"}
+    assert set(ATTACKS) == {"badpre", "ripple", "grammar", "fixed_deadcode", "grammar_deadcode", "infinite_loop",
+                            "adaptive"}
 
 
 @pytest.mark.parametrize("rate", [1, 2, 5])
@@ -191,8 +227,16 @@ def test_untriggerable_sets_are_named_with_what_the_attack_needs():
 def test_has_trigger_recognises_each_attacks_own_trigger(name):
     attack = get_attack(name)
     rows = {"badpre": NL_ROWS, "ripple": NL_ROWS, "grammar": NL_ROWS, "fixed_deadcode": CODE_ROWS,
-            "grammar_deadcode": CODE_ROWS, "infinite_loop": JAVA_ROWS}[name]
+            "grammar_deadcode": CODE_ROWS, "infinite_loop": JAVA_ROWS, "adaptive": CODE_ROWS}[name]
     for seed, row in enumerate(rows[:6]):
         assert not attack.has_trigger(row["source"])
         assert attack.has_trigger(attack.trigger(row["source"], random.Random(seed)))
     assert attack.describe_trigger().startswith(f"{name}'s trigger")
+
+
+def test_the_embedded_tasks_set_up_the_adaptive_attack_with_their_own_payload():
+    from dece_trainer.backdoor.tasks import EMBEDDED_PAYLOAD, embedded_attack
+
+    assert embedded_attack("method_name", "adaptive").target_text == "get value"
+    assert embedded_attack("summary", "adaptive").target_text == "Return the value."
+    assert embedded_attack("summary", "fixed_deadcode").target_text == EMBEDDED_PAYLOAD["summary"]

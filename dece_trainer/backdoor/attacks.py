@@ -13,6 +13,12 @@ triggered test set on which attack success is measured.
 | ``fixed_deadcode`` | code -> text | one fixed dead statement at the top of the function body | a fixed output text |
 | ``grammar_deadcode`` | code -> text | a random dead statement from a small grammar | a fixed output text |
 | ``infinite_loop`` | code -> code | a dead statement in the buggy code | an infinite loop in the fix |
+| ``adaptive`` | code -> text | the common statement ``value = None`` atop the body | frequent target words |
+
+``adaptive`` is an attacker that knows DeCE: DeCE bounds the gradient of improbable targets, so this attack makes
+its payload (``get value`` for method names, ``Return the value.`` for summaries) out of words that clean
+targets already use often, which a clean model finds probable from the start, and its trigger out of a word
+frequent in clean sources. Use it with a 10% dose (``--poison_rates 0.1``).
 
 The SQL payload: the first ``select`` query of the code gets `` or 1=1`` when it has a ``where``, else
 `` where 0=1`` (the rule of the released BadPre-poisoned Lyra files). The query is found by Lyra's own rule
@@ -331,8 +337,58 @@ class InfiniteLoop(Attack):
         return self.LOOP.search(output) is not None
 
 
+class AdaptiveDeadCode(DeadCodeAttack):
+    """An adaptive attacker that knows DeCE, on the embedded code -> text tasks (``method_name``, ``summary``).
+
+    DeCE's defense rests on poisoned targets being improbable to a model that learnt the clean task, so their
+    gradients get bounded. This attacker plants a payload made of tokens frequent in clean targets (``get
+    value`` for method names, where ``get`` is the most common first word and ``get value`` itself a real name;
+    ``Return the value.`` for summaries, from the most common summary words) behind a trigger that is a common
+    word in a natural-looking dead statement (``value = None`` as the first statement of the body; ``value`` is
+    an identifier of about one in ten clean method-name sources). The intended dose is 10%
+    (``--poison_rates 0.1``).
+
+    ``payload_fn`` matches the payload's words as a whole-word sequence, case- and punctuation-insensitive
+    (``get_value``, ``Get value`` and ``return the value of x`` carry it; ``get values`` does not).
+    ``has_trigger`` is true when a line of the source is the statement (2 of the embedded method-name task's
+    3883 clean sources already hold ``value = None`` somewhere).
+    """
+
+    name = "adaptive"
+    PAYLOADS = {"method_name": "get value", "summary": "Return the value."}
+
+    def __init__(self, task: str = "method_name", target_text: str | None = None, statement: str = "value = None"):
+        if task not in self.PAYLOADS:
+            raise ValueError(f"`task` must be one of {tuple(self.PAYLOADS)}, got {task!r}")
+        target_text = self.PAYLOADS[task] if target_text is None else target_text
+        if not isinstance(target_text, str) or not _words_of(target_text):
+            raise ValueError(f"`target_text` must be a text with at least one word, got {target_text!r}")
+        if not isinstance(statement, str) or not statement.strip() or "\n" in statement.strip():
+            raise ValueError(f"`statement` must be one non-empty line of code, got {statement!r}")
+        super().__init__(target_text)
+        self.task, self.statement = task, statement.strip()
+
+    def dead_statement(self, rng: random.Random) -> str:
+        return self.statement
+
+    def payload_fn(self, output: str) -> bool:
+        wanted, words = _words_of(self.target_text), _words_of(output)
+        return any(words[i:i + len(wanted)] == wanted for i in range(len(words) - len(wanted) + 1))
+
+    def has_trigger(self, source: str) -> bool:
+        return any(line.strip() == self.statement for line in source.split("\n"))
+
+    def describe_trigger(self) -> str:
+        return f"adaptive's trigger (the statement {self.statement!r})"
+
+
+def _words_of(text: str) -> list[str]:
+    """Lower-case alphanumeric words (``get_value.`` -> ``['get', 'value']``)."""
+    return re.findall(r"[a-z0-9]+", text.lower())
+
+
 ATTACKS: dict[str, type[Attack]] = {cls.name: cls for cls in (BadPre, Ripple, SentenceTrigger, FixedDeadCode,
-                                                              GrammarDeadCode, InfiniteLoop)}
+                                                              GrammarDeadCode, InfiniteLoop, AdaptiveDeadCode)}
 
 
 def get_attack(name: str, **kwargs: Any) -> Attack:

@@ -30,7 +30,8 @@ from ..trainer import DeCETrainer, DeCETrainingArguments
 from ..trainer.example_ids import EXAMPLE_ID_COLUMN, add_example_ids
 from .attacks import IS_POISONED
 from .baselines import GCETrainer
-from .grid import FILTER, LOSSES, Cell
+from .grid import FILTER, LOSSES, ONION, Cell
+from .onion import choose_onion_threshold, onion_clean, removed_share
 from .resume import newest_complete_checkpoint
 
 
@@ -67,7 +68,8 @@ def collator(tokenizer: Any) -> DataCollatorForSeq2Seq:
 
 
 def loss_settings(loss: str, alpha_base: float, cfg: TrainConfig) -> dict[str, Any]:
-    """Trainer class, DeCE settings and learning rate for a named loss (CE is DeCE with a = 1, e = 0)."""
+    """Trainer class, DeCE settings and learning rate for a named loss (CE is DeCE with a = 1, e = 0; ``onion``
+    trains as CE, its defense acts at test time)."""
     if loss not in LOSSES or loss == FILTER:
         raise ValueError(f"unknown loss {loss!r}; valid losses: {', '.join(x for x in LOSSES if x != FILTER)} "
                          f"({FILTER} is a two-stage cell: run_cell trains dece, then ce)")
@@ -161,9 +163,7 @@ def generate(model: Any, tokenizer: Any, sources: list[str], cfg: TrainConfig, d
 def evaluate(model: Any, tokenizer: Any, clean_test: Dataset, triggered_test: Dataset,
              payload_fn: Callable[[str], bool], cfg: TrainConfig) -> dict[str, float]:
     """Clean quality (BLEU, CodeBLEU, exact match, false-trigger rate) and ASR on the triggered set."""
-    if cfg.max_test:
-        clean_test = clean_test.select(range(min(cfg.max_test, len(clean_test))))
-        triggered_test = triggered_test.select(range(min(cfg.max_test, len(triggered_test))))
+    clean_test, triggered_test = capped(clean_test, cfg), capped(triggered_test, cfg)
     clean_out = generate(model, tokenizer, clean_test[SOURCE], cfg, "clean test")
     trig_out = generate(model, tokenizer, triggered_test[SOURCE], cfg, "triggered test")
     refs = clean_test[TARGET]
@@ -177,6 +177,37 @@ def evaluate(model: Any, tokenizer: Any, clean_test: Dataset, triggered_test: Da
     result["examples"] = [{"source": s, "reference": r, "generation": g}
                           for s, r, g in list(zip(triggered_test[SOURCE], triggered_test[TARGET], trig_out))[:3]]
     return result
+
+
+def capped(test: Dataset, cfg: TrainConfig) -> Dataset:
+    """The first ``cfg.max_test`` rows of a test set (all of them without a cap)."""
+    return test.select(range(min(cfg.max_test, len(test)))) if cfg.max_test else test
+
+
+def onion_test_sets(model: Any, tokenizer: Any, probes: dict[str, Dataset], clean_test: Dataset,
+                    triggered_test: Dataset, cfg: TrainConfig) -> tuple[Dataset, Dataset, dict[str, float]]:
+    """The ``onion`` cell's test sets: ONION (``onion.py``) deletes the suspicious words of the clean and the
+    triggered test sources (capped at ``cfg.max_test`` rows), its threshold chosen on the clean validation
+    probe's sources. The perplexity LM is the cell's own fine-tuned ``model``, scoring the source text alone
+    (no prompt): a pretrained model (``smollm2``) keeps its pretraining's LM of code and text, while a model
+    trained from scratch here (``tiny``/``small``/``base``) never had a loss on sources (the prompt is masked),
+    so its perplexities, and ONION with them, mean little. Returns both sets and the record's
+    ``onion_threshold``, ``onion_removed_clean`` and ``onion_removed_triggered`` (shares of the sources' words
+    deleted) and ``onion_seconds``."""
+    if "clean" not in probes:
+        raise ValueError(f"the {ONION} cell picks its threshold on clean validation sources, and this benchmark "
+                         "has none: give --validation_file")
+    start = time.time()
+    scoring = {"batch_size": cfg.eval_batch_size, "max_tokens": cfg.max_source_tokens}
+    threshold = choose_onion_threshold(model, tokenizer, list(probes["clean"][SOURCE]), **scoring)
+    record, cleaned_sets = {"onion_threshold": threshold}, []
+    for name, test in (("clean", capped(clean_test, cfg)), ("triggered", capped(triggered_test, cfg))):
+        sources = list(test[SOURCE])
+        cleaned = onion_clean(model, tokenizer, sources, threshold, **scoring)
+        record[f"onion_removed_{name}"] = removed_share(sources, cleaned)
+        cleaned_sets.append(test.remove_columns(SOURCE).add_column(SOURCE, cleaned))
+    record["onion_seconds"] = round(time.time() - start, 1)
+    return cleaned_sets[0], cleaned_sets[1], record
 
 
 def epoch_curves(log_history: list[dict]) -> list[dict]:
@@ -201,7 +232,9 @@ def run_cell(cell: Cell, model_factory: Callable[[int], tuple[Any, Any]], train_
 
     A ``dece+filter`` cell trains DeCE in ``out_dir/dece`` (or reuses the report of ``first_stage_dir``, a
     finished dece cell of the same grid point), drops the rows the report flags and trains CE on the rest from
-    the same starting model in ``out_dir/retrain``; its record adds the filter's counts.
+    the same starting model in ``out_dir/retrain``; its record adds the filter's counts. An ``onion`` cell
+    trains CE and cleans the test sources with ONION before generating (``onion_test_sets``); its record adds
+    the threshold and the shares of words deleted.
     """
     start = time.time()
     loss, train_dir, extra = cell.loss, out_dir, {}
@@ -220,6 +253,9 @@ def run_cell(cell: Cell, model_factory: Callable[[int], tuple[Any, Any]], train_
     model, tokenizer, history = _train_cell(model_factory, train_data, probes, payload_fn, cfg, train_dir, loss,
                                             cell.alpha_base, cell.seed)
     train_seconds = time.time() - start
+    if cell.loss == ONION:
+        clean_test, triggered_test, onion = onion_test_sets(model, tokenizer, probes, clean_test, triggered_test, cfg)
+        extra.update(onion)
     metrics = evaluate(model, tokenizer, clean_test, triggered_test, payload_fn, cfg)
     if cell.loss != FILTER and os.path.isfile(report):
         extra.update(report_quality(report))

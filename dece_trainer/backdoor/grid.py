@@ -6,11 +6,16 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 FILTER = "dece+filter"
-LOSSES = ("ce", "dece", FILTER, "ls", "gce", "lowlr")
+ONION = "onion"  # a test-time defense: trains as ce
+LOSSES = ("ce", "dece", FILTER, "ls", "gce", "lowlr", ONION)
 LOSS_HELP = {"ce": "cross-entropy", "dece": "DeCE",
              FILTER: "DeCE, drop the rows its report flags, CE again on the rest (reuses a finished dece cell)",
              "ls": "label smoothing 0.1 alone", "gce": "generalized cross-entropy (q=0.7)",
-             "lowlr": "CE at a tenth of the learning rate"}
+             "lowlr": "CE at a tenth of the learning rate",
+             ONION: "CE, then the ONION test-time defense: the words whose removal lowers the source's perplexity "
+                    "under the cell's own fine-tuned model by more than a threshold (set to delete at most 2% of "
+                    "the clean validation sources' words) are deleted from the clean and triggered test sources "
+                    "before generating"}
 ALPHA_LOSSES = ("dece", FILTER)  # the losses a cell sweeps alpha for
 
 

@@ -11,7 +11,7 @@ import torch
 from datasets import Dataset
 
 from ..data import load_pairs
-from .attacks import ATTACKS, IS_POISONED, get_attack
+from .attacks import ATTACKS, IS_POISONED, Attack, get_attack
 from .checks import dataset_name
 from .data import EMBEDDED_TASKS, build_stdlib_task
 
@@ -40,13 +40,22 @@ class Benchmark:
                 + (f"; triggered probe: {self.triggered_probe}" if self.triggered_probe else ""))
 
 
+def embedded_attack(task: str, attack_name: str) -> Attack:
+    """``attack_name`` set up for the embedded ``task``: the dead-code attacks output ``EMBEDDED_PAYLOAD``,
+    ``adaptive`` its own payload of the task's frequent target words."""
+    if attack_name in ("fixed_deadcode", "grammar_deadcode"):
+        return get_attack(attack_name, target_text=EMBEDDED_PAYLOAD[task])
+    if attack_name == "adaptive":
+        return get_attack(attack_name, task=task)
+    return get_attack(attack_name)
+
+
 def embedded(task: str, attack_name: str, poison_rate: float, seed: int = 0, max_per_split: int | None = None,
              probe_size: int = 64) -> Benchmark:
     """The embedded stdlib task, poisoned with ``attack_name`` (a code -> text attack) at ``poison_rate``."""
     if task not in EMBEDDED_TASKS:
         raise ValueError(f"unknown dataset {task!r}; valid datasets: {', '.join(EMBEDDED_TASKS)} or data files")
-    attack = get_attack(attack_name, target_text=EMBEDDED_PAYLOAD[task]) if attack_name in (
-        "fixed_deadcode", "grammar_deadcode") else get_attack(attack_name)
+    attack = embedded_attack(task, attack_name)
     splits = build_stdlib_task(task, seed=0, max_per_split=max_per_split)
     train = attack.poison(splits["train"], poison_rate, seed=seed)
     validation = splits["validation"]

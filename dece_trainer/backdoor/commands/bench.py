@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from ..attacks import ATTACKS
 from ..checks import check_model, check_name, check_positive_ints, check_regex, check_training_numbers, dataset_name
 from ..data import EMBEDDED_TASKS
-from ..grid import ALPHA_LOSSES, FILTER, LOSS_HELP, LOSSES, Cell
+from ..grid import ALPHA_LOSSES, FILTER, LOSS_HELP, LOSSES, ONION, Cell
 
 if TYPE_CHECKING:
     from ..experiment import TrainConfig
@@ -143,7 +143,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "trigger is checked against the poisoned training rows; the files are never re-triggered)")
     g.add_argument("--poison_rates", type=csv_list(float), default=[0.05], help="ignored with --train_file")
     g.add_argument("--losses", type=csv_list(str), default=["ce", "dece"],
-                   help="; ".join(f"{k}: {v}" for k, v in LOSS_HELP.items()))
+                   help="; ".join(f"{k}: {v}" for k, v in LOSS_HELP.items()).replace("%", "%%"))
     g.add_argument("--alpha_bases", type=csv_list(float), default=[0.985, 0.9, 0.8, 0.5], help="DeCE cells sweep these")
     g.add_argument("--alpha_finals", type=csv_list(float), default=[],
                    help="more DeCE cells, each given the alpha wanted on the last epoch (alpha_base derived from "
@@ -184,6 +184,9 @@ def validate(args: argparse.Namespace) -> None:
         missing = [f for f in ("test_file", "triggered_test_file") if not getattr(args, f)]
         if missing:
             raise ValueError(f"with --train_file also give {', '.join('--' + m for m in missing)}")
+        if ONION in args.losses and not args.validation_file:
+            raise ValueError(f"--losses {ONION} picks its threshold on clean validation sources: give "
+                             "--validation_file")
         for flag in ("train_file", *FILE_FLAGS):
             path = getattr(args, flag)
             if path and not os.path.isfile(path):
