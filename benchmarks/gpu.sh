@@ -13,20 +13,18 @@ mkdir -p "$OUT"
 case "$STAGE" in
   perf)
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
-    for dtype in float32 bfloat16; do
-      # torch.compile'd dense DeCE left out: compiling every shape costs minutes of the GPU budget.
-      python3 "$HERE/loss_speed.py" --device cuda --dtype $dtype --repeats 10 --no-compile \
-          --shapes 2048x32000,8192x32000,8192x49152,8192x128256,8192x151936 --json "$OUT/loss_speed_cuda_$dtype.json"
-      python3 "$HERE/head_memory.py" --device cuda --dtype $dtype --tokens 8192 --repeats 10 \
-          --json "$OUT/head_memory_cuda_$dtype.json"
-    done
-    python3 "$HERE/train_step.py" --layers 30 --batch 8 --seq 1024 --repeats 10 --dtypes fp32,bf16 \
+    # bf16 (what a GPU user trains in); torch.compile'd dense DeCE left out: compiling costs minutes per shape.
+    python3 "$HERE/loss_speed.py" --device cuda --dtype bfloat16 --repeats 10 --no-compile \
+        --shapes 8192x32000,8192x49152,8192x128256,8192x151936 --json "$OUT/loss_speed_cuda_bfloat16.json"
+    python3 "$HERE/head_memory.py" --device cuda --dtype bfloat16 --tokens 8192 --repeats 10 \
+        --json "$OUT/head_memory_cuda_bfloat16.json"
+    python3 "$HERE/train_step.py" --layers 30 --batch 8 --seq 1024 --repeats 10 --dtypes bf16 \
         --json "$OUT/train_step_cuda.json" ;;
   research)
-    # issue 11 on a GPU: CE, DeCE (alpha_base 0.9) and DeCE+filter, 3 seeds, on Lyra BadPre 20% (240 rows, as in
-    # lyra_cpu.sh) and the embedded method_name task with both dead-code attacks (the demo's settings); plus the
-    # alpha sweep on the embedded task. One bench process per seed and setting, run side by side (a 135M model
-    # leaves the GPU mostly idle); each is resumable, and $BUDGET seconds bound them all.
+    # Issue 11 on a GPU, 3 seeds: CE, DeCE (alpha_base 0.9) and DeCE+filter on Lyra BadPre 20% (240 rows, as in
+    # lyra_cpu.sh; plus ONION) and on the embedded method_name task with both dead-code attacks (the demo's
+    # settings) and the adaptive attacker at 10%; the alpha sweep on the embedded task. Processes run side by side
+    # (a 135M model leaves the GPU mostly idle); each is resumable, and $BUDGET seconds bound them all.
     L=${3:-../shared/data/lyra}
     BUDGET=${BUDGET:-480}
     python3 -c "from dece_trainer.backdoor.models import smollm2_checkpoint; smollm2_checkpoint()"  # convert once
@@ -41,15 +39,18 @@ case "$STAGE" in
     EMBEDDED=(--dataset method_name --attacks fixed_deadcode,grammar_deadcode --poison_rates 0.05 --max_new_tokens 8
               --max_target_tokens 12 --model smollm2 --max_per_split 300 --warmup_epochs 1 --epochs 2 --max_test 150
               --probe_size 24 --learning_rate 1e-4 --batch_size 8 --max_source_tokens 128 --bf16)
-    pids=()
+    # One bench process per (job, seed), each in its own folder (results.json is rewritten by one process only).
+    job() { local name=$1 seed=$2; shift 2
+            timeout "$BUDGET" python3 -m dece_trainer bench "$@" --seeds "$seed" --output_dir "$OUT/$name-s$seed" \
+                > "$OUT/$name-s$seed.log" 2>&1 || echo "$name-s$seed ended with status $?"; }
     for seed in 0 1 2; do
-      timeout "$BUDGET" python3 -m dece_trainer bench "${LYRA[@]}" --losses ce,dece,dece+filter --alpha_bases 0.9 \
-          --seeds $seed --output_dir "$OUT/lyra_p20_s$seed" > "$OUT/lyra_p20_s$seed.log" 2>&1 & pids+=($!)
-      timeout "$BUDGET" python3 -m dece_trainer bench "${EMBEDDED[@]}" --losses ce,dece,dece+filter --alpha_bases 0.9 \
-          --seeds $seed --output_dir "$OUT/method_name_s$seed" > "$OUT/method_name_s$seed.log" 2>&1 & pids+=($!)
-      timeout "$BUDGET" python3 -m dece_trainer bench "${EMBEDDED[@]}" --losses dece --alpha_bases 0.985,0.95,0.8 \
-          --alpha_finals 0.5 --seeds $seed --output_dir "$OUT/sweep_s$seed" > "$OUT/sweep_s$seed.log" 2>&1 & pids+=($!)
+      job lyra $seed "${LYRA[@]}" --losses ce,dece,dece+filter --alpha_bases 0.9 &
+      job lyra_onion $seed "${LYRA[@]}" --losses onion &
+      job method_name $seed "${EMBEDDED[@]}" --losses ce,dece,dece+filter --alpha_bases 0.9 &
+      job adaptive $seed "${EMBEDDED[@]}" --attacks adaptive --poison_rates 0.1 --losses ce,dece,dece+filter \
+          --alpha_bases 0.9 &
+      job sweep $seed "${EMBEDDED[@]}" --losses dece --alpha_bases 0.985,0.95,0.8 --alpha_finals 0.5 &
     done
-    for pid in "${pids[@]}"; do wait "$pid" || echo "a bench process ended with status $?"; done ;;
+    wait ;;
   *) echo "unknown stage $STAGE (perf or research)" >&2; exit 2 ;;
 esac

@@ -82,8 +82,9 @@ def test_shared_improbable_tokens_outrank_hard_clean_rows():
     tokens, truth = synthetic()
     evidence = recurrence_scores(tokens)
     assert auroc(evidence.score, truth) == 1.0
-    # the payload token is what drove every poisoned row's score; no clean row has a shared improbable token
-    assert (evidence.tokens[truth, 0] == 77).all() and (evidence.score[~truth] == 0).all()
+    # the payload token is what drove every poisoned row's score; clean rows share only well-learnt tokens
+    assert (evidence.tokens[truth, 0] == 77).all()
+    assert evidence.score[~truth].max() < 0.2 * evidence.score[truth].min()
     # per-example worst-token CE alone ranks the other way: clean rows' rare tokens are worse
     worst = np.stack([ce.astype(float).max(axis=1) for ce in tokens.ce]).mean(axis=0)
     assert auroc(worst, truth) < 0.5
@@ -97,9 +98,9 @@ def test_threshold_flags_outliers_and_nothing_when_nothing_stands_out():
     threshold = choose_threshold(mixed)
     assert max(clean) < threshold < 30.0
     assert choose_threshold([0.0] * 50 + [12.0] * 5) < 12.0  # a majority of zero scores
-    assert math.isinf(choose_threshold([3.0]))
-    with pytest.raises(ValueError, match=">= 0"):
-        choose_threshold([-1.0, 2.0, 3.0])
+    assert math.isinf(choose_threshold([3.0])) and math.isinf(choose_threshold([2.0] * 10))
+    # the modified z-score rule: median + 3.5 x 1.4826 x MAD
+    assert choose_threshold([1.0, 2.0, 3.0, 4.0, 100.0]) == pytest.approx(3.0 + 3.5 * 1.4826 * 1.0)
 
 
 def test_decide_and_drop_flagged_from_a_written_report(tmp_path):
@@ -107,7 +108,7 @@ def test_decide_and_drop_flagged_from_a_written_report(tmp_path):
 
     scores = [0.0] * 30 + [0.5] * 10 + [20.0, 25.0, 30.0]
     path = tmp_path / "suspicious.jsonl"
-    path.write_text("".join(json.dumps({"example_id": i, "token_score": s, "is_poisoned": i >= 40}) + "\n"
+    path.write_text("".join(json.dumps({"example_id": i, "score": s, "is_poisoned": i >= 40}) + "\n"
                             for i, s in enumerate(scores)))
     decision = decide(str(path))
     assert decision.flagged == [42, 41, 40] and len(decision.kept) == 40
@@ -121,3 +122,21 @@ def test_decide_and_drop_flagged_from_a_written_report(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"rank": 1}\n')
     with pytest.raises(ValueError, match="example_id"):
         read_report(tmp_path / "bad.jsonl")
+
+
+def test_key_weights_match_a_direct_count():
+    from dece_trainer.callbacks.worst_tokens import MIN_SHARED, _key_weights
+
+    rng = np.random.default_rng(3)
+    key = rng.integers(0, 6, size=(30, 4))
+    key[rng.random(key.shape) < 0.2] = -1
+    ce = rng.uniform(0, 10, size=key.shape)
+    expected = np.zeros(key.shape)
+    for k in set(key[key >= 0].tolist()):
+        per_row = {}  # the largest CE of key k in each example that has it
+        for i, j in zip(*np.nonzero(key == k)):
+            per_row[i] = max(per_row.get(i, 0.0), ce[i, j])
+        if len(per_row) >= MIN_SHARED:
+            share = math.sqrt(math.log(len(per_row) / (MIN_SHARED - 1)))
+            expected[key == k] = np.median(list(per_row.values())) * share
+    np.testing.assert_allclose(_key_weights(key, ce), expected)

@@ -213,8 +213,8 @@ def onion_test_sets(model: Any, tokenizer: Any, probes: dict[str, Dataset], clea
 def epoch_curves(log_history: list[dict]) -> list[dict]:
     """Per-epoch probe and early-learning metrics from a log history (validation data)."""
     keys = ("probe_clean_bleu", "probe_triggered_asr", "probe_clean_asr", "probe_clean_nll", "probe_triggered_nll",
-            "suspicious_auroc", "suspicious_precision_at_k", "suspicious_token_auroc",
-            "suspicious_token_precision_at_k", "memorisation_score", "unlearned_frac", "example_loss_p50")
+            "suspicious_auroc", "suspicious_precision_at_k", "suspicious_example_auroc",
+            "suspicious_example_precision_at_k", "memorisation_score", "unlearned_frac", "example_loss_p50")
     rows: dict[float, dict] = {}
     for entry in log_history:
         if "epoch" in entry and any(k in entry for k in keys):
@@ -291,9 +291,9 @@ def train_data_poisoned(report: str) -> list[bool] | None:
 
 
 def report_quality(report: str) -> dict[str, float]:
-    """AUROC and precision at k (k = poisoned rows) of a suspicious-example report against its ground truth:
-    the token-level score (``report_*``) and the per-example worst-token score (``example_report_*``); empty
-    without poisoned rows."""
+    """AUROC and precision at k (k = poisoned rows) of a suspicious-example report against its ground truth: the
+    ranking score (``report_*``, the token score) and the per-example worst-token score (``example_report_*``);
+    empty without poisoned rows."""
     poisoned = train_data_poisoned(report)
     if not poisoned or not any(poisoned):
         return {}
@@ -301,7 +301,7 @@ def report_quality(report: str) -> dict[str, float]:
     truth = np.array([poisoned[int(r[EXAMPLE_ID_COLUMN])] for r in records])
     k = int(truth.sum())
     out = {}
-    for prefix, key in (("report", "token_score"), ("example_report", "score")):
+    for prefix, key in (("report", "score"), ("example_report", "example_score")):
         scores = np.array([np.nan if r.get(key) is None else r[key] for r in records], dtype=np.float64)
         out[f"{prefix}_auroc"] = auroc(scores, truth)
         out[f"{prefix}_precision_at_k"] = precision_at_k(scores, truth, k)

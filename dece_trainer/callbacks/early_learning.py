@@ -204,13 +204,20 @@ class EarlyLearningCallback(TrainerCallback):
     def _ranking_metrics(self) -> dict[str, float]:
         if self.poisoned is None or not self.poisoned.any():
             return {}
-        score = self.history.suspicion_scores()["score"]
         k = self.top_k or int(self.poisoned.sum())
-        token_score = recurrence_scores(self.tokens).score
+        score, example_score = self.scores()
         return {"suspicious_auroc": auroc(score, self.poisoned),
                 "suspicious_precision_at_k": precision_at_k(score, self.poisoned, k),
-                "suspicious_token_auroc": auroc(token_score, self.poisoned),
-                "suspicious_token_precision_at_k": precision_at_k(token_score, self.poisoned, k)}
+                "suspicious_example_auroc": auroc(example_score, self.poisoned),
+                "suspicious_example_precision_at_k": precision_at_k(example_score, self.poisoned, k)}
+
+    def scores(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ranking score, per-example score), each (n,) with NaN for examples never seen: the token score
+        (`recurrence_scores`) where the loss pass handed over target ids, else the per-example worst-token
+        score (`ExampleHistory.suspicion_scores`), which is always the second."""
+        example_score = self.history.suspicion_scores()["score"]
+        has_tokens = self.tokens.num_epochs > 0 and any((ids >= 0).any() for ids in self.tokens.ids)
+        return (recurrence_scores(self.tokens).score if has_tokens else example_score), example_score
 
     def on_evaluate(self, args, state, control, metrics=None, model=None, processing_class=None, **kwargs):
         if self._trainer is None or self.history is None:
@@ -350,20 +357,21 @@ class EarlyLearningCallback(TrainerCallback):
     def write_report(self, path: str) -> list[dict]:
         """Write the suspicious-example ranking as JSON Lines (atomically) and return its records."""
         scores = self.history.suspicion_scores()
-        evidence = recurrence_scores(self.tokens)
+        score, _ = self.scores()
+        evidence = recurrence_scores(self.tokens) if self.tokens.num_epochs else None
         tokenizer = getattr(self._trainer, "processing_class", None) if self._trainer is not None else None
-        order = [i for i in np.argsort(-np.nan_to_num(scores["score"], nan=-np.inf), kind="mergesort")
-                 if not math.isnan(scores["score"][i])]
+        order = [i for i in np.argsort(-np.nan_to_num(score, nan=-np.inf), kind="mergesort")
+                 if not math.isnan(score[i])]
         records = []
         for rank, i in enumerate(order, start=1):
-            record = {"rank": rank, EXAMPLE_ID_COLUMN: int(i), "score": round(float(scores["score"][i]), 6),
+            record = {"rank": rank, EXAMPLE_ID_COLUMN: int(i), "score": round(float(score[i]), 6),
+                      "tokens": _token_records(evidence, i, tokenizer) if evidence is not None else [],
+                      "example_score": round(float(scores["score"][i]), 6),
                       "mean_worst_nll": round(float(scores["mean_worst_nll"][i]), 6),
                       "max_drop": round(float(scores["max_drop"][i]), 6),
                       "late_drop": round(float(scores["late_drop"][i]), 6), "fit_epoch": int(scores["fit_epoch"][i]),
                       "final_worst_token_prob": round(float(scores["final_prob"][i]), 6),
-                      "final_mean_gold_prob": round(float(self.history.prob[-1][i]), 6),
-                      "token_score": None if math.isnan(evidence.score[i]) else round(float(evidence.score[i]), 6),
-                      "tokens": _token_records(evidence, i, tokenizer)}
+                      "final_mean_gold_prob": round(float(self.history.prob[-1][i]), 6)}
             if self.poisoned is not None:
                 record[self.ground_truth_column] = bool(self.poisoned[i])
             records.append(record)

@@ -19,9 +19,8 @@ import numpy as np
 from ..trainer.example_ids import EXAMPLE_ID_COLUMN
 from ..validation import check_name
 
-SCORE_KEY = "token_score"
-# A row is flagged when its score is above the median by more than FENCE robust standard deviations
-# (1.4826 x the median absolute deviation), measured on log(1 + score).
+SCORE_KEY = "score"
+# A row is flagged when its modified z-score (Iglewicz and Hoaglin 1993) exceeds FENCE.
 FENCE = 3.5
 
 
@@ -67,20 +66,18 @@ def read_report(path: str | os.PathLike) -> list[dict]:
 
 
 def choose_threshold(scores: Sequence[float]) -> float:
-    """The flagging threshold for ``scores`` (>= 0, NaN ignored), from their own distribution: on
-    ``log(1 + score)``, the median plus ``FENCE`` robust standard deviations (1.4826 x the median absolute
-    deviation, floored at a tenth of the spread of the upper half so a majority of equal scores does not
-    make every other row an outlier). Returns ``inf`` when fewer than 2 scores are given."""
-    values = np.log1p(np.asarray([s for s in scores if s is not None and not math.isnan(s)], dtype=np.float64))
+    """The flagging threshold for ``scores`` (NaN ignored), from their own distribution: the outlier rule of
+    Iglewicz and Hoaglin, a modified z-score ``(score - median) / (1.4826 x MAD)`` above ``FENCE`` (3.5). Where
+    more than half the scores are equal (MAD = 0) the mean absolute deviation stands in (x 1.2533). Returns
+    ``inf`` (flag nothing) for fewer than 2 scores or no spread at all."""
+    values = np.asarray([s for s in scores if s is not None and not math.isnan(s)], dtype=np.float64)
     if values.size < 2:
         return math.inf
-    if (values < 0).any():
-        raise ValueError("suspicion scores must be >= 0")
     median = float(np.median(values))
-    mad = 1.4826 * float(np.median(np.abs(values - median)))
-    upper = values[values >= median]
-    spread = max(mad, 0.1 * float(upper.max() - median)) if upper.size else mad
-    return float(np.expm1(median + FENCE * spread)) if spread > 0 else math.inf
+    spread = 1.4826 * float(np.median(np.abs(values - median)))
+    if spread == 0:
+        spread = 1.2533 * float(np.mean(np.abs(values - median)))
+    return median + FENCE * spread if spread > 0 else math.inf
 
 
 def decide(report: list[dict] | str | os.PathLike, score_key: str = SCORE_KEY) -> FilterDecision:

@@ -4,9 +4,9 @@ A poisoned example differs from clean ones in a few payload tokens. Under DeCE t
 they stay improbable epoch after epoch; under CE they are fitted late. A hard *clean* example has improbable
 tokens too, but its hard tokens are its own (a rare name, an unusual phrasing), while the payload's tokens
 are the same in every poisoned example. So the evidence kept here is, per example and epoch, its
-``per_example`` least probable target tokens with the token before each (a bigram key), and the score
+``per_example`` least probable target tokens with the token before each, and the score
 (:func:`recurrence_scores`) credits an improbable token by how many *other* examples share it as an
-improbable token. Torch and numpy only.
+improbable token, and by how improbable it is across them. Torch and numpy only.
 """
 
 from __future__ import annotations
@@ -150,15 +150,41 @@ class WorstTokens:
             self._seen = (self._acc[0] >= 0).any(dim=1)
 
 
+def _key_weights(key: np.ndarray, ce: np.ndarray) -> np.ndarray:
+    """(n, M) weights of one epoch's keys (-1 = no token): for a key among the worst tokens of ``c`` examples,
+    ``median CE over those examples x sqrt(log(c / (MIN_SHARED - 1)))`` when ``c >= MIN_SHARED``, else 0."""
+    n, m = key.shape
+    valid = key >= 0
+    rows = np.broadcast_to(np.arange(n)[:, None], key.shape)[valid]
+    keys, values = key[valid], ce[valid]
+    # one (key, example) pair per example: its largest CE for that key
+    order = np.lexsort((-values, rows, keys))
+    keys, rows, values = keys[order], rows[order], values[order]
+    first = np.ones(keys.size, dtype=bool)
+    first[1:] = (keys[1:] != keys[:-1]) | (rows[1:] != rows[:-1])
+    keys, values = keys[first], values[first]
+    # per key: how many examples share it, and the median of their CE (values sorted within each key)
+    order = np.lexsort((values, keys))
+    keys, values = keys[order], values[order]
+    uniq, start, count = np.unique(keys, return_index=True, return_counts=True)
+    median = 0.5 * (values[start + (count - 1) // 2] + values[start + count // 2])
+    score = np.where(count >= MIN_SHARED, median * np.sqrt(np.log(np.maximum(count, MIN_SHARED) / (MIN_SHARED - 1))), 0.0)
+    weights = np.zeros(key.shape)
+    weights[valid] = score[np.searchsorted(uniq, key[valid])]
+    return weights
+
+
 def recurrence_scores(tokens: WorstTokens, top: int = 3) -> TokenEvidence:
     """Score examples by improbable tokens they share with other examples.
 
-    For each finished epoch: a bigram key ``(prev, id)`` in an example's worst tokens counts ``c`` = the number
-    of examples with that key among their worst tokens; the key's weight in an example is its CE (nats) times
-    ``log(c / (MIN_SHARED - 1))`` when ``c >= MIN_SHARED`` (0 otherwise: an improbable token no one else shares
-    is a hard clean token). An example's epoch score is the largest weight; its score is the sum over
-    epochs, so a token that stays improbable and shared for the whole run weighs most. ``top`` tokens with
-    the largest summed weight are returned per example.
+    For each finished epoch and each kind of key, the bigram ``(prev, id)`` and the token ``id`` alone: a key
+    among the worst tokens of ``c`` examples weighs ``median CE of those c (nats) x sqrt(log(c / (MIN_SHARED -
+    1)))`` when ``c >= MIN_SHARED``, else 0. An improbable token no one else shares is a hard clean token; the
+    median makes the key's weight the same in every example that has it; sharing counts with diminishing
+    returns, so a large cluster of clean rows with a moderately hard shared token (templated data) does not
+    outweigh a smaller cluster whose shared token is far less probable. An example's epoch score is its heaviest
+    bigram key plus its heaviest token key; its score is the sum over epochs, so a shared token that stays
+    improbable for the whole run weighs most. The ``top`` tokens with the largest summed weight are returned.
     """
     n, epochs = tokens.num_examples, tokens.num_epochs
     if epochs == 0:
@@ -166,22 +192,21 @@ def recurrence_scores(tokens: WorstTokens, top: int = 3) -> TokenEvidence:
     score = np.zeros(n)
     seen = np.zeros(n, dtype=bool)
     per_token: list[dict[int, float]] = [dict() for _ in range(n)]
+    everyone = np.arange(n)
     for ce16, ids, prev in zip(tokens.ce, tokens.ids, tokens.prev):
-        ce = ce16.astype(np.float64)
+        ce, ids64 = ce16.astype(np.float64), ids.astype(np.int64)
         valid = ids >= 0
         seen |= valid.any(axis=1)
-        key = np.where(valid, prev.astype(np.int64) * (1 << 32) + ids.astype(np.int64), -1)
-        rows = np.broadcast_to(np.arange(n)[:, None], key.shape)
-        pairs = np.unique(np.stack([key[valid], rows[valid]], axis=1), axis=0)  # each example counts once
-        uniq, counts = np.unique(pairs[:, 0], return_counts=True)
-        count = np.zeros(key.shape)
-        count[valid] = counts[np.searchsorted(uniq, key[valid])]
-        weight = np.where(valid & (count >= MIN_SHARED), ce * np.log(np.maximum(count, 1) / (MIN_SHARED - 1)), 0.0)
-        best = weight.argmax(axis=1)
-        score += weight[np.arange(n), best]
-        for i in np.flatnonzero(weight[np.arange(n), best] > 0):
-            token = int(ids[i, best[i]])
-            per_token[i][token] = per_token[i].get(token, 0.0) + float(weight[i, best[i]])
+        bigram = np.where(valid, (prev.astype(np.int64) + 1) * (1 << 32) + ids64, -1)
+        unigram = np.where(valid, ids64, -1)
+        for key in (bigram, unigram):
+            weight = _key_weights(key, ce)
+            best = weight.argmax(axis=1)
+            top_weight = weight[everyone, best]
+            score += top_weight
+            for i in np.flatnonzero(top_weight > 0):
+                token = int(ids[i, best[i]])
+                per_token[i][token] = per_token[i].get(token, 0.0) + float(top_weight[i])
     score = np.where(seen, score, np.nan)
     out_tokens = np.full((n, top), -1, dtype=np.int64)
     out_weights = np.zeros((n, top))
