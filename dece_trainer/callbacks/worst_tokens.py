@@ -168,7 +168,8 @@ def _key_weights(key: np.ndarray, ce: np.ndarray) -> np.ndarray:
     keys, values = keys[order], values[order]
     uniq, start, count = np.unique(keys, return_index=True, return_counts=True)
     median = 0.5 * (values[start + (count - 1) // 2] + values[start + count // 2])
-    score = np.where(count >= MIN_SHARED, median * np.sqrt(np.log(np.maximum(count, MIN_SHARED) / (MIN_SHARED - 1))), 0.0)
+    share = np.sqrt(np.log(np.maximum(count, MIN_SHARED) / (MIN_SHARED - 1)))
+    score = np.where(count >= MIN_SHARED, median * share, 0.0)
     weights = np.zeros(key.shape)
     weights[valid] = score[np.searchsorted(uniq, key[valid])]
     return weights
