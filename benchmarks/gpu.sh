@@ -27,7 +27,8 @@ case "$STAGE" in
     # (a 135M model leaves the GPU mostly idle); each is resumable, and $BUDGET seconds bound them all.
     L=${3:-../shared/data/lyra}
     BUDGET=${BUDGET:-480}
-    python3 -c "from dece_trainer.backdoor.models import smollm2_checkpoint; smollm2_checkpoint()"  # convert once
+    python3 -c "from dece_trainer.backdoor.models import smollm2_checkpoint as m; m()
+from dece_trainer.backdoor.data import build_stdlib_task as t; t()"  # the model and the task's rows, once
     P20=$OUT/data/train_poisoned_20_badpre.csv
     [ -f "$P20" ] || python3 "$HERE/poison_file.py" "$L/train.csv" "$P20" --attack badpre --rate 0.2 \
         --source_column src --target_column tgt
