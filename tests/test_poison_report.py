@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dece_trainer.callbacks.example_history import auroc
-from dece_trainer.callbacks.poison_filter import choose_threshold, decide, drop_flagged, read_report
+from dece_trainer.callbacks.poison_filter import FENCE, choose_threshold, decide, drop_flagged, read_report
 from dece_trainer.callbacks.worst_tokens import WorstTokens, recurrence_scores
 
 
@@ -99,8 +99,8 @@ def test_threshold_flags_outliers_and_nothing_when_nothing_stands_out():
     assert max(clean) < threshold < 30.0
     assert choose_threshold([0.0] * 50 + [12.0] * 5) < 12.0  # a majority of zero scores
     assert math.isinf(choose_threshold([3.0])) and math.isinf(choose_threshold([2.0] * 10))
-    # the modified z-score rule: median + 3.5 x 1.4826 x MAD
-    assert choose_threshold([1.0, 2.0, 3.0, 4.0, 100.0]) == pytest.approx(3.0 + 3.5 * 1.4826 * 1.0)
+    # the modified z-score rule: median + FENCE x 1.4826 x MAD
+    assert choose_threshold([1.0, 2.0, 3.0, 4.0, 100.0]) == pytest.approx(3.0 + FENCE * 1.4826 * 1.0)
 
 
 def test_decide_and_drop_flagged_from_a_written_report(tmp_path):

@@ -142,11 +142,12 @@ def test_alpha_final_sets_the_base_from_the_run_length(tmp_path, tokenizer):
     assert logs[-1]["dece_alpha"] == pytest.approx(0.25)
 
 
-def test_plain_training_arguments_use_paper_defaults(tmp_path, tokenizer):
-    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
+def test_plain_training_arguments_use_the_package_defaults(tmp_path, tokenizer):
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])  # 3 epochs
     trainer = DeCETrainer(model=tiny.make_model("gpt2", tokenizer), args=args)
-    assert trainer.dece.alpha_base == 0.985 and trainer.dece.label_smoothing == 0.05
-    assert trainer.dece_alpha == pytest.approx(dece_alpha(0.985, 0.0))
+    assert trainer.dece.alpha_final == 0.5 and trainer.dece.label_smoothing == 0.05
+    assert trainer.dece_alpha_base == pytest.approx(0.5 ** (1 / 3))  # alpha 0.5 on the last of 3 epochs
+    assert trainer.dece_alpha == pytest.approx(dece_alpha(0.5 ** (1 / 3), 0.0))
 
 
 def test_hf_argument_parser_gets_dece_flags(tmp_path):

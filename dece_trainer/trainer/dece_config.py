@@ -11,7 +11,9 @@ from ..ops.schedule import alpha_base_for_final
 from ..validation import SCHEDULES, check_alpha, check_choice, check_label_smoothing, check_schedule
 from .alignment import AUTO, MODEL_KINDS
 
-DEFAULT_ALPHA_BASE = 0.985
+# With neither alpha_base nor alpha_final given, the schedule ends training at alpha 0.5 whatever the run length:
+# the setting that stopped every measured dead-code and BadPre backdoor (docs/benchmark.md, "Defaults").
+DEFAULT_ALPHA_FINAL = 0.5
 DEFAULT_LABEL_SMOOTHING = 0.05
 
 
@@ -20,17 +22,18 @@ class DeCESettings:
     """The DeCE knobs, validated. Built from any ``TrainingArguments`` by `from_args`.
 
     Attributes:
-        alpha_base: blend weight of epoch 1, in (0, 1]; ignored when ``alpha_final`` is set.
+        alpha_base: blend weight of epoch 1, in (0, 1], or None; ignored when ``alpha_final`` is set.
         label_smoothing: in [0, 1).
         schedule: ``"epoch"`` or ``"continuous"`` (see `dece_trainer.schedule_exponent`).
-        alpha_final: blend weight wanted at the end of training, in (0, 1], or None.
+        alpha_final: blend weight wanted at the end of training, in (0, 1], or None. With neither given,
+            ``DEFAULT_ALPHA_FINAL`` (0.5): the schedule adapts to the run length.
         model_kind: ``"auto"`` (decided from the model as transformers decides it), or ``"causal"``,
             ``"seq2seq"``, ``"other"`` to say how the model's logits line up with its labels.
         fused_linear: causal LMs compute the loss from the last hidden states and the LM head in chunks, without
             the (tokens x V) logits (falls back, with a warning, where the head is not recognised).
     """
 
-    alpha_base: float = DEFAULT_ALPHA_BASE
+    alpha_base: float | None = None
     label_smoothing: float = DEFAULT_LABEL_SMOOTHING
     schedule: str = "epoch"
     alpha_final: float | None = None
@@ -39,7 +42,10 @@ class DeCESettings:
 
     def __post_init__(self):
         set_ = object.__setattr__  # frozen: store the checked, plain-Python values
-        set_(self, "alpha_base", check_alpha(self.alpha_base, "dece_alpha_base"))
+        if self.alpha_base is None and self.alpha_final is None:
+            set_(self, "alpha_final", DEFAULT_ALPHA_FINAL)
+        if self.alpha_base is not None:
+            set_(self, "alpha_base", check_alpha(self.alpha_base, "dece_alpha_base"))
         set_(self, "label_smoothing", check_label_smoothing(self.label_smoothing, "dece_label_smoothing"))
         check_schedule(self.schedule, "dece_alpha_schedule")
         if self.alpha_final is not None:
@@ -52,7 +58,7 @@ class DeCESettings:
     def from_args(cls, args: Any) -> "DeCESettings":
         """Read ``dece_*`` fields from ``args`` (defaults where absent, e.g. plain ``TrainingArguments``)."""
         settings = cls(
-            alpha_base=getattr(args, "dece_alpha_base", DEFAULT_ALPHA_BASE),
+            alpha_base=getattr(args, "dece_alpha_base", None),
             label_smoothing=getattr(args, "dece_label_smoothing", DEFAULT_LABEL_SMOOTHING),
             schedule=getattr(args, "dece_alpha_schedule", "epoch"),
             alpha_final=getattr(args, "dece_alpha_final", None),
@@ -84,10 +90,11 @@ class DeCESettings:
 class DeCEArgumentsMixin:
     """The ``--dece_*`` fields shared by `DeCETrainingArguments` and its Seq2Seq sibling."""
 
-    dece_alpha_base: float = field(
-        default=DEFAULT_ALPHA_BASE,
-        metadata={"help": "DeCE blend weight of epoch 1, in (0, 1]; epoch E uses alpha_base ** E. "
-                          "Lower values defend harder (see docs/choosing_alpha.md)."},
+    dece_alpha_base: float | None = field(
+        default=None,
+        metadata={"help": "DeCE blend weight of epoch 1, in (0, 1]; epoch E uses alpha_base ** E. Lower values "
+                          "defend harder (see docs/choosing_alpha.md). Unset (and no --dece_alpha_final): the "
+                          f"schedule ends training at alpha {DEFAULT_ALPHA_FINAL} whatever the run length."},
     )
     dece_label_smoothing: float = field(
         default=DEFAULT_LABEL_SMOOTHING,
@@ -102,7 +109,8 @@ class DeCEArgumentsMixin:
     dece_alpha_final: float | None = field(
         default=None,
         metadata={"help": "Blend weight wanted at the end of training, in (0, 1]; when set, alpha_base is "
-                          "derived from it and the run length, and --dece_alpha_base is ignored."},
+                          "derived from it and the run length, and --dece_alpha_base is ignored. Default: "
+                          f"{DEFAULT_ALPHA_FINAL} when --dece_alpha_base is not given either."},
     )
 
     dece_model_kind: str = field(

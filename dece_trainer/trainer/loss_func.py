@@ -10,7 +10,7 @@ from transformers import TrainerCallback
 from ..ops.dece_loss import deceptive_cross_entropy
 from ..ops.schedule import dece_alpha
 from .alignment import AUTO, align_targets, logits_of, model_kind
-from .dece_config import DEFAULT_ALPHA_BASE, DEFAULT_LABEL_SMOOTHING, DeCESettings
+from .dece_config import DEFAULT_LABEL_SMOOTHING, DeCESettings
 
 
 class DeCELossFunc(TrainerCallback):
@@ -82,13 +82,14 @@ class DeCELossFunc(TrainerCallback):
                                        num_items_in_batch=num_items_in_batch)
 
 
-def make_dece_loss_func(alpha_base: float = DEFAULT_ALPHA_BASE, label_smoothing: float = DEFAULT_LABEL_SMOOTHING,
+def make_dece_loss_func(alpha_base: float | None = None, label_smoothing: float = DEFAULT_LABEL_SMOOTHING,
                         schedule: str = "epoch", alpha_final: float | None = None,
                         model_kind: str = AUTO) -> DeCELossFunc:
     """A DeCE ``compute_loss_func`` for ``Trainer``; register the returned object as a callback too.
 
     Args (as the ``--dece_*`` flags):
-        alpha_base: blend weight of epoch 1, in (0, 1]; epoch E uses ``alpha_base ** E``.
+        alpha_base: blend weight of epoch 1, in (0, 1]; epoch E uses ``alpha_base ** E``. With neither this
+            nor ``alpha_final``, ``alpha_final`` is 0.5.
         label_smoothing: in [0, 1).
         schedule: ``"epoch"`` (1-based epoch number as exponent) or ``"continuous"`` (1 + fractional epoch).
         alpha_final: blend weight wanted at the end of training, in (0, 1], or None; when set, ``alpha_base``
