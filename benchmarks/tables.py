@@ -1,6 +1,7 @@
 """Markdown tables for docs/performance.md from the benchmark scripts' JSON (benchmarks/results/).
 
-Usage: python benchmarks/tables.py [loss_speed|head_memory|train_step ...]   (default: all that exist)
+Usage: python benchmarks/tables.py [--cuda] [loss_speed|head_memory|train_step ...]   (default: all that exist)
+``--cuda``: the GPU results (``*_cuda_*.json``) instead of the CPU ones.
 """
 
 from __future__ import annotations
@@ -12,12 +13,15 @@ import sys
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 FILES = {"loss_speed": "loss_speed_cpu_float32.json", "head_memory": "head_memory_cpu_float32.json",
          "train_step": "train_step_cpu.json"}
+CUDA_FILES = {"loss_speed": "loss_speed_cuda_bfloat16.json", "head_memory": "head_memory_cuda_bfloat16.json",
+              "train_step": "train_step_cuda.json"}
 
 
 def machine_line(m: dict) -> str:
     load = ", ".join(f"{x:.2f}" for x in m.get("load_average", []))
+    gpu = f" ({m['gpu']})" if m.get("gpu") else ""
     return (f"{m.get('cpu_model', '?')}, {m.get('cpu_cores', '?')} cores, AVX512: {m.get('avx512') or 'none'}, "
-            f"torch {m.get('torch', '?')}, {m.get('device', '?')}; load average before (1/5/15 min): {load}")
+            f"torch {m.get('torch', '?')}, {m.get('device', '?')}{gpu}; load average before (1/5/15 min): {load}")
 
 
 def loss_speed(d: dict) -> str:
@@ -67,8 +71,10 @@ def train_step(d: dict) -> str:
 
 
 def main(names: list[str]) -> int:
-    for name in names or list(FILES):
-        path = os.path.join(RESULTS, FILES[name])
+    files = CUDA_FILES if "--cuda" in names else FILES
+    names = [n for n in names if n != "--cuda"]
+    for name in names or list(files):
+        path = os.path.join(RESULTS, files[name])
         if os.path.exists(path):
             with open(path, encoding="utf-8") as f:
                 print(f"### {name} ({os.path.relpath(path)})\n\n{globals()[name](json.load(f))}\n")
