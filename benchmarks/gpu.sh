@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The measurements of a session with a GPU: the performance tables (loss speed, LM-head memory, one training step,
-# float32 and bf16), and the research grid of issue 11 (CE / DeCE / DeCE+filter, 3 seeds, and the alpha sweep).
+# bf16), and the research grid of issue 11 (CE / DeCE / DeCE+filter, 3 seeds, and the alpha sweep).
 #   bash benchmarks/gpu.sh perf OUT_DIR                   # JSON per benchmark into OUT_DIR (a few minutes)
 #   bash benchmarks/gpu.sh research OUT_DIR [LYRA_DIR]    # bench folders into OUT_DIR ($BUDGET s, default 480)
 # Rerun `research` with the same OUT_DIR to resume. Needs CUDA, the package and its [trl,bench,smollm2] extras.
