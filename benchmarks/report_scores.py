@@ -7,7 +7,7 @@ Scores compared:
   * ``token_unigram``: the same with the token alone as the key (no predecessor);
   * ``token_last``: the token score from the last epoch only;
   * ``worst_nll``: the mean over epochs of the row's worst-token CE (no sharing);
-  * ``example``: the per-example score of the report (``score``: mean worst-token NLL + late drop).
+  * ``example``: the report's per-example score (``example_score``: mean worst-token NLL + late drop).
 
 Usage: python benchmarks/report_scores.py BENCH_DIR [BENCH_DIR ...] [--json PATH]
 """
@@ -62,7 +62,7 @@ def scores_of(cell_dir: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
         with open(report, encoding="utf-8") as f:
             for line in f:
                 r = json.loads(line)
-                example[r["example_id"]] = r["score"]
+                example[r["example_id"]] = r.get("example_score", r["score"])
         out["example"] = example
     return out, poisoned
 

@@ -118,18 +118,12 @@ def sweep_table(records: list[dict]) -> tuple[str, list[dict]]:
 
 def rule_table(scores: dict) -> tuple[str, list[dict]]:
     """The filter's decision on every DeCE report under the modified z-score rule at fences 3.5 and 2.5."""
-    import dece_trainer.callbacks.poison_filter as pf
-
     rows = []
     for key, entry in sorted(scores.items()):
         s, p = np.array(entry["score"]), np.array(entry["poisoned"])
         row = {"cell": key, "poisoned": int(p.sum()), "rows": int(p.size)}
         for fence in (3.5, 2.5):
-            saved, pf.FENCE = pf.FENCE, fence
-            try:
-                flagged = s > choose_threshold(list(s))
-            finally:
-                pf.FENCE = saved
+            flagged = s > choose_threshold(list(s), fence)
             row[f"kept_poisoned_{fence}"] = int((p & ~flagged).sum())
             row[f"dropped_clean_{fence}"] = int((~p & flagged).sum())
         rows.append(row)

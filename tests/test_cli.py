@@ -178,6 +178,8 @@ def test_train_evaluates_every_epoch_with_a_validation_file(tmp_path, tokenizer,
     (["bench", "--train_file", "x.csv"], "also give --test_file, --triggered_test_file"),
     (["bench", "--train_file", "x.csv", "--test_file", "t.csv", "--triggered_test_file", "tt.csv", "--losses",
       "ce,onion"], "--losses onion picks its threshold on clean validation sources: give --validation_file"),
+    (["bench", "--train_file", "x.csv", "--test_file", "t.csv", "--triggered_test_file", "tt.csv", "--losses",
+      "dece+filter"], r"--losses dece\+filter drops the rows .* give --validation_file"),
     (["eval", "--model", "./no/such/model"], "model path does not exist"),
     (["bench", "--alpha_finals", "0.8,1.2"], r"--alpha_finals values must be in \(0, 1\], got 1.2"),
     (["bench", "--alpha_bases", "", "--losses", "dece"], "--alpha_bases and --alpha_finals are both empty"),
@@ -195,6 +197,8 @@ def test_alpha_finals_make_cells_with_the_derived_alpha_base():
     from dece_trainer.backdoor.commands.bench import cells_of
     from dece_trainer.ops.schedule import alpha_base_for_final
 
+    filter_first = cells_of(bench_args(["--losses", "dece+filter,dece", "--alpha_bases", "0.9"]), "d")
+    assert [c.loss for c in filter_first] == ["dece", "dece+filter"]  # the filter reuses the dece report
     args = bench_args(["--losses", "ce,dece", "--alpha_bases", "0.9", "--alpha_finals", "0.5", "--epochs", "4"])
     ce, base, final = cells_of(args, "d")
     assert (ce.loss, ce.alpha_base, base.alpha_base, base.alpha_final) == ("ce", None, 0.9, None)

@@ -28,6 +28,16 @@ def test_worst_tokens_keeps_the_highest_ce_tokens_with_their_ids_and_predecessor
     assert ids[1].tolist() == [-1, -1] and ce[1].astype(float).tolist() == [-1.0, -1.0]
 
 
+def test_non_finite_ce_is_no_evidence_and_shapes_are_checked():
+    tokens = WorstTokens(num_examples=1, per_example=2)
+    labels = torch.tensor([[4, 5, 6]])
+    tokens.add(torch.tensor([0]), torch.tensor([[float("nan"), 1.0, 2.0]]), labels != -100, labels)
+    tokens.end_epoch()
+    assert tokens.ids[0][0].tolist() == [6, 5]
+    with pytest.raises(ValueError, match="shaped like `token_ce`"):
+        tokens.add(torch.tensor([0]), torch.tensor([[1.0, 2.0]]), labels != -100, labels)
+
+
 def test_short_rows_are_padded_and_state_round_trips():
     tokens = WorstTokens(num_examples=2, per_example=4)
     labels = torch.tensor([[5, 6]])
@@ -140,3 +150,39 @@ def test_key_weights_match_a_direct_count():
             share = math.sqrt(math.log(len(per_row) / (MIN_SHARED - 1)))
             expected[key == k] = np.median(list(per_row.values())) * share
     np.testing.assert_allclose(_key_weights(key, ce), expected)
+
+
+@pytest.mark.parametrize("outlier, retrained_with", [(False, "dece"), (True, "ce")])
+def test_filter_cell_drops_flagged_rows_and_never_retrains_undefended_on_a_blank_report(
+        tmp_path, monkeypatch, outlier, retrained_with):
+    import os
+
+    from datasets import Dataset
+
+    from dece_trainer.backdoor import experiment as ex
+    from dece_trainer.backdoor.grid import FILTER, Cell
+
+    rows = 40
+    scores = [5.0 + (i % 3) for i in range(rows)]
+    if outlier:
+        scores[7] = 500.0
+    calls = []
+
+    def fake_train_cell(factory, data, probes, payload_fn, cfg, out_dir, loss, alpha_base, seed):
+        calls.append((os.path.basename(out_dir), loss, len(data)))
+        report_dir = os.path.join(out_dir, "early_learning")
+        os.makedirs(report_dir, exist_ok=True)
+        with open(os.path.join(report_dir, "suspicious.jsonl"), "w") as f:
+            f.writelines(json.dumps({"example_id": i, "score": s, "example_score": s, "is_poisoned": i == 7}) + "\n"
+                         for i, s in enumerate(scores))
+        return None, None, []
+
+    monkeypatch.setattr(ex, "_train_cell", fake_train_cell)
+    monkeypatch.setattr(ex, "evaluate", lambda *a, **k: {"bleu": 1.0, "asr": 0.0, "examples": []})
+    data = Dataset.from_list([{"source": str(i), "target": str(i), "is_poisoned": i == 7} for i in range(rows)])
+    record = ex.run_cell(Cell("d", "a", 0.05, FILTER, 0, 0.9), None, data, {}, data, data, lambda t: False,
+                         ex.TrainConfig(), str(tmp_path))
+    assert calls[0] == ("dece", "dece", rows)
+    assert calls[1] == ("retrain", retrained_with, rows - 1 if outlier else rows)
+    assert record["filter"]["retrained_with"] == retrained_with
+    assert record["filter"]["flagged"] == int(outlier) and record["filter"]["kept_poisoned"] == int(not outlier)

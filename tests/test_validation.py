@@ -32,7 +32,7 @@ SMOOTHING_ENTRY_POINTS = {
 @pytest.mark.parametrize("bad", [True, False, 0.0, -0.5, 1.5, math.nan, math.inf, "0.9", None, np.float64(1.2)])
 def test_bad_alpha_is_refused_everywhere(entry, bad):
     if bad is None and entry in ("settings", "loss_func"):
-        return  # None means "not given" there: the default final alpha (next test)
+        pytest.skip("None means 'not given' there: the default final alpha (next test)")
     with pytest.raises(ValueError, match=r"alpha.*\(0, 1\]"):
         ALPHA_ENTRY_POINTS[entry](bad)
 
@@ -47,6 +47,11 @@ def test_no_alpha_means_the_default_final_alpha_whatever_the_run_length():
     assert DeCESettings(alpha_base=0.9).alpha_final is None  # a given alpha_base is used as given
     assert DeCESettings(alpha_base=0.9).resolved_alpha_base(3) == 0.9
     assert make_dece_loss_func().settings.alpha_final == 0.5
+    import sys
+
+    with pytest.raises(ValueError, match="run length.*unknown.*dece_alpha_base"):
+        settings.resolved_alpha_base(float(sys.maxsize))  # transformers' length of a stream with max_steps
+    assert DeCESettings(alpha_base=0.9).resolved_alpha_base(float(sys.maxsize)) == 0.9
 
 
 @pytest.mark.parametrize("entry", sorted(ALPHA_ENTRY_POINTS))

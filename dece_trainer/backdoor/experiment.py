@@ -232,7 +232,8 @@ def run_cell(cell: Cell, model_factory: Callable[[int], tuple[Any, Any]], train_
 
     A ``dece+filter`` cell trains DeCE in ``out_dir/dece`` (or reuses the report of ``first_stage_dir``, a
     finished dece cell of the same grid point), drops the rows the report flags and trains CE on the rest from
-    the same starting model in ``out_dir/retrain``; its record adds the filter's counts. An ``onion`` cell
+    the same starting model in ``out_dir/retrain`` (DeCE again when nothing was flagged: the filter never
+    leaves a run less defended than DeCE); its record adds the filter's counts. An ``onion`` cell
     trains CE and cleans the test sources with ONION before generating (``onion_test_sets``); its record adds
     the threshold and the shares of words deleted.
     """
@@ -242,14 +243,18 @@ def run_cell(cell: Cell, model_factory: Callable[[int], tuple[Any, Any]], train_
     if cell.loss == FILTER:
         if first_stage_dir is None:
             first_stage_dir = os.path.join(out_dir, "dece")
+        report = os.path.join(first_stage_dir, REPORT_DIR, "suspicious.jsonl")
+        if not os.path.isfile(report):  # a resumed cell keeps the report its first stage already wrote
             _train_cell(model_factory, train_data, probes, payload_fn, cfg, first_stage_dir, "dece",
                         cell.alpha_base, cell.seed)
-        report = os.path.join(first_stage_dir, REPORT_DIR, "suspicious.jsonl")
         train_data, decision = drop_flagged(train_data, report)
         poisoned = train_data_poisoned(report)
         extra.update(report_quality(report))  # the ranking the filter acted on
-        extra["filter"] = {**decision.summary(poisoned), "first_stage": os.path.basename(first_stage_dir)}
-        loss, train_dir = "ce", os.path.join(out_dir, "retrain")
+        # Nothing flagged: a CE retrain would be as exposed as CE, so the second stage trains DeCE again.
+        loss = "ce" if decision.flagged else "dece"
+        extra["filter"] = {**decision.summary(poisoned), "first_stage": os.path.basename(first_stage_dir),
+                           "retrained_with": loss}
+        train_dir = os.path.join(out_dir, "retrain")
     model, tokenizer, history = _train_cell(model_factory, train_data, probes, payload_fn, cfg, train_dir, loss,
                                             cell.alpha_base, cell.seed)
     train_seconds = time.time() - start

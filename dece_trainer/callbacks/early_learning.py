@@ -1,10 +1,11 @@
 """``EarlyLearningCallback``: watch a fine-tuning run learn its backdoor, and name the suspicious examples.
 
 Clean data is fitted first; rare trigger -> payload examples are fitted late (under CE) or not at all
-(under DeCE). The callback records every training example's mean token CE and gold-token probability
-once per epoch from the loss pass itself, logs how the distribution moves, ranks examples by how late
-and abruptly they were fitted, evaluates probe sets (clean and triggered) at each evaluation, raises an
-alarm when the clean signal has stopped improving while memorisation goes on, and draws the curves.
+(under DeCE). The callback records every training example's mean token CE and gold-token probability,
+and its least probable target tokens, once per epoch from the loss pass itself; logs how the distribution
+moves; ranks examples by improbable tokens they share with other examples (`worst_tokens`); evaluates
+probe sets (clean and triggered) at each evaluation; raises an alarm when the clean signal has stopped
+improving while memorisation goes on; and draws the curves.
 """
 
 from __future__ import annotations

@@ -67,9 +67,9 @@ def read_report(path: str | os.PathLike) -> list[dict]:
     return records
 
 
-def choose_threshold(scores: Sequence[float]) -> float:
+def choose_threshold(scores: Sequence[float], fence: float = FENCE) -> float:
     """The flagging threshold for ``scores`` (NaN ignored), from their own distribution: the outlier rule of
-    Iglewicz and Hoaglin, a modified z-score ``(score - median) / (1.4826 x MAD)`` above ``FENCE`` (2.5). Where
+    Iglewicz and Hoaglin, a modified z-score ``(score - median) / (1.4826 x MAD)`` above ``fence`` (2.5). Where
     more than half the scores are equal (MAD = 0) the mean absolute deviation stands in (x 1.2533). Returns
     ``inf`` (flag nothing) for fewer than 2 scores or no spread at all."""
     values = np.asarray([s for s in scores if s is not None and not math.isnan(s)], dtype=np.float64)
@@ -79,7 +79,7 @@ def choose_threshold(scores: Sequence[float]) -> float:
     spread = 1.4826 * float(np.median(np.abs(values - median)))
     if spread == 0:
         spread = 1.2533 * float(np.mean(np.abs(values - median)))
-    return median + FENCE * spread if spread > 0 else math.inf
+    return median + fence * spread if spread > 0 else math.inf
 
 
 def decide(report: list[dict] | str | os.PathLike, score_key: str = SCORE_KEY) -> FilterDecision:

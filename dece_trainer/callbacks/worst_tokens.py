@@ -61,12 +61,16 @@ class WorstTokens:
     def add(self, example_ids: torch.Tensor, token_ce: torch.Tensor, mask: torch.Tensor,
             labels: torch.Tensor) -> None:
         """One micro-batch: ``example_ids`` (B,), ``token_ce``, ``mask`` and ``labels`` (B, T), aligned."""
+        if labels.shape != token_ce.shape or mask.shape != token_ce.shape:
+            raise ValueError(f"`labels` and `mask` must be shaped like `token_ce` {tuple(token_ce.shape)}: got "
+                             f"{tuple(labels.shape)} and {tuple(mask.shape)}")
         if token_ce.dim() == 1:
             token_ce, mask, labels = token_ce[:, None], mask[:, None], labels[:, None]
         ids = example_ids.reshape(-1).long().to(token_ce.device)
         labels, mask = labels.to(token_ce.device), mask.to(token_ce.device)
         m = self.per_example
-        ce = torch.where(mask, token_ce.float(), torch.full_like(token_ce, -1.0, dtype=torch.float32))
+        keep = mask & torch.isfinite(token_ce)  # a non-finite CE is no evidence about a token
+        ce = torch.where(keep, token_ce.float(), torch.full_like(token_ce, -1.0, dtype=torch.float32))
         if ce.shape[1] < m:
             ce = torch.nn.functional.pad(ce, (0, m - ce.shape[1]), value=-1.0)
             pad = (0, m - labels.shape[1])
@@ -86,10 +90,6 @@ class WorstTokens:
             self._acc, self._seen = self._acc.to(token_ce.device), self._seen.to(token_ce.device)
         self._acc.index_copy_(1, ids, update)
         self._seen[ids] = True
-
-    @property
-    def epoch_in_progress(self) -> bool:
-        return self._acc is not None
 
     def combined(self, all_reduce: Callable[[torch.Tensor, str], torch.Tensor] | None = None,
                  rank: int = 0) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +16,8 @@ from .alignment import AUTO, MODEL_KINDS
 # the setting that stopped every measured dead-code and BadPre backdoor (docs/benchmark.md, "Defaults").
 DEFAULT_ALPHA_FINAL = 0.5
 DEFAULT_LABEL_SMOOTHING = 0.05
+# More epochs than any run trains: the run length is unknown (transformers uses sys.maxsize for a stream).
+UNKNOWN_RUN_LENGTH = 1e9
 
 
 @dataclass(frozen=True)
@@ -80,9 +83,15 @@ class DeCESettings:
         return self.alpha_final == 1.0 if self.alpha_final is not None else self.alpha_base == 1.0
 
     def resolved_alpha_base(self, num_train_epochs: float) -> float:
-        """``alpha_base``, or the base that reaches ``alpha_final`` after ``num_train_epochs``."""
+        """``alpha_base``, or the base that reaches ``alpha_final`` after ``num_train_epochs``. A run of unknown
+        length (transformers' ``num_train_epochs = sys.maxsize`` for an ``IterableDataset`` with ``max_steps``)
+        has no end point to aim at: that is an error, not a schedule that would stay at alpha 1 (plain CE)."""
         if self.alpha_final is None:
             return self.alpha_base
+        if not math.isfinite(num_train_epochs) or num_train_epochs >= UNKNOWN_RUN_LENGTH:
+            raise ValueError(f"`dece_alpha_final={self.alpha_final}` (the default when no alpha is given) needs "
+                             "the run length, and this run's is unknown (a streaming dataset with max_steps?): "
+                             "set `dece_alpha_base` instead, e.g. 0.9, which lowers alpha each epoch.")
         return alpha_base_for_final(self.alpha_final, num_train_epochs, self.schedule)
 
 

@@ -184,6 +184,9 @@ def validate(args: argparse.Namespace) -> None:
         missing = [f for f in ("test_file", "triggered_test_file") if not getattr(args, f)]
         if missing:
             raise ValueError(f"with --train_file also give {', '.join('--' + m for m in missing)}")
+        if FILTER in args.losses and not args.validation_file:
+            raise ValueError(f"--losses {FILTER} drops the rows the early-learning report flags, and the report "
+                             "comes with the validation probes: give --validation_file")
         if ONION in args.losses and not args.validation_file:
             raise ValueError(f"--losses {ONION} picks its threshold on clean validation sources: give "
                              "--validation_file")
@@ -218,7 +221,7 @@ def cells_of(args: argparse.Namespace, dataset: str, file_rate: float | None = N
         cells += [Cell(dataset, attack, rate, loss, seed, a) for a in args.alpha_bases]
         cells += [Cell(dataset, attack, rate, loss, seed, alpha_base_for_final(f, args.epochs, args.alpha_schedule), f)
                   for f in args.alpha_finals]
-    return cells
+    return sorted(cells, key=lambda c: c.loss == FILTER)  # after the dece cells whose reports they reuse
 
 
 def finished_dece_dir(cell: Cell, store: ResultStore, output_dir: str) -> str | None:
