@@ -170,6 +170,11 @@ def test_an_interrupted_cell_folder_with_other_settings_is_refused(tmp_path):
     (cell / "fingerprint.json").unlink()
     with pytest.raises(ValueError, match="its settings were not recorded"):
         claim_cell_dir(str(cell), old)
+    staged = tmp_path / "cells" / "filter"  # a dece+filter cell keeps its checkpoints in stage folders
+    claim_cell_dir(str(staged), old)
+    (staged / "retrain" / "checkpoint-2").mkdir(parents=True)
+    with pytest.raises(ValueError, match="holds checkpoints"):
+        claim_cell_dir(str(staged), {"version": 1, "training": {"epochs": 2.0}})
 
 
 def test_caches_are_keyed_by_what_they_are_built_from():

@@ -118,13 +118,22 @@ def check_recorded(record: dict[str, Any], fingerprint: dict[str, Any], where: s
                          f"({differences(record.get('config') or {}, fingerprint)}): {remedy}")
 
 
+def _has_checkpoints(cell_dir: str) -> bool:
+    """Checkpoints in the cell's folder or in its stage folders (a dece+filter cell's ``dece/``, ``retrain/``)."""
+    if not os.path.isdir(cell_dir):
+        return False
+    folders = [cell_dir] + [os.path.join(cell_dir, n) for n in os.listdir(cell_dir)
+                            if os.path.isdir(os.path.join(cell_dir, n)) and not n.startswith("checkpoint-")]
+    return any(n.startswith("checkpoint-") for folder in folders for n in os.listdir(folder))
+
+
 def claim_cell_dir(cell_dir: str, fingerprint: dict[str, Any]) -> None:
     """Stamp a cell's folder with this run's fingerprint before training in it; refuse to resume checkpoints
     an interrupted run left there with other (or unrecorded) settings."""
     from ..io import write_json
 
     stamp = os.path.join(cell_dir, STAMP)
-    if os.path.isdir(cell_dir) and any(n.startswith("checkpoint-") for n in os.listdir(cell_dir)):
+    if _has_checkpoints(cell_dir):
         try:
             with open(stamp, encoding="utf-8") as f:
                 old = json.load(f)

@@ -438,9 +438,12 @@ def _all_reduce_fn() -> Callable[[torch.Tensor, str], torch.Tensor] | None:
         return None
     ops = {"sum": torch.distributed.ReduceOp.SUM, "max": torch.distributed.ReduceOp.MAX}
 
+    # NCCL reduces accelerator tensors only; state restored from a checkpoint starts on the host.
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.distributed.get_backend() == "nccl" else None
+
     def all_reduce(t: torch.Tensor, op: str) -> torch.Tensor:
-        t = t.clone()
-        torch.distributed.all_reduce(t, op=ops[op])
-        return t
+        out = t.to(device, copy=True) if device is not None else t.clone()
+        torch.distributed.all_reduce(out, op=ops[op])
+        return out.to(t.device)
 
     return all_reduce
