@@ -39,6 +39,7 @@ _EXPORTS = {
     "EXAMPLE_ID_COLUMN": "trainer.example_ids",
     "add_example_ids": "trainer.example_ids",
     "EarlyLearningCallback": "callbacks",
+    "drop_flagged": "callbacks",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -58,7 +59,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # static analysers and IDEs see the real imports
-    from .callbacks import EarlyLearningCallback
+    from .callbacks import EarlyLearningCallback, drop_flagged
     from .modules import DeCELoss
     from .ops import (
         DeCELossOutput,
