@@ -247,12 +247,13 @@ def run_cell(cell: Cell, model_factory: Callable[[int], tuple[Any, Any]], train_
         if not os.path.isfile(report):  # a resumed cell keeps the report its first stage already wrote
             _train_cell(model_factory, train_data, probes, payload_fn, cfg, first_stage_dir, "dece",
                         cell.alpha_base, cell.seed)
-        train_data, decision = drop_flagged(train_data, report)
-        poisoned = train_data_poisoned(report)
-        extra.update(report_quality(report))  # the ranking the filter acted on
+        records = read_report(report)
+        train_data, decision = drop_flagged(train_data, records)
+        extra.update(report_quality(records))  # the ranking the filter acted on
         # Nothing flagged: a CE retrain would be as exposed as CE, so the second stage trains DeCE again.
         loss = "ce" if decision.flagged else "dece"
-        extra["filter"] = {**decision.summary(poisoned), "first_stage": os.path.basename(first_stage_dir),
+        extra["filter"] = {**decision.summary(train_data_poisoned(records)),
+                           "first_stage": os.path.basename(first_stage_dir),
                            "retrained_with": loss}
         train_dir = os.path.join(out_dir, "retrain")
     model, tokenizer, history = _train_cell(model_factory, train_data, probes, payload_fn, cfg, train_dir, loss,
@@ -263,7 +264,7 @@ def run_cell(cell: Cell, model_factory: Callable[[int], tuple[Any, Any]], train_
         extra.update(onion)
     metrics = evaluate(model, tokenizer, clean_test, triggered_test, payload_fn, cfg)
     if cell.loss != FILTER and os.path.isfile(report):
-        extra.update(report_quality(report))
+        extra.update(report_quality(read_report(report)))
     record = {**cell.record(), "key": cell.key, **{k: v for k, v in metrics.items() if k != "examples"},
               "train_seconds": round(train_seconds, 1), "curves": epoch_curves(history), **extra,
               "examples": metrics["examples"]}
@@ -284,9 +285,8 @@ def _train_cell(model_factory, train_data, probes, payload_fn, cfg, out_dir, los
     return model, tokenizer, history
 
 
-def train_data_poisoned(report: str) -> list[bool] | None:
-    """``is_poisoned`` by example id, as the report recorded it (ground truth, for the counts only)."""
-    records = read_report(report)
+def train_data_poisoned(records: list[dict]) -> list[bool] | None:
+    """``is_poisoned`` by example id, as a report's records hold it (ground truth, for the counts only)."""
     if not records or IS_POISONED not in records[0]:
         return None
     poisoned = [False] * (1 + max(int(r[EXAMPLE_ID_COLUMN]) for r in records))
@@ -295,14 +295,13 @@ def train_data_poisoned(report: str) -> list[bool] | None:
     return poisoned
 
 
-def report_quality(report: str) -> dict[str, float]:
-    """AUROC and precision at k (k = poisoned rows) of a suspicious-example report against its ground truth: the
-    ranking score (``report_*``, the token score) and the per-example worst-token score (``example_report_*``);
-    empty without poisoned rows."""
-    poisoned = train_data_poisoned(report)
+def report_quality(records: list[dict]) -> dict[str, float]:
+    """AUROC and precision at k (k = poisoned rows) of a suspicious-example report's records against their ground
+    truth: the ranking score (``report_*``, the token score) and the per-example worst-token score
+    (``example_report_*``); empty without poisoned rows."""
+    poisoned = train_data_poisoned(records)
     if not poisoned or not any(poisoned):
         return {}
-    records = read_report(report)
     truth = np.array([poisoned[int(r[EXAMPLE_ID_COLUMN])] for r in records])
     k = int(truth.sum())
     out = {}

@@ -31,7 +31,7 @@ from ..validation import check_bool, check_callable, check_int, check_name, chec
 from .example_history import ExampleHistory, auroc, precision_at_k
 from .plots import plot_curves, plot_loss_histogram
 from .probes import check_probes, probe_generate, probe_nll
-from .worst_tokens import WorstTokens, recurrence_scores
+from .worst_tokens import TokenEvidence, WorstTokens, recurrence_scores
 
 logger = logging.getLogger(__name__)
 
@@ -206,19 +206,20 @@ class EarlyLearningCallback(TrainerCallback):
         if self.poisoned is None or not self.poisoned.any():
             return {}
         k = self.top_k or int(self.poisoned.sum())
-        score, example_score = self.scores()
+        score, _, example = self._scores()
         return {"suspicious_auroc": auroc(score, self.poisoned),
                 "suspicious_precision_at_k": precision_at_k(score, self.poisoned, k),
-                "suspicious_example_auroc": auroc(example_score, self.poisoned),
-                "suspicious_example_precision_at_k": precision_at_k(example_score, self.poisoned, k)}
+                "suspicious_example_auroc": auroc(example["score"], self.poisoned),
+                "suspicious_example_precision_at_k": precision_at_k(example["score"], self.poisoned, k)}
 
-    def scores(self) -> tuple[np.ndarray, np.ndarray]:
-        """(ranking score, per-example score), each (n,) with NaN for examples never seen: the token score
-        (`recurrence_scores`) where the loss pass handed over target ids, else the per-example worst-token
-        score (`ExampleHistory.suspicion_scores`), which is always the second."""
-        example_score = self.history.suspicion_scores()["score"]
+    def _scores(self) -> tuple[np.ndarray, TokenEvidence | None, dict[str, np.ndarray]]:
+        """(ranking score (n,), token evidence, per-example scores), NaN for examples never seen. The ranking is
+        the token score (`recurrence_scores`) where the loss pass handed over target ids (evidence is None
+        otherwise), else the per-example worst-token score (`ExampleHistory.suspicion_scores`)."""
+        example = self.history.suspicion_scores()
         has_tokens = self.tokens.num_epochs > 0 and any((ids >= 0).any() for ids in self.tokens.ids)
-        return (recurrence_scores(self.tokens).score if has_tokens else example_score), example_score
+        evidence = recurrence_scores(self.tokens) if has_tokens else None
+        return (evidence.score if evidence is not None else example["score"]), evidence, example
 
     def on_evaluate(self, args, state, control, metrics=None, model=None, processing_class=None, **kwargs):
         if self._trainer is None or self.history is None:
@@ -357,9 +358,7 @@ class EarlyLearningCallback(TrainerCallback):
 
     def write_report(self, path: str) -> list[dict]:
         """Write the suspicious-example ranking as JSON Lines (atomically) and return its records."""
-        scores = self.history.suspicion_scores()
-        score, _ = self.scores()
-        evidence = recurrence_scores(self.tokens) if self.tokens.num_epochs else None
+        score, evidence, scores = self._scores()
         tokenizer = getattr(self._trainer, "processing_class", None) if self._trainer is not None else None
         order = [i for i in np.argsort(-np.nan_to_num(score, nan=-np.inf), kind="mergesort")
                  if not math.isnan(score[i])]
@@ -428,13 +427,16 @@ def _decode_array(record: Any, name: str) -> np.ndarray:
     return np.frombuffer(data, dtype=dtype).astype(dtype.newbyteorder("="), copy=True).reshape(shape)
 
 
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
 def _rank() -> int:
-    return torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() \
-        else 0
+    return torch.distributed.get_rank() if _distributed() else 0
 
 
 def _all_reduce_fn() -> Callable[[torch.Tensor, str], torch.Tensor] | None:
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+    if not _distributed():
         return None
     ops = {"sum": torch.distributed.ReduceOp.SUM, "max": torch.distributed.ReduceOp.MAX}
 
