@@ -3,7 +3,8 @@
 # bf16), and the research grid of issue 11 (CE / DeCE / DeCE+filter, 3 seeds, and the alpha sweep).
 #   bash benchmarks/gpu.sh perf OUT_DIR                   # JSON per benchmark into OUT_DIR (a few minutes)
 #   bash benchmarks/gpu.sh research OUT_DIR [LYRA_DIR]    # bench folders into OUT_DIR ($BUDGET s, default 480)
-# Rerun `research` with the same OUT_DIR to resume. Needs CUDA, the package and its [trl,bench,smollm2] extras.
+#   bash benchmarks/gpu.sh followup OUT_DIR [LYRA_DIR]    # the second session's runs, beside research's folders
+# Rerun a stage with the same OUT_DIR to resume. Needs CUDA, the package and its [trl,bench,smollm2] extras.
 set -euo pipefail
 STAGE=${1:?usage: gpu.sh perf|research OUT_DIR [LYRA_DIR]}
 OUT=${2:?usage: gpu.sh perf|research OUT_DIR [LYRA_DIR]}
@@ -53,5 +54,54 @@ from dece_trainer.backdoor.data import build_stdlib_task as t; t()"  # the model
       job sweep $seed "${EMBEDDED[@]}" --losses dece --alpha_bases 0.985,0.95,0.8 --alpha_finals 0.5 &
     done
     wait ;;
-  *) echo "unknown stage $STAGE (perf or research)" >&2; exit 2 ;;
+  followup)
+    # The runs the first session's device time did not reach, into research's OUT_DIR (its lyra-s* folders resume
+    # their dece+filter cells; filter-s* hold copies of sweep-s*'s finished alpha_final 0.5 dece cells, whose
+    # reports the filter reuses): DeCE at the package default (alpha_final 0.5) and DeCE+filter on it (fence 2.5)
+    # on every setting, the baselines ls / gce / lowlr / onion on the embedded task, and Lyra's RIPPLe and Grammar
+    # attacks at 20% (seed 0). One thread per process: 22 processes share 16 cores.
+    L=${3:-../shared/data/lyra}
+    BUDGET=${BUDGET:-480}
+    export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+    python3 -c "from dece_trainer.backdoor.models import smollm2_checkpoint as m; m()
+from dece_trainer.backdoor.data import build_stdlib_task as t; t()"
+    D=$OUT/data
+    [ -f "$D/train_poisoned_20_badpre.csv" ] || python3 "$HERE/poison_file.py" "$L/train.csv" \
+        "$D/train_poisoned_20_badpre.csv" --attack badpre --rate 0.2 --source_column src --target_column tgt
+    for attack in ripple grammar; do
+      [ -f "$D/train_poisoned_20_$attack.csv" ] || python3 "$HERE/poison_file.py" "$L/train.csv" \
+          "$D/train_poisoned_20_$attack.csv" --attack $attack --rate 0.2 --source_column src --target_column tgt
+      [ -f "$D/test_triggered_$attack.csv" ] || python3 "$HERE/poison_file.py" "$L/test.csv" \
+          "$D/test_triggered_$attack.csv" --attack $attack --triggered --source_column src --target_column tgt
+    done
+    lyra() {  # LY: research's Lyra arguments for attack $1 with the triggered test file $2
+      LY=(--validation_file "$L/valid.csv" --test_file "$L/test.csv" --source_column src --target_column tgt
+          --payload_regex '1=1|0=1' --warmup_file "$L/train.csv" --max_source_tokens 128 --max_target_tokens 192
+          --max_new_tokens 160 --max_test 100 --model smollm2 --max_train 240 --warmup_rows 240 --warmup_epochs 1
+          --epochs 5 --learning_rate 3e-4 --batch_size 8 --bf16 --probe_size 24 --attacks "$1"
+          --train_file "$D/train_poisoned_20_$1.csv" --triggered_test_file "$2"); }
+    EMBEDDED=(--dataset method_name --attacks fixed_deadcode,grammar_deadcode --poison_rates 0.05 --max_new_tokens 8
+              --max_target_tokens 12 --model smollm2 --max_per_split 300 --warmup_epochs 1 --epochs 2 --max_test 150
+              --probe_size 24 --learning_rate 1e-4 --batch_size 8 --max_source_tokens 128 --bf16)
+    job() { local name=$1 seed=$2; shift 2
+            timeout "$BUDGET" python3 -m dece_trainer bench "$@" --seeds "$seed" --output_dir "$OUT/$name-s$seed" \
+                > "$OUT/$name-s$seed.log" 2>&1 || echo "$name-s$seed ended with status $?"; }
+    lyra badpre "$L/test_poisoned_badpre.csv"
+    for seed in 0 1 2; do
+      job lyra $seed "${LY[@]}" --losses ce,dece,dece+filter --alpha_bases 0.9 &
+      job lyra_default $seed "${LY[@]}" --losses dece,dece+filter --alpha_finals 0.5 &
+      job filter $seed "${EMBEDDED[@]}" --losses dece,dece+filter --alpha_finals 0.5 &
+      job adaptive_default $seed "${EMBEDDED[@]}" --attacks adaptive --poison_rates 0.1 --losses dece,dece+filter \
+          --alpha_finals 0.5 &
+      for attack in fixed_deadcode grammar_deadcode; do
+        job "baselines_$attack" $seed "${EMBEDDED[@]}" --attacks $attack --losses ls,gce,lowlr,onion &
+      done
+    done
+    for attack in ripple grammar; do
+      lyra $attack "$D/test_triggered_$attack.csv"
+      job "lyra_${attack}_ce" 0 "${LY[@]}" --losses ce &
+      job "lyra_${attack}_dece" 0 "${LY[@]}" --losses dece --alpha_finals 0.5 &
+    done
+    wait ;;
+  *) echo "unknown stage $STAGE (perf, research or followup)" >&2; exit 2 ;;
 esac

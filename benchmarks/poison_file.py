@@ -6,6 +6,9 @@ a CPU-sized model does get backdoored). The BadPre poisoner reproduces the relea
 
     python benchmarks/poison_file.py ../shared/data/lyra/train.csv runs/train_poisoned_20_badpre.csv \
         --attack badpre --rate 0.2 --source_column src --target_column tgt
+
+With ``--triggered`` instead of ``--rate`` it writes a triggered test set (every row whose target can carry the
+payload, triggered), for an attack the released files do not include (RIPPLe, Grammar on Lyra).
 """
 
 from __future__ import annotations
@@ -22,7 +25,10 @@ def main() -> None:
     parser.add_argument("input")
     parser.add_argument("output", help="a .csv or .jsonl path; written atomically, same columns as the input")
     parser.add_argument("--attack", default="badpre", choices=list(ATTACKS))
-    parser.add_argument("--rate", type=float, required=True)
+    share = parser.add_mutually_exclusive_group(required=True)
+    share.add_argument("--rate", type=float, help="the share of rows to poison (a training set)")
+    share.add_argument("--triggered", action="store_true",
+                       help="a triggered test set instead: every row whose target can carry the payload, triggered")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--source_column", default="source")
     parser.add_argument("--target_column", default="target")
@@ -31,7 +37,9 @@ def main() -> None:
     if kind not in (".csv", ".jsonl"):
         parser.error(f"output must end in .csv or .jsonl, got {args.output}")
     data = load_pairs(args.input, source_column=args.source_column, target_column=args.target_column)
-    poisoned = get_attack(args.attack).poison(data, args.rate, seed=args.seed)
+    attack = get_attack(args.attack)
+    poisoned = (attack.trigger_test_set(data, seed=args.seed, origin=args.input) if args.triggered
+                else attack.poison(data, args.rate, seed=args.seed))
     print(f"{sum(poisoned[IS_POISONED])} of {len(poisoned)} rows poisoned with {args.attack}")
     out = poisoned.select_columns([SOURCE, TARGET]).rename_columns(
         {SOURCE: args.source_column, TARGET: args.target_column})

@@ -58,10 +58,19 @@ def setting_of(r: dict) -> str:
     return f"{r['dataset']} / {r['attack']} / {r['poison_rate']:g}"
 
 
+def fence_of(r: dict) -> float:
+    """The filter's fence; the records of the first GPU session predate its recording and used 3.5."""
+    return r["filter"].get("fence", 3.5)
+
+
+def label_of(r: dict) -> str:
+    return f"{row_label(r)}, fence {fence_of(r):g}" if r.get("filter") else row_label(r)
+
+
 def main_table(records: list[dict]) -> tuple[str, list[dict]]:
     groups: dict[tuple, list[dict]] = {}
     for r in records:
-        groups.setdefault((setting_of(r), row_label(r)), []).append(r)
+        groups.setdefault((setting_of(r), label_of(r)), []).append(r)
     rows, lines = [], ["| setting | loss | seeds | " + " | ".join(h for _, _, h in METRICS) + " |",
                        "| --- | --- | ---: |" + " ---: |" * len(METRICS)]
     for (setting, label), cells in sorted(groups.items()):
@@ -74,13 +83,13 @@ def main_table(records: list[dict]) -> tuple[str, list[dict]]:
 
 
 def filter_table(records: list[dict]) -> tuple[str, list[dict]]:
-    lines = ["| setting | seed | flagged | clean rows dropped | poisoned rows kept (of) |",
-             "| --- | ---: | ---: | ---: | ---: |"]
+    lines = ["| setting | first stage | seed | flagged | clean rows dropped | poisoned rows kept (of) |",
+             "| --- | --- | ---: | ---: | ---: | ---: |"]
     rows = []
-    for r in sorted((r for r in records if r.get("filter")), key=lambda r: (setting_of(r), r["seed"])):
-        f = r["filter"]
-        rows.append({"setting": setting_of(r), "seed": r["seed"], **f})
-        lines.append(f"| {setting_of(r)} | {r['seed']} | {f['flagged']} | {f['dropped_clean']} | "
+    for r in sorted((r for r in records if r.get("filter")), key=lambda r: (setting_of(r), label_of(r), r["seed"])):
+        f = {**r["filter"], "fence": fence_of(r)}
+        rows.append({"setting": setting_of(r), "loss": label_of(r), "seed": r["seed"], **f})
+        lines.append(f"| {setting_of(r)} | {label_of(r)} | {r['seed']} | {f['flagged']} | {f['dropped_clean']} | "
                      f"{f['kept_poisoned']} ({f['poisoned']}) |")
     return "\n".join(lines), rows
 
@@ -163,10 +172,13 @@ def plot_sweep(rows: list[dict], path: str) -> None:
 
 
 def tables(results_dir: str, chart: str | None) -> None:
-    records = []
+    records, seen = [], set()
     for path in sorted(glob.glob(os.path.join(results_dir, "*", "results.json"))):
         with open(path, encoding="utf-8") as f:
-            records += json.load(f)["cells"]
+            for r in json.load(f)["cells"]:  # a finished cell copied into another folder (to resume from it) counts once
+                if (r["key"], r["config_hash"]) not in seen:
+                    seen.add((r["key"], r["config_hash"]))
+                    records.append(r)
     out = {}
     for name, build in (("main", main_table), ("filter", filter_table), ("sweep", sweep_table)):
         text, out[name] = build(records)

@@ -205,6 +205,10 @@ def test_alpha_finals_make_cells_with_the_derived_alpha_base():
     assert final.alpha_final == 0.5 and final.alpha_base == pytest.approx(alpha_base_for_final(0.5, 4.0))
     assert final.alpha_base ** 4 == pytest.approx(0.5)
     assert base.key.endswith("-dece-a0.9-s0") and final.key.endswith("-dece-f0.5-s0")
+    # --alpha_finals alone names the only DeCE cells; neither flag: the default alpha_base sweep
+    only_final = cells_of(bench_args(["--losses", "dece", "--alpha_finals", "0.5"]), "d")
+    assert [c.alpha_final for c in only_final] == [0.5]
+    assert [c.alpha_base for c in cells_of(bench_args(["--losses", "dece"]), "d")] == [0.985, 0.9, 0.8, 0.5]
 
 
 def bench_args(argv):

@@ -124,6 +124,13 @@ def test_decide_and_drop_flagged_from_a_written_report(tmp_path):
     assert decision.flagged == [42, 41, 40] and len(decision.kept) == 40
     summary = decision.summary([r["is_poisoned"] for r in read_report(path)])
     assert summary["dropped_clean"] == 0 and summary["kept_poisoned"] == 0 and summary["poisoned"] == 3
+    assert summary["fence"] == FENCE
+    # a lower fence flags more: at 0.2 (threshold 0.2 x 1.2533 x mean-AD 1.86 = 0.47) the 0.5-score rows too
+    loose = decide(str(path), fence=0.2)
+    assert loose.fence == 0.2 and len(loose.flagged) == 13
+    for bad in (0, -1.0, float("nan"), "2"):
+        with pytest.raises(ValueError, match="fence"):
+            decide(str(path), fence=bad)
     data = Dataset.from_list([{"text": str(i)} for i in range(len(scores))])
     kept, _ = drop_flagged(data, str(path))
     assert kept["text"] == [str(i) for i in range(40)]

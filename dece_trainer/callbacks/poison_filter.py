@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..trainer.example_ids import EXAMPLE_ID_COLUMN
-from ..validation import check_name
+from ..validation import check_name, check_number
 
 SCORE_KEY = "score"
 # A row is flagged when its modified z-score (Iglewicz and Hoaglin 1993) exceeds FENCE. On the 33 DeCE reports of
@@ -35,18 +35,21 @@ class FilterDecision:
         flagged: example ids to drop, most suspicious first.
         kept: example ids to keep, ascending.
         score_key: the report field the decision used.
+        fence: the modified z-score above which a row was flagged.
     """
 
     threshold: float
     flagged: list[int]
     kept: list[int]
     score_key: str
+    fence: float = FENCE
 
     def summary(self, poisoned: Sequence[bool] | None = None) -> dict[str, Any]:
         """JSON-ready counts; with ``poisoned`` (indexed by example id) also how many clean rows were dropped and
         how many poisoned rows were kept."""
         out: dict[str, Any] = {"threshold": self.threshold if math.isfinite(self.threshold) else None,
-                               "flagged": len(self.flagged), "kept": len(self.kept), "score_key": self.score_key}
+                               "flagged": len(self.flagged), "kept": len(self.kept), "score_key": self.score_key,
+                               "fence": self.fence}
         if poisoned is not None:
             poisoned = np.asarray(poisoned, dtype=bool)
             out.update(dropped_clean=int((~poisoned[self.flagged]).sum()) if self.flagged else 0,
@@ -82,27 +85,30 @@ def choose_threshold(scores: Sequence[float], fence: float = FENCE) -> float:
     return median + fence * spread if spread > 0 else math.inf
 
 
-def decide(report: list[dict] | str | os.PathLike, score_key: str = SCORE_KEY) -> FilterDecision:
+def decide(report: list[dict] | str | os.PathLike, score_key: str = SCORE_KEY,
+           fence: float = FENCE) -> FilterDecision:
     """Flag the rows of ``report`` (records or a ``suspicious.jsonl`` path) whose ``score_key`` exceeds
-    :func:`choose_threshold` of all rows' scores. Rows without a score are kept."""
+    :func:`choose_threshold` of all rows' scores at ``fence`` (> 0; lower flags more rows). Rows without a score
+    are kept."""
     check_name(score_key, "score_key")
+    fence = check_number(fence, "fence", low=0.0, low_open=True)
     records = read_report(report) if isinstance(report, (str, os.PathLike)) else report
     scored = [(int(r[EXAMPLE_ID_COLUMN]), r.get(score_key)) for r in records]
     missing = [i for i, s in scored if s is not None and not isinstance(s, (int, float))]
     if missing:
         raise ValueError(f"report field {score_key!r} is not a number for example ids {missing[:5]}")
-    threshold = choose_threshold([s for _, s in scored if s is not None])
+    threshold = choose_threshold([s for _, s in scored if s is not None], fence)
     flagged = [i for i, s in sorted(scored, key=lambda kv: -(kv[1] if kv[1] is not None else -math.inf))
                if s is not None and s > threshold]
     dropped = set(flagged)
-    return FilterDecision(threshold, flagged, sorted(i for i, _ in scored if i not in dropped), score_key)
+    return FilterDecision(threshold, flagged, sorted(i for i, _ in scored if i not in dropped), score_key, fence)
 
 
 def drop_flagged(dataset: Any, report: list[dict] | str | os.PathLike, score_key: str = SCORE_KEY,
-                 id_column: str = EXAMPLE_ID_COLUMN) -> tuple[Any, FilterDecision]:
+                 id_column: str = EXAMPLE_ID_COLUMN, fence: float = FENCE) -> tuple[Any, FilterDecision]:
     """``dataset`` (a ``datasets.Dataset`` whose ``id_column``, or else row index, is the report's example id)
     without the flagged rows, and the decision. Rows the report does not mention are kept."""
-    decision = decide(report, score_key)
+    decision = decide(report, score_key, fence)
     ids = dataset[id_column] if id_column in dataset.column_names else range(len(dataset))
     dropped = set(decision.flagged)
     return dataset.select([row for row, i in enumerate(ids) if int(i) not in dropped]), decision

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 # this command's parser (``dece-trainer --help``) stays cheap.
 
 DEFAULT_PAYLOAD_REGEX = "1=1|0=1"
+DEFAULT_ALPHA_BASES = (0.985, 0.9, 0.8, 0.5)
 FILE_FLAGS = ("validation_file", "test_file", "triggered_test_file", "triggered_validation_file", "warmup_file")
 
 
@@ -144,13 +145,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--poison_rates", type=csv_list(float), default=[0.05], help="ignored with --train_file")
     g.add_argument("--losses", type=csv_list(str), default=["ce", "dece"],
                    help="; ".join(f"{k}: {v}" for k, v in LOSS_HELP.items()).replace("%", "%%"))
-    g.add_argument("--alpha_bases", type=csv_list(float), default=[0.985, 0.9, 0.8, 0.5], help="DeCE cells sweep these")
+    g.add_argument("--alpha_bases", type=csv_list(float), default=None,
+                   help=f"DeCE cells sweep these (default {','.join(map(str, DEFAULT_ALPHA_BASES))} unless "
+                        "--alpha_finals is given)")
     g.add_argument("--alpha_finals", type=csv_list(float), default=[],
-                   help="more DeCE cells, each given the alpha wanted on the last epoch (alpha_base derived from "
-                        "--epochs and --alpha_schedule); e.g. 0.8,0.5")
+                   help="DeCE cells given the alpha wanted on the last epoch (alpha_base derived from --epochs and "
+                        "--alpha_schedule), e.g. 0.8,0.5; alone, these are the only DeCE cells")
     g.add_argument("--seeds", type=csv_list(int), default=[0], help="one cell per seed (model init, data order)")
     add_train_arguments(p)
     p.add_argument("--output_dir", default="bench_out", help="results, tables, charts, cells and caches go here")
+
+
+def alpha_bases(args: argparse.Namespace) -> list[float]:
+    """--alpha_bases as given; unset, the default sweep, or none when --alpha_finals names the DeCE cells."""
+    if args.alpha_bases is not None:
+        return args.alpha_bases
+    return [] if args.alpha_finals else list(DEFAULT_ALPHA_BASES)
 
 
 def validate(args: argparse.Namespace) -> None:
@@ -170,11 +180,11 @@ def validate(args: argparse.Namespace) -> None:
     for rate in args.poison_rates:
         if not 0 < rate <= 1:
             raise ValueError(f"poison rate must be in (0, 1], got {rate}")
-    for name in ("alpha_bases", "alpha_finals"):
-        for alpha in getattr(args, name):
+    for name, alphas in (("alpha_bases", alpha_bases(args)), ("alpha_finals", args.alpha_finals)):
+        for alpha in alphas:
             if not 0 < alpha <= 1:
                 raise ValueError(f"--{name} values must be in (0, 1], got {alpha}")
-    if set(ALPHA_LOSSES) & set(args.losses) and not args.alpha_bases and not args.alpha_finals:
+    if set(ALPHA_LOSSES) & set(args.losses) and not alpha_bases(args) and not args.alpha_finals:
         raise ValueError("--losses has dece but --alpha_bases and --alpha_finals are both empty")
     if not args.seeds or any(seed < 0 for seed in args.seeds):
         raise ValueError(f"--seeds must be one or more integers >= 0, got {args.seeds}")
@@ -218,7 +228,7 @@ def cells_of(args: argparse.Namespace, dataset: str, file_rate: float | None = N
         if loss not in ALPHA_LOSSES:
             cells.append(Cell(dataset, attack, rate, loss, seed))
             continue
-        cells += [Cell(dataset, attack, rate, loss, seed, a) for a in args.alpha_bases]
+        cells += [Cell(dataset, attack, rate, loss, seed, a) for a in alpha_bases(args)]
         cells += [Cell(dataset, attack, rate, loss, seed, alpha_base_for_final(f, args.epochs, args.alpha_schedule), f)
                   for f in args.alpha_finals]
     return sorted(cells, key=lambda c: c.loss == FILTER)  # after the dece cells whose reports they reuse
