@@ -32,7 +32,12 @@ METRICS = (("asr", 100, "ASR %"), ("false_trigger_rate", 100, "FTR %"), ("bleu",
 
 
 def collect(root: str, out: str) -> None:
+    """Copy RUN_ROOT's results into RESULTS_DIR; a second session's folders join the first's (same names replaced)."""
+    scores_path = os.path.join(out, "report_scores.json")
     scores = {}
+    if os.path.isfile(scores_path):
+        with open(scores_path, encoding="utf-8") as f:
+            scores = json.load(f)
     for results in sorted(glob.glob(os.path.join(root, "*", "results.json"))):
         name = os.path.basename(os.path.dirname(results))
         os.makedirs(os.path.join(out, name), exist_ok=True)
@@ -44,7 +49,7 @@ def collect(root: str, out: str) -> None:
             key = report.split(os.sep)[-3]
             scores[key] = {"score": [round(r["score"], 3) for r in records],
                            "poisoned": [bool(r["is_poisoned"]) for r in records]}
-    write_json(os.path.join(out, "report_scores.json"), scores)
+    write_json(scores_path, scores)
 
 
 def mean_std(values: list[float]) -> str:
