@@ -180,7 +180,7 @@ def tables(results_dir: str, chart: str | None) -> None:
     records, seen = [], set()
     for path in sorted(glob.glob(os.path.join(results_dir, "*", "results.json"))):
         with open(path, encoding="utf-8") as f:
-            for r in json.load(f)["cells"]:  # a finished cell copied into another folder (to resume from it) counts once
+            for r in json.load(f)["cells"]:  # a cell copied into another folder (to resume from it) counts once
                 if (r["key"], r["config_hash"]) not in seen:
                     seen.add((r["key"], r["config_hash"]))
                     records.append(r)
