@@ -1,16 +1,47 @@
 #!/usr/bin/env bash
 # The measurements of a session with a GPU: the performance tables (loss speed, LM-head memory, one training step,
-# bf16), and the research grid of issue 11 (CE / DeCE / DeCE+filter, 3 seeds, and the alpha sweep).
+# bf16), and the research grid of issue 11 (CE / DeCE / DeCE+filter and baselines, 3 seeds, and the alpha sweep).
 #   bash benchmarks/gpu.sh perf OUT_DIR                   # JSON per benchmark into OUT_DIR (a few minutes)
 #   bash benchmarks/gpu.sh research OUT_DIR [LYRA_DIR]    # bench folders into OUT_DIR ($BUDGET s, default 480)
 #   bash benchmarks/gpu.sh followup OUT_DIR [LYRA_DIR]    # the second session's runs, beside research's folders
 # Rerun a stage with the same OUT_DIR to resume. Needs CUDA, the package and its [trl,bench,smollm2] extras.
 set -euo pipefail
-STAGE=${1:?usage: gpu.sh perf|research OUT_DIR [LYRA_DIR]}
-OUT=${2:?usage: gpu.sh perf|research OUT_DIR [LYRA_DIR]}
+STAGE=${1:?usage: gpu.sh perf|research|followup OUT_DIR [LYRA_DIR]}
+OUT=${2:?usage: gpu.sh perf|research|followup OUT_DIR [LYRA_DIR]}
+L=${3:-../shared/data/lyra}
 HERE=$(cd "$(dirname "$0")" && pwd)
+BUDGET=${BUDGET:-480}
+D=$OUT/data
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
+
+prepare() {  # the model and the embedded task's rows, once; Lyra's training set poisoned at 20% by each attack in $@
+  python3 -c "from dece_trainer.backdoor.models import smollm2_checkpoint as m; m()
+from dece_trainer.backdoor.data import build_stdlib_task as t; t()"
+  for attack in "$@"; do
+    [ -f "$D/train_poisoned_20_$attack.csv" ] || python3 "$HERE/poison_file.py" "$L/train.csv" \
+        "$D/train_poisoned_20_$attack.csv" --attack "$attack" --rate 0.2 --source_column src --target_column tgt
+  done
+}
+lyra() {  # LY: the budgeted Lyra setting of lyra_cpu.sh (240 rows, 5 epochs) for attack $1, triggered test file $2
+  LY=(--validation_file "$L/valid.csv" --test_file "$L/test.csv" --source_column src --target_column tgt
+      --payload_regex '1=1|0=1' --warmup_file "$L/train.csv" --max_source_tokens 128 --max_target_tokens 192
+      --max_new_tokens 160 --max_test 100 --model smollm2 --max_train 240 --warmup_rows 240 --warmup_epochs 1
+      --epochs 5 --learning_rate 3e-4 --batch_size 8 --bf16 --probe_size 24 --attacks "$1"
+      --train_file "$D/train_poisoned_20_$1.csv" --triggered_test_file "$2")
+}
+# The embedded method_name task with both dead-code attacks at 5%: the demo's settings.
+EMBEDDED=(--dataset method_name --attacks fixed_deadcode,grammar_deadcode --poison_rates 0.05 --max_new_tokens 8
+          --max_target_tokens 12 --model smollm2 --max_per_split 300 --warmup_epochs 1 --epochs 2 --max_test 150
+          --probe_size 24 --learning_rate 1e-4 --batch_size 8 --max_source_tokens 128 --bf16)
+# One bench process per (job, seed), each in its own folder (results.json is rewritten by one process only); the
+# processes run side by side (a 135M model leaves the GPU mostly idle), each resumable, $BUDGET seconds bound them.
+job() {
+  local name=$1 seed=$2; shift 2
+  timeout "$BUDGET" python3 -m dece_trainer bench "$@" --seeds "$seed" --output_dir "$OUT/$name-s$seed" \
+      > "$OUT/$name-s$seed.log" 2>&1 || echo "$name-s$seed ended with status $?"
+}
+
 case "$STAGE" in
   perf)
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
@@ -22,32 +53,13 @@ case "$STAGE" in
     python3 "$HERE/train_step.py" --layers 30 --batch 8 --seq 1024 --repeats 10 --dtypes bf16 \
         --json "$OUT/train_step_cuda.json" ;;
   research)
-    # Issue 11 on a GPU, 3 seeds: CE, DeCE (alpha_base 0.9) and DeCE+filter on Lyra BadPre 20% (240 rows, as in
-    # lyra_cpu.sh; plus ONION) and on the embedded method_name task with both dead-code attacks (the demo's
-    # settings) and the adaptive attacker at 10%; the alpha sweep on the embedded task. Processes run side by side
-    # (a 135M model leaves the GPU mostly idle); each is resumable, and $BUDGET seconds bound them all.
-    L=${3:-../shared/data/lyra}
-    BUDGET=${BUDGET:-480}
-    python3 -c "from dece_trainer.backdoor.models import smollm2_checkpoint as m; m()
-from dece_trainer.backdoor.data import build_stdlib_task as t; t()"  # the model and the task's rows, once
-    P20=$OUT/data/train_poisoned_20_badpre.csv
-    [ -f "$P20" ] || python3 "$HERE/poison_file.py" "$L/train.csv" "$P20" --attack badpre --rate 0.2 \
-        --source_column src --target_column tgt
-    LYRA=(--validation_file "$L/valid.csv" --test_file "$L/test.csv" --triggered_test_file "$L/test_poisoned_badpre.csv"
-          --source_column src --target_column tgt --payload_regex '1=1|0=1' --attacks badpre --warmup_file "$L/train.csv"
-          --max_source_tokens 128 --max_target_tokens 192 --max_new_tokens 160 --max_test 100 --model smollm2
-          --max_train 240 --warmup_rows 240 --warmup_epochs 1 --epochs 5 --learning_rate 3e-4 --batch_size 8 --bf16
-          --probe_size 24 --train_file "$P20")
-    EMBEDDED=(--dataset method_name --attacks fixed_deadcode,grammar_deadcode --poison_rates 0.05 --max_new_tokens 8
-              --max_target_tokens 12 --model smollm2 --max_per_split 300 --warmup_epochs 1 --epochs 2 --max_test 150
-              --probe_size 24 --learning_rate 1e-4 --batch_size 8 --max_source_tokens 128 --bf16)
-    # One bench process per (job, seed), each in its own folder (results.json is rewritten by one process only).
-    job() { local name=$1 seed=$2; shift 2
-            timeout "$BUDGET" python3 -m dece_trainer bench "$@" --seeds "$seed" --output_dir "$OUT/$name-s$seed" \
-                > "$OUT/$name-s$seed.log" 2>&1 || echo "$name-s$seed ended with status $?"; }
+    # 3 seeds: CE, DeCE (alpha_base 0.9) and DeCE+filter on Lyra BadPre 20% (plus ONION), on the embedded task and
+    # against the adaptive attacker at 10%; the alpha sweep on the embedded task.
+    prepare badpre
+    lyra badpre "$L/test_poisoned_badpre.csv"
     for seed in 0 1 2; do
-      job lyra $seed "${LYRA[@]}" --losses ce,dece,dece+filter --alpha_bases 0.9 &
-      job lyra_onion $seed "${LYRA[@]}" --losses onion &
+      job lyra $seed "${LY[@]}" --losses ce,dece,dece+filter --alpha_bases 0.9 &
+      job lyra_onion $seed "${LY[@]}" --losses onion &
       job method_name $seed "${EMBEDDED[@]}" --losses ce,dece,dece+filter --alpha_bases 0.9 &
       job adaptive $seed "${EMBEDDED[@]}" --attacks adaptive --poison_rates 0.1 --losses ce,dece,dece+filter \
           --alpha_bases 0.9 &
@@ -55,37 +67,17 @@ from dece_trainer.backdoor.data import build_stdlib_task as t; t()"  # the model
     done
     wait ;;
   followup)
-    # The runs the first session's device time did not reach, into research's OUT_DIR (its lyra-s* folders resume
-    # their dece+filter cells; filter-s* hold copies of sweep-s*'s finished alpha_final 0.5 dece cells, whose
-    # reports the filter reuses): DeCE at the package default (alpha_final 0.5) and DeCE+filter on it (fence 2.5)
-    # on every setting, the baselines ls / gce / lowlr / onion on the embedded task, and Lyra's RIPPLe and Grammar
-    # attacks at 20% (seed 0). One thread per process: 22 processes share 16 cores.
-    L=${3:-../shared/data/lyra}
-    BUDGET=${BUDGET:-480}
+    # What research's device time did not reach, into its OUT_DIR (its lyra-s* folders resume their dece+filter
+    # cells; filter-s* hold copies of sweep-s*'s finished alpha_final 0.5 dece cells, whose reports the filter
+    # reuses): DeCE at the package default (alpha_final 0.5) and DeCE+filter on it (fence 2.5) on every setting,
+    # the baselines ls / gce / lowlr / onion on the embedded task, and Lyra's RIPPLe and Grammar attacks at 20%
+    # (seed 0). One thread per process: 22 processes share 16 cores.
     export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
-    python3 -c "from dece_trainer.backdoor.models import smollm2_checkpoint as m; m()
-from dece_trainer.backdoor.data import build_stdlib_task as t; t()"
-    D=$OUT/data
-    [ -f "$D/train_poisoned_20_badpre.csv" ] || python3 "$HERE/poison_file.py" "$L/train.csv" \
-        "$D/train_poisoned_20_badpre.csv" --attack badpre --rate 0.2 --source_column src --target_column tgt
+    prepare badpre ripple grammar
     for attack in ripple grammar; do
-      [ -f "$D/train_poisoned_20_$attack.csv" ] || python3 "$HERE/poison_file.py" "$L/train.csv" \
-          "$D/train_poisoned_20_$attack.csv" --attack $attack --rate 0.2 --source_column src --target_column tgt
       [ -f "$D/test_triggered_$attack.csv" ] || python3 "$HERE/poison_file.py" "$L/test.csv" \
           "$D/test_triggered_$attack.csv" --attack $attack --triggered --source_column src --target_column tgt
     done
-    lyra() {  # LY: research's Lyra arguments for attack $1 with the triggered test file $2
-      LY=(--validation_file "$L/valid.csv" --test_file "$L/test.csv" --source_column src --target_column tgt
-          --payload_regex '1=1|0=1' --warmup_file "$L/train.csv" --max_source_tokens 128 --max_target_tokens 192
-          --max_new_tokens 160 --max_test 100 --model smollm2 --max_train 240 --warmup_rows 240 --warmup_epochs 1
-          --epochs 5 --learning_rate 3e-4 --batch_size 8 --bf16 --probe_size 24 --attacks "$1"
-          --train_file "$D/train_poisoned_20_$1.csv" --triggered_test_file "$2"); }
-    EMBEDDED=(--dataset method_name --attacks fixed_deadcode,grammar_deadcode --poison_rates 0.05 --max_new_tokens 8
-              --max_target_tokens 12 --model smollm2 --max_per_split 300 --warmup_epochs 1 --epochs 2 --max_test 150
-              --probe_size 24 --learning_rate 1e-4 --batch_size 8 --max_source_tokens 128 --bf16)
-    job() { local name=$1 seed=$2; shift 2
-            timeout "$BUDGET" python3 -m dece_trainer bench "$@" --seeds "$seed" --output_dir "$OUT/$name-s$seed" \
-                > "$OUT/$name-s$seed.log" 2>&1 || echo "$name-s$seed ended with status $?"; }
     lyra badpre "$L/test_poisoned_badpre.csv"
     for seed in 0 1 2; do
       job lyra $seed "${LY[@]}" --losses ce,dece,dece+filter --alpha_bases 0.9 &
