@@ -262,6 +262,15 @@ def test_demo_uses_bf16_only_where_it_is_fast():
     assert not bench_arguments(args).bf16 and bench_arguments(args, bf16=True).bf16
 
 
+def test_dece_cells_need_their_alpha():
+    from dece_trainer.backdoor.experiment import TrainConfig, loss_settings
+
+    with pytest.raises(ValueError, match="loss 'dece' needs alpha_base"):
+        loss_settings("dece", None, TrainConfig())
+    assert loss_settings("dece", 0.9, TrainConfig())["dece_alpha_base"] == 0.9
+    assert loss_settings("ce", None, TrainConfig())["dece_alpha_base"] == 1.0
+
+
 @pytest.mark.parametrize("loss", ["ls", "gce", "lowlr"])
 def test_baseline_losses_train(tmp_path, tokenizer, loss):
     from datasets import Dataset

@@ -67,15 +67,18 @@ def collator(tokenizer: Any) -> DataCollatorForSeq2Seq:
     return DataCollatorForSeq2Seq(tokenizer, padding=True)
 
 
-def loss_settings(loss: str, alpha_base: float, cfg: TrainConfig) -> dict[str, Any]:
+def loss_settings(loss: str, alpha_base: float | None, cfg: TrainConfig) -> dict[str, Any]:
     """Trainer class, DeCE settings and learning rate for a named loss (CE is DeCE with a = 1, e = 0; ``onion``
-    trains as CE, its defense acts at test time)."""
+    trains as CE, its defense acts at test time). ``alpha_base`` is needed by ``dece`` alone."""
     if loss not in LOSSES or loss == FILTER:
         raise ValueError(f"unknown loss {loss!r}; valid losses: {', '.join(x for x in LOSSES if x != FILTER)} "
                          f"({FILTER} is a two-stage cell: run_cell trains dece, then ce)")
     settings = {"trainer": DeCETrainer, "dece_alpha_base": 1.0, "dece_label_smoothing": 0.0,
                 "learning_rate": cfg.learning_rate}
     if loss == "dece":
+        if alpha_base is None:
+            raise ValueError("loss 'dece' needs alpha_base (the cell's alpha_base, or the one derived from its "
+                             "alpha_final)")
         settings.update(dece_alpha_base=alpha_base, dece_label_smoothing=cfg.label_smoothing)
     elif loss == "ls":
         settings.update(dece_label_smoothing=0.1)
@@ -87,7 +90,7 @@ def loss_settings(loss: str, alpha_base: float, cfg: TrainConfig) -> dict[str, A
 
 
 def train(model: Any, tokenizer: Any, train_data: Dataset, out_dir: str, cfg: TrainConfig, loss: str = "ce",
-          alpha_base: float = 0.985, seed: int = 0, probes: dict[str, Dataset] | None = None,
+          alpha_base: float | None = None, seed: int = 0, probes: dict[str, Dataset] | None = None,
           payload_fn: Callable[[str], bool] | None = None, save_final: bool = False) -> tuple[Any, list[dict]]:
     """Train ``model`` on encoded ``train_data`` with ``loss``; resumes from a checkpoint in ``out_dir``.
 
@@ -277,7 +280,7 @@ def _train_cell(model_factory, train_data, probes, payload_fn, cfg, out_dir, los
     model, tokenizer = model_factory(seed)
     encoded = encode(train_data, tokenizer, cfg)
     encoded_probes = {name: encode(data, tokenizer, cfg) for name, data in probes.items()}
-    model, history = train(model, tokenizer, encoded, out_dir, cfg, loss=loss, alpha_base=alpha_base or 1.0,
+    model, history = train(model, tokenizer, encoded, out_dir, cfg, loss=loss, alpha_base=alpha_base,
                            seed=seed, probes=encoded_probes, payload_fn=payload_fn)
     for name in os.listdir(out_dir):
         if name.startswith(("checkpoint-", "incomplete-checkpoint-")):
