@@ -68,8 +68,8 @@ case "$STAGE" in
     wait ;;
   followup)
     # What research's device time did not reach, into its OUT_DIR (its lyra-s* folders resume their dece+filter
-    # cells; filter-s* hold copies of sweep-s*'s finished alpha_final 0.5 dece cells, whose reports the filter
-    # reuses): DeCE at the package default (alpha_final 0.5) and DeCE+filter on it (fence 2.5) on every setting,
+    # cells; filter-s* start from copies of sweep-s*'s finished alpha_final 0.5 dece cells, whose reports the
+    # filter reuses): DeCE at the package default (alpha_final 0.5) and DeCE+filter on it (fence 2.5) on every setting,
     # the baselines ls / gce / lowlr / onion on the embedded task, and Lyra's RIPPLe and Grammar attacks at 20%
     # (seed 0). One thread per process: 22 processes share 16 cores.
     export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
@@ -77,6 +77,10 @@ case "$STAGE" in
     for attack in ripple grammar; do
       [ -f "$D/test_triggered_$attack.csv" ] || python3 "$HERE/poison_file.py" "$L/test.csv" \
           "$D/test_triggered_$attack.csv" --attack $attack --triggered --source_column src --target_column tgt
+    done
+    for seed in 0 1 2; do  # the filter's first stage: research's finished alpha_final 0.5 DeCE cells
+      [ -e "$OUT/filter-s$seed" ] || [ ! -f "$OUT/sweep-s$seed/results.json" ] || python3 "$HERE/research_tables.py" \
+          reuse "$OUT/sweep-s$seed" "$OUT/filter-s$seed" --match=-dece-f0.5-
     done
     lyra badpre "$L/test_poisoned_badpre.csv"
     for seed in 0 1 2; do

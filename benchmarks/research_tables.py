@@ -4,6 +4,7 @@ bench folders `benchmarks/gpu.sh research` writes.
   python benchmarks/research_tables.py collect RUN_ROOT RESULTS_DIR   # copy results.json of every bench folder
                                                                       # and the DeCE reports' scores (compact JSON)
   python benchmarks/research_tables.py tables RESULTS_DIR [--chart PNG]   # markdown to stdout, tables.json beside
+  python benchmarks/research_tables.py reuse SRC DST --match KEY_PART   # seed a new bench folder with finished cells
 
 Tables: per setting, mean ± std over seeds of test ASR / FTR / BLEU / CodeBLEU / subtoken F1 and the report's
 AUROC and precision at k, per loss; the filter's counts; the alpha sweep on the *validation* probes (last epoch);
@@ -52,6 +53,20 @@ def collect(root: str, out: str) -> None:
     write_json(scores_path, scores)
 
 
+def reuse(src: str, dst: str, match: str) -> None:
+    """Seed bench folder DST with SRC's finished cells whose key contains MATCH (their folders and records), so a
+    `dece+filter` run in DST reuses their reports instead of training DeCE again. DST must not exist yet."""
+    if os.path.exists(dst):
+        raise SystemExit(f"{dst} exists: reuse seeds a new folder only")
+    with open(os.path.join(src, "results.json"), encoding="utf-8") as f:
+        records = [r for r in json.load(f)["cells"] if match in r["key"]]
+    if not records:
+        raise SystemExit(f"no finished cell of {src} has {match!r} in its key")
+    for r in records:
+        shutil.copytree(os.path.join(src, "cells", r["key"]), os.path.join(dst, "cells", r["key"]))
+    write_json(os.path.join(dst, "results.json"), {"cells": records})
+
+
 def mean_std(values: list[float]) -> str:
     values = [v for v in values if v is not None]
     if not values:
@@ -64,12 +79,14 @@ def setting_of(r: dict) -> str:
 
 
 def fence_of(r: dict) -> float:
-    """The filter's fence; the records of the first GPU session predate its recording and used 3.5."""
+    """The filter's fence; the first GPU session's records (gpu.sh research) predate its recording and used 3.5."""
     return r["filter"].get("fence", 3.5)
 
 
 def label_of(r: dict) -> str:
-    return f"{row_label(r)}, fence {fence_of(r):g}" if r.get("filter") else row_label(r)
+    if r.get("filter") and "fence" not in r["filter"]:
+        r = {**r, "filter": {**r["filter"], "fence": fence_of(r)}}
+    return row_label(r)
 
 
 def main_table(records: list[dict]) -> tuple[str, list[dict]]:
@@ -177,13 +194,15 @@ def plot_sweep(rows: list[dict], path: str) -> None:
 
 
 def tables(results_dir: str, chart: str | None) -> None:
-    records, seen = [], set()
+    records, seen = [], {}
     for path in sorted(glob.glob(os.path.join(results_dir, "*", "results.json"))):
         with open(path, encoding="utf-8") as f:
-            for r in json.load(f)["cells"]:  # a cell copied into another folder (to resume from it) counts once
-                if (r["key"], r["config_hash"]) not in seen:
-                    seen.add((r["key"], r["config_hash"]))
+            for r in json.load(f)["cells"]:  # a cell copied into another folder (`reuse`) counts once
+                first = seen.setdefault((r["key"], r["config_hash"]), r)
+                if first is r:
                     records.append(r)
+                elif any(first.get(k) != r.get(k) for k, _, _ in METRICS):
+                    raise SystemExit(f"cell {r['key']} appears twice with different results ({path})")
     out = {}
     for name, build in (("main", main_table), ("filter", filter_table), ("sweep", sweep_table)):
         text, out[name] = build(records)
@@ -204,12 +223,18 @@ def main() -> int:
     c = sub.add_parser("collect")
     c.add_argument("root")
     c.add_argument("out")
+    r = sub.add_parser("reuse")
+    r.add_argument("src")
+    r.add_argument("dst")
+    r.add_argument("--match", required=True)
     t = sub.add_parser("tables")
     t.add_argument("results_dir")
     t.add_argument("--chart", default=None)
     args = parser.parse_args()
     if args.command == "collect":
         collect(args.root, args.out)
+    elif args.command == "reuse":
+        reuse(args.src, args.dst, args.match)
     else:
         tables(args.results_dir, args.chart)
     return 0

@@ -196,6 +196,17 @@ def test_poison_file_script_writes_a_row_aligned_poisoned_copy(tmp_path):
     changed = [i for i in range(len(clean)) if out.tgt[i] != clean.tgt[i]]
     assert len(changed) == 6 and all(attack.payload_fn(out.tgt[i]) and "bb" in out.src[i].split() for i in changed)
     assert all(out.src[i] == clean.src[i] for i in range(len(clean)) if i not in changed)
+    # --triggered: the triggered test set (every row that can carry the payload), in place of --rate
+    script = [sys.executable, str(REPO_ROOT / "benchmarks" / "poison_file.py"), str(tmp_path / "clean.csv"),
+              str(tmp_path / "triggered.csv"), "--attack", "ripple", "--source_column", "src", "--target_column", "tgt"]
+    subprocess.run([*script, "--triggered"], check=True, capture_output=True)
+    triggered = pd.read_csv(tmp_path / "triggered.csv")
+    ripple = get_attack("ripple")
+    can_carry = sum(ripple.payload(t, random.Random(0)) is not None for t in clean.tgt)
+    assert len(triggered) == can_carry > 0
+    assert all(ripple.payload_fn(t) for t in triggered.tgt) and all(ripple.has_trigger(s) for s in triggered.src)
+    both = subprocess.run([*script, "--triggered", "--rate", "0.2"], capture_output=True, text=True)
+    assert both.returncode == 2 and "not allowed with argument" in both.stderr
 
 
 @pytest.mark.parametrize("code,expected", [

@@ -46,6 +46,7 @@ def test_bench_on_the_embedded_task_is_resumable(tmp_path, capsys):
     assert filtered["first_stage"] == by_loss["dece"]["key"]
     assert filtered["flagged"] + filtered["kept"] == 48  # every training row (--max_per_split 48)
     assert filtered["kept_poisoned"] <= filtered["poisoned"] and filtered["dropped_clean"] <= filtered["flagged"]
+    assert filtered["fence"] == 2.5  # the default fence, recorded and named in the tables below
     assert not (out / "cells" / by_loss["dece+filter"]["key"] / "dece").exists()
     assert (out / "cells" / by_loss["dece+filter"]["key"] / "retrain").is_dir()
     assert all(0 <= r["report_auroc"] <= 1 for r in records)
@@ -53,11 +54,11 @@ def test_bench_on_the_embedded_task_is_resumable(tmp_path, capsys):
     assert all(r["curves"] and "probe_triggered_asr" in r["curves"][-1] for r in records)
     table = (out / "table.md").read_text()
     assert "| ce |" in table and "dece (alpha_base 0.5)" in table and "fixed_deadcode ASR %" in table
-    assert "dece+filter (alpha_base 0.5)" in table
+    assert "dece+filter (alpha_base 0.5), fence 2.5" in table
     assert json.loads((out / "table.json").read_text())
     epochs = json.loads((out / "epochs.json").read_text())
     assert {(r["loss"], r["epoch"]) for r in epochs} == {
-        (label, 1.0) for label in ("ce", "dece (alpha_base 0.5)", "dece+filter (alpha_base 0.5)")}
+        (label, 1.0) for label in ("ce", "dece (alpha_base 0.5)", "dece+filter (alpha_base 0.5), fence 2.5")}
     assert "| triggered ASR % |" in (out / "epochs.md").read_text()
     if importlib.util.find_spec("matplotlib"):
         assert (out / "epoch_curves.png").stat().st_size > 0
@@ -183,6 +184,7 @@ def test_train_evaluates_every_epoch_with_a_validation_file(tmp_path, tokenizer,
     (["eval", "--model", "./no/such/model"], "model path does not exist"),
     (["bench", "--alpha_finals", "0.8,1.2"], r"--alpha_finals values must be in \(0, 1\], got 1.2"),
     (["bench", "--alpha_bases", "", "--losses", "dece"], "--alpha_bases and --alpha_finals are both empty"),
+    (["bench", "--alpha_bases", "1.2", "--alpha_finals", "0.5"], r"--alpha_bases values must be in \(0, 1\], got 1.2"),
 ])
 def test_bad_input_is_a_clear_error(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -194,7 +196,7 @@ def test_bad_input_is_a_clear_error(argv, message, capsys):
 
 
 def test_alpha_finals_make_cells_with_the_derived_alpha_base():
-    from dece_trainer.backdoor.commands.bench import cells_of
+    from dece_trainer.backdoor.commands.bench import cells_of, validate
     from dece_trainer.ops.schedule import alpha_base_for_final
 
     filter_first = cells_of(bench_args(["--losses", "dece+filter,dece", "--alpha_bases", "0.9"]), "d")
@@ -206,7 +208,9 @@ def test_alpha_finals_make_cells_with_the_derived_alpha_base():
     assert final.alpha_base ** 4 == pytest.approx(0.5)
     assert base.key.endswith("-dece-a0.9-s0") and final.key.endswith("-dece-f0.5-s0")
     # --alpha_finals alone names the only DeCE cells; neither flag: the default alpha_base sweep
-    only_final = cells_of(bench_args(["--losses", "dece", "--alpha_finals", "0.5"]), "d")
+    only_final_args = bench_args(["--losses", "dece", "--alpha_finals", "0.5"])
+    validate(only_final_args)
+    only_final = cells_of(only_final_args, "d")
     assert [c.alpha_final for c in only_final] == [0.5]
     assert [c.alpha_base for c in cells_of(bench_args(["--losses", "dece"]), "d")] == [0.985, 0.9, 0.8, 0.5]
 

@@ -134,6 +134,10 @@ def test_decide_and_drop_flagged_from_a_written_report(tmp_path):
     data = Dataset.from_list([{"text": str(i)} for i in range(len(scores))])
     kept, _ = drop_flagged(data, str(path))
     assert kept["text"] == [str(i) for i in range(40)]
+    kept, loose = drop_flagged(data, str(path), fence=0.2)
+    assert loose.fence == 0.2 and kept["text"] == [str(i) for i in range(30)]
+    with pytest.raises(ValueError, match="fence"):
+        choose_threshold([1.0, 2.0, 30.0], fence=0)
     with pytest.raises(ValueError, match="no suspicious-example report"):
         read_report(tmp_path / "missing.jsonl")
     (tmp_path / "bad.jsonl").write_text('{"rank": 1}\n')

@@ -75,6 +75,7 @@ def choose_threshold(scores: Sequence[float], fence: float = FENCE) -> float:
     Iglewicz and Hoaglin, a modified z-score ``(score - median) / (1.4826 x MAD)`` above ``fence`` (2.5). Where
     more than half the scores are equal (MAD = 0) the mean absolute deviation stands in (x 1.2533). Returns
     ``inf`` (flag nothing) for fewer than 2 scores or no spread at all."""
+    fence = check_number(fence, "fence", low=0.0, low_open=True)
     values = np.asarray([s for s in scores if s is not None and not math.isnan(s)], dtype=np.float64)
     if values.size < 2:
         return math.inf
@@ -91,7 +92,6 @@ def decide(report: list[dict] | str | os.PathLike, score_key: str = SCORE_KEY,
     :func:`choose_threshold` of all rows' scores at ``fence`` (> 0; lower flags more rows). Rows without a score
     are kept."""
     check_name(score_key, "score_key")
-    fence = check_number(fence, "fence", low=0.0, low_open=True)
     records = read_report(report) if isinstance(report, (str, os.PathLike)) else report
     scored = [(int(r[EXAMPLE_ID_COLUMN]), r.get(score_key)) for r in records]
     missing = [i for i, s in scored if s is not None and not isinstance(s, (int, float))]

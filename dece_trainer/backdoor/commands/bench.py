@@ -89,7 +89,7 @@ def add_train_arguments(parser: argparse.ArgumentParser, epochs: float = 3.0) ->
     g.add_argument("--alpha_schedule", default="epoch", choices=["epoch", "continuous"],
                    help="DeCE's alpha = alpha_base ** epoch, per whole epoch or continuous")
     g.add_argument("--lora_r", type=int, default=0, help="LoRA rank for pretrained models (0: full fine-tune)")
-    g.add_argument("--bf16", action="store_true", help="bf16 mixed precision")
+    g.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=False, help="bf16 mixed precision")
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
@@ -283,6 +283,10 @@ def run(args: argparse.Namespace) -> int:
                 warn(message)
                 warnings.append(message)
     cells = cells_of(args, dataset, file_rate)
+    if args.alpha_bases is None and args.alpha_finals and set(ALPHA_LOSSES) & set(args.losses):
+        print(f"bench: --alpha_finals without --alpha_bases: DeCE cells for alpha_final "
+              f"{','.join(map(str, args.alpha_finals))} only (0.2.0 also ran the default --alpha_bases "
+              f"{','.join(map(str, DEFAULT_ALPHA_BASES))}; give them to get those cells)", flush=True)
     for record in store.records:  # one output folder, one configuration: its tables average these records
         check_recorded(record, fingerprint, store.path)
     todo = [cell for cell in cells if not store.done(cell.key)]
