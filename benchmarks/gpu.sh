@@ -70,8 +70,9 @@ case "$STAGE" in
     # What research's device time did not reach, into its OUT_DIR (its lyra-s* folders resume their dece+filter
     # cells; filter-s* start from copies of sweep-s*'s finished alpha_final 0.5 dece cells, whose reports the
     # filter reuses): DeCE at the package default (alpha_final 0.5) and DeCE+filter on it (fence 2.5) on every setting,
-    # the baselines ls / gce / lowlr / onion on the embedded task, and Lyra's RIPPLe and Grammar attacks at 20%
-    # (seed 0). One thread per process: 22 processes share 16 cores.
+    # the baselines ls / gce / lowlr / onion on the embedded task and ls / gce / lowlr on Lyra, and Lyra's RIPPLe
+    # and Grammar attacks at 20% (seed 0). One thread per process: up to 31 processes share 16 cores (the second
+    # session ran the 22 without Lyra's baselines in 9 minutes; a rerun finds most cells done).
     export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
     prepare badpre ripple grammar
     for attack in ripple grammar; do
@@ -86,6 +87,7 @@ case "$STAGE" in
     for seed in 0 1 2; do
       job lyra $seed "${LY[@]}" --losses ce,dece,dece+filter --alpha_bases 0.9 &
       job lyra_default $seed "${LY[@]}" --losses dece,dece+filter --alpha_finals 0.5 &
+      for loss in ls gce lowlr; do job "lyra_$loss" $seed "${LY[@]}" --losses $loss & done
       job filter $seed "${EMBEDDED[@]}" --losses dece,dece+filter --alpha_finals 0.5 &
       job adaptive_default $seed "${EMBEDDED[@]}" --attacks adaptive --poison_rates 0.1 --losses dece,dece+filter \
           --alpha_finals 0.5 &
