@@ -234,7 +234,9 @@ def test_resumed_run_reports_what_an_uninterrupted_one_does(tmp_path, tokenizer,
     assert resumed_cb in resumed.callback_handler.callbacks and resumed_cb.history is not None
 
     assert len(epoch_logs(whole)) == 2 and epoch_logs(whole)[-1]["examples_seen"] == 32
-    assert epoch_logs(resumed) == pytest.approx(epoch_logs(whole))
+    assert len(epoch_logs(resumed)) == len(epoch_logs(whole))
+    for got, want in zip(epoch_logs(resumed), epoch_logs(whole)):  # pytest 9.2's approx takes no list of dicts
+        assert got == pytest.approx(want)
     for name in ("loss", "prob", "worst_prob", "visits"):
         np.testing.assert_array_equal(np.stack(getattr(resumed_cb.history, name)),
                                       np.stack(getattr(whole_cb.history, name)))
