@@ -105,7 +105,7 @@ def main_table(records: list[dict]) -> tuple[str, list[dict]]:
 
 
 def filter_table(records: list[dict]) -> tuple[str, list[dict]]:
-    lines = ["| setting | first stage | seed | flagged | clean rows dropped | poisoned rows kept (of) |",
+    lines = ["| setting | cell | seed | flagged | clean rows dropped | poisoned rows kept (of) |",
              "| --- | --- | ---: | ---: | ---: | ---: |"]
     rows = []
     for r in sorted((r for r in records if r.get("filter")), key=lambda r: (setting_of(r), label_of(r), r["seed"])):
