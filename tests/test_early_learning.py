@@ -272,6 +272,26 @@ def test_saved_state_is_plain_json(tmp_path, tokenizer, small_train):
         _decode_array(short, "partial_worst")
 
 
+def test_state_arrays_are_compressed_and_older_uncompressed_ones_still_read():
+    import base64
+
+    from dece_trainer.callbacks.early_learning import _decode_array, _encode_array
+
+    ids = np.tile(np.arange(8, dtype=np.int32), (2, 300, 1))  # worst-token ids repeat across rows
+    record = _encode_array(ids)
+    assert set(record) == {"dtype", "shape", "zlib_base64"}
+    assert len(record["zlib_base64"]) < len(base64.b64encode(ids.tobytes())) / 4
+    np.testing.assert_array_equal(_decode_array(record, "token_ids"), ids)
+    ce = np.linspace(0, 30, 48, dtype=np.float16).reshape(2, 3, 8)
+    legacy = {"dtype": "float16", "shape": [2, 3, 8], "base64": base64.b64encode(ce.tobytes()).decode("ascii")}
+    np.testing.assert_array_equal(_decode_array(legacy, "token_ce"), ce)  # a 0.2.0 checkpoint
+    bomb = dict(record, shape=[2, 3, 8])  # declares fewer bytes than the stream inflates to: refused, not inflated
+    with pytest.raises(ValueError, match="bytes"):
+        _decode_array(bomb, "token_ids")
+    with pytest.raises(ValueError, match="malformed"):
+        _decode_array(dict(record, zlib_base64=base64.b64encode(b"not zlib").decode("ascii")), "token_ids")
+
+
 def test_curves_keep_dece_loss_apart_from_cross_entropy_and_show_zero_series(tmp_path, monkeypatch):
     from dece_trainer.callbacks import plots
 

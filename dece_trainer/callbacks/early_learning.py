@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import zlib
 from typing import Any, Callable
 
 import numpy as np
@@ -70,8 +71,8 @@ class EarlyLearningCallback(TrainerCallback):
 
     Checkpoints: its state (every finished epoch's per-example arrays, the accumulators of an epoch in
     progress, the clean signal and the alarm) goes into the trainer state (``TrainerState.stateful_callbacks``,
-    i.e. each checkpoint's ``trainer_state.json``; arrays as base64 of their raw little-endian bytes, read back
-    with ``numpy.frombuffer``, never unpickled) whenever the trainer is about to save, and comes back in
+    i.e. each checkpoint's ``trainer_state.json``; arrays as base64 of their zlib-compressed little-endian bytes,
+    read back with ``numpy.frombuffer``, never unpickled) whenever the trainer is about to save, and comes back in
     ``on_train_begin`` of a run resumed with ``trainer.train(resume_from_checkpoint=...)``: the callback you passed
     keeps its probes and ``payload_fn`` and reports what an uninterrupted run reports. It needs no
     ``restore_callback_states_from_checkpoint``.
@@ -405,21 +406,29 @@ def _token_records(evidence, i: int, tokenizer) -> list[dict]:
 
 
 def _encode_array(value: np.ndarray) -> dict:
-    """A numpy array as JSON: dtype, shape and the base64 of its little-endian bytes."""
+    """A numpy array as JSON: dtype, shape and the base64 of its zlib-compressed little-endian bytes (the token
+    ids of the worst-token arrays repeat a lot: 2-5x smaller on the benchmark's runs)."""
     dtype = np.dtype(value.dtype).newbyteorder("<")
     if value.dtype.name not in _ARRAY_DTYPES:
         raise ValueError(f"cannot save a {value.dtype} array in the early-learning state")
-    data = np.ascontiguousarray(value, dtype=dtype).tobytes()
-    return {"dtype": value.dtype.name, "shape": list(value.shape), "base64": base64.b64encode(data).decode("ascii")}
+    data = zlib.compress(np.ascontiguousarray(value, dtype=dtype).tobytes(), 6)
+    return {"dtype": value.dtype.name, "shape": list(value.shape),
+            "zlib_base64": base64.b64encode(data).decode("ascii")}
 
 
 def _decode_array(record: Any, name: str) -> np.ndarray:
-    """The inverse of `_encode_array`, for the allowed dtypes only (no pickle, no object arrays)."""
+    """The inverse of `_encode_array`, for the allowed dtypes only (no pickle, no object arrays); also reads the
+    uncompressed ``base64`` field of checkpoints written by 0.2.0. Never inflates past the declared size."""
     try:
         dtype = np.dtype(_ARRAY_DTYPES[record["dtype"]]).newbyteorder("<")
         shape = tuple(int(n) for n in record["shape"])
-        data = base64.b64decode(record["base64"], validate=True)
-    except (KeyError, TypeError, ValueError) as err:
+        if "zlib_base64" in record:
+            inflate = zlib.decompressobj()
+            data = inflate.decompress(base64.b64decode(record["zlib_base64"], validate=True),
+                                      dtype.itemsize * math.prod(shape) + 1)
+        else:
+            data = base64.b64decode(record["base64"], validate=True)
+    except (KeyError, TypeError, ValueError, zlib.error) as err:
         raise ValueError(f"the checkpoint's early-learning array `{name}` is malformed: {err!r}") from err
     if len(data) != dtype.itemsize * math.prod(shape):
         raise ValueError(f"the checkpoint's early-learning array `{name}` has {len(data)} bytes, not "
