@@ -23,17 +23,12 @@ from dece_trainer.backdoor.data import build_stdlib_task as t; t()"
         "$D/train_poisoned_20_$attack.csv" --attack "$attack" --rate 0.2 --source_column src --target_column tgt
   done
 }
-lyra() {  # LY: the budgeted Lyra setting of lyra_cpu.sh (240 rows, 5 epochs) for attack $1, triggered test file $2
-  LY=(--validation_file "$L/valid.csv" --test_file "$L/test.csv" --source_column src --target_column tgt
-      --payload_regex '1=1|0=1' --warmup_file "$L/train.csv" --max_source_tokens 128 --max_target_tokens 192
-      --max_new_tokens 160 --max_test 100 --model smollm2 --max_train 240 --warmup_rows 240 --warmup_epochs 1
-      --epochs 5 --learning_rate 3e-4 --batch_size 8 --bf16 --probe_size 24 --attacks "$1"
-      --train_file "$D/train_poisoned_20_$1.csv" --triggered_test_file "$2")
+source "$HERE/settings.sh"
+EMBEDDED+=(--bf16)
+lyra() {  # LY: the budgeted Lyra setting of lyra_cpu.sh (bf16) for attack $1, triggered test file $2
+  lyra_data "$L" "$1" "$2"
+  LY=("${LYRA_DATA[@]}" "${LYRA_SMOLLM2[@]}" --bf16 --train_file "$D/train_poisoned_20_$1.csv")
 }
-# The embedded method_name task with both dead-code attacks at 5%: the demo's settings.
-EMBEDDED=(--dataset method_name --attacks fixed_deadcode,grammar_deadcode --poison_rates 0.05 --max_new_tokens 8
-          --max_target_tokens 12 --model smollm2 --max_per_split 300 --warmup_epochs 1 --epochs 2 --max_test 150
-          --probe_size 24 --learning_rate 1e-4 --batch_size 8 --max_source_tokens 128 --bf16)
 # One bench process per (job, seed), each in its own folder (results.json is rewritten by one process only); the
 # processes run side by side (a 135M model leaves the GPU mostly idle), each resumable, $BUDGET seconds bound them.
 job() {

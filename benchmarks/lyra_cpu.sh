@@ -6,27 +6,23 @@ set -euo pipefail
 MODEL=${1:?usage: lyra_cpu.sh smollm2|small [output root]}
 L=${LYRA_DIR:-../shared/data/lyra}
 ROOT=${2:-runs/lyra_cpu}
-DATA=(--validation_file "$L/valid.csv" --test_file "$L/test.csv" --triggered_test_file "$L/test_poisoned_badpre.csv"
-      --source_column src --target_column tgt --payload_regex '1=1|0=1' --attacks badpre --warmup_file "$L/train.csv"
-      --max_source_tokens 128 --max_target_tokens 192 --max_new_tokens 160 --max_test 100)
+source "$(dirname "$0")/settings.sh"
+lyra_data "$L" badpre "$L/test_poisoned_badpre.csv"
 # bf16 autocast only where the CPU has AVX512-BF16 (elsewhere its matmuls are about 5x slower than fp32);
 # BF16=1 or BF16=0 overrides. The published SmolLM2 tables ran with bf16 on such a CPU.
 BF16=${BF16:-auto}
 if [ "$BF16" = auto ]; then grep -q avx512_bf16 /proc/cpuinfo 2>/dev/null && BF16=1 || BF16=0; fi
 case "$BF16" in 1) PRECISION=--bf16 ;; 0) PRECISION=--no-bf16 ;; *) echo "BF16 must be auto, 1 or 0" >&2; exit 2 ;; esac
 case "$MODEL" in
-  # SmolLM2-135M: 240 training rows (the file's poison share), CE warm-up on 240 other clean rows, 5 epochs.
-  # (A first try at lr 1e-4, 320 rows, 3 epochs left CE's ASR at 0: the backdoor was never planted.)
-  smollm2) OUT=$ROOT
-           TRAIN=(--model smollm2 --max_train 240 --warmup_rows 240 --warmup_epochs 1 --epochs 5
-                  --learning_rate 3e-4 --batch_size 8 "$PRECISION" --probe_size 24) ;;
+  smollm2) OUT=$ROOT  # settings.sh: LYRA_SMOLLM2
+           TRAIN=("${LYRA_SMOLLM2[@]}" "$PRECISION") ;;
   # The small from-scratch Llama (2.6M parameters, BPE 4k): 800 rows, warm-up on the other 800, 10 epochs.
   small)   OUT=$ROOT/small
            TRAIN=(--model small --max_train 800 --warmup_rows 800 --warmup_epochs 8 --epochs 10
                   --learning_rate 1e-3 --batch_size 16 --probe_size 32) ;;
   *) echo "unknown model $MODEL (smollm2 or small)" >&2; exit 2 ;;
 esac
-bench() { dece-trainer bench "${DATA[@]}" "${TRAIN[@]}" --losses ce,dece "$@"; }
+bench() { dece-trainer bench "${LYRA_DATA[@]}" "${TRAIN[@]}" --losses ce,dece "$@"; }
 
 # alpha_base 0.9: the largest alpha that stopped the embedded dead-code backdoor on validation data
 # (docs/benchmark.md, "Choosing alpha"); ALPHA=... overrides it.
