@@ -4,29 +4,27 @@ For each trainer (DeCETrainer, which hands its per-token CE to the callback, and
 callback's forward hook computes per-token CE from the logits), trains the same model for a fixed number of
 steps with and without the callback, alternating the runs, and reports the median seconds per step.
 
-Usage: python benchmarks/callback_overhead.py [--steps 60] [--repeats 5] [--hidden 256]
-Writes benchmarks/results/callback_overhead.json.
+Usage: python benchmarks/callback_overhead.py [--steps 60] [--repeats 5] [--hidden 256] [--json PATH]
+Writes benchmarks/results/callback_overhead.json; its table: python benchmarks/tables.py callback_overhead.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
-import sys
 import tempfile
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+import tiny_task as tiny  # noqa: E402  (benchmarks/tiny_task.py, beside this script)
 import torch  # noqa: E402
+from tables import callback_overhead  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments  # noqa: E402
 
 from dece_trainer import DeCETrainer, DeCETrainingArguments, EarlyLearningCallback, add_example_ids  # noqa: E402
-from tests import tiny  # noqa: E402
+from dece_trainer.io import write_json  # noqa: E402
 
 
 def build_model(tokenizer, hidden: int) -> LlamaForCausalLM:
@@ -78,20 +76,10 @@ def main() -> None:
                                  "overhead": monitored / base - 1.0}
 
     n_params = sum(p.numel() for p in build_model(tokenizer, args.hidden).parameters())
-    print(f"tiny Llama ({n_params / 1e6:.2f}M parameters, hidden {args.hidden}, 4 layers), batch 8, "
-          f"{args.steps} steps x {args.repeats} alternating repeats (median); torch {torch.__version__}, "
-          f"{platform.machine()}, {os.cpu_count()} CPUs\n")
-    print("| trainer | s/step without | s/step with EarlyLearningCallback | overhead |")
-    print("| --- | ---: | ---: | ---: |")
-    for name, r in results.items():
-        print(f"| {name} | {r['seconds_per_step']:.4f} | {r['seconds_per_step_with_callback']:.4f} | "
-              f"{100 * r['overhead']:+.1f}% |")
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    tmp = args.json + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump({"parameters": n_params, "hidden": args.hidden, "steps": args.steps, "repeats": args.repeats,
-                   "torch": torch.__version__, "cpus": os.cpu_count(), "results": results}, f, indent=2)
-    os.replace(tmp, args.json)
+    record = {"parameters": n_params, "hidden": args.hidden, "steps": args.steps, "repeats": args.repeats,
+              "torch": torch.__version__, "cpus": os.cpu_count(), "results": results}
+    print(callback_overhead(record))
+    write_json(args.json, record)
 
 
 if __name__ == "__main__":

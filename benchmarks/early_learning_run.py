@@ -2,8 +2,10 @@
 task where 5% of the training pairs carry a trigger word (``bb``) and a payload (``or 1=1``).
 
 Runs both with EarlyLearningCallback (clean and triggered probes, ground truth known) and copies the
-pictures to docs/images/early_learning/ and the per-epoch numbers to benchmarks/results/early_learning_run.json.
-About 10 s on 2 CPU cores.
+pictures to docs/images/early_learning/ and the per-epoch numbers to benchmarks/results/early_learning_run.json
+(its table: python benchmarks/tables.py early_learning). The record's ``ranking_score`` names the score the
+``suspicious_*`` columns rank by ("token", the report's score; the per-example score is logged beside it as
+``suspicious_example_*``).
 
 Usage: python benchmarks/early_learning_run.py [--epochs 12] [--alpha_base 0.9] [--seed 0]
 """
@@ -11,21 +13,20 @@ Usage: python benchmarks/early_learning_run.py [--epochs 12] [--alpha_base 0.9] 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
-import sys
 import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-sys.path.insert(0, ROOT)
+
+import tiny_task as tiny  # noqa: E402  (benchmarks/tiny_task.py, beside this script)
+from tables import EARLY_KEYS, early_learning  # noqa: E402
 
 from dece_trainer import DeCETrainer, DeCETrainingArguments, EarlyLearningCallback, add_example_ids  # noqa: E402
-from tests import tiny  # noqa: E402
+from dece_trainer.io import write_json  # noqa: E402
 
-KEYS = ("epoch", "example_loss_p50", "example_loss_p99", "unlearned_frac", "memorisation_score", "suspicious_auroc",
-        "suspicious_precision_at_k", "probe_clean_bleu", "probe_triggered_asr", "probe_clean_asr")
+KEYS = (*EARLY_KEYS, "suspicious_example_auroc", "suspicious_example_precision_at_k")
 
 
 def run(name: str, alpha: float, smoothing: float, epochs: int, seed: int, out: str) -> list[dict]:
@@ -40,7 +41,7 @@ def run(name: str, alpha: float, smoothing: float, epochs: int, seed: int, out: 
                                  learning_rate=3e-3, logging_steps=25, eval_strategy="epoch", report_to=[],
                                  save_strategy="no", use_cpu=True, disable_tqdm=True, seed=seed,
                                  dece_alpha_base=alpha, dece_label_smoothing=smoothing)
-    trainer = DeCETrainer(model=tiny.make_model("llama", tok, seed=seed), args=args, train_dataset=train,
+    trainer = DeCETrainer(model=tiny.make_llama(tok, seed=seed), args=args, train_dataset=train,
                           eval_dataset=clean, data_collator=tiny.pad_collator(tok), processing_class=tok,
                           callbacks=[callback])
     trainer.train()
@@ -66,18 +67,9 @@ def main() -> None:
             rows += run(name, alpha, smoothing, args.epochs, args.seed, out)
             for picture in ("curves.png", "loss_histogram.png"):
                 shutil.copyfile(os.path.join(out, "early_learning", picture), os.path.join(images, f"{name}_{picture}"))
-    print(f"tiny Llama, 200 training pairs (10 poisoned), {args.epochs} epochs, CE vs DeCE "
-          f"(alpha_base={args.alpha_base}, e=0.05), seed {args.seed}\n")
-    print("| run | " + " | ".join(KEYS) + " |")
-    print("| --- " * (len(KEYS) + 1) + "|")
-    for row in rows:
-        cells = [f"{row[k]:.3g}" if isinstance(row.get(k), float) else str(row.get(k, "")) for k in KEYS]
-        print(f"| {row['run']} | " + " | ".join(cells) + " |")
-    path = os.path.join(ROOT, "benchmarks", "results", "early_learning_run.json")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump({"args": vars(args), "rows": rows}, f, indent=2)
-    os.replace(path + ".tmp", path)
+    record = {"args": vars(args), "ranking_score": "token", "rows": rows}
+    print(early_learning(record))
+    write_json(os.path.join(ROOT, "benchmarks", "results", "early_learning_run.json"), record)
 
 
 if __name__ == "__main__":

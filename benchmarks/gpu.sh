@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The measurements of a session with a GPU: the performance tables (loss speed, LM-head memory, one training step,
-# bf16), and the research grid of issue 11 (CE / DeCE / DeCE+filter and baselines, 3 seeds, and the alpha sweep).
+# bf16), and the research grid (CE / DeCE / DeCE+filter and baselines, 3 seeds, and the alpha sweep), published as
+# benchmarks/results/gpu_h200_grid/ (python benchmarks/research_tables.py collect OUT_DIR benchmarks/results/gpu_h200_grid).
 #   bash benchmarks/gpu.sh perf OUT_DIR                   # JSON per benchmark into OUT_DIR (a few minutes)
 #   bash benchmarks/gpu.sh research OUT_DIR [LYRA_DIR]    # bench folders into OUT_DIR ($BUDGET s, default 480)
 #   bash benchmarks/gpu.sh followup OUT_DIR [LYRA_DIR]    # the second session's runs, beside research's folders

@@ -27,7 +27,9 @@ import sys
 
 import torch
 import torch.nn.functional as F
-from loss_speed import extra_peak, machine_info, time_interleaved, write_json
+from loss_speed import extra_peak, machine_info, time_interleaved
+
+from dece_trainer.io import write_json
 
 ALPHA, SMOOTHING = 0.985, 0.05
 HEADS = {"SmolLM2-135M": (576, 49_152), "Qwen2.5-0.5B": (896, 151_936)}

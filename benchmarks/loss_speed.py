@@ -32,11 +32,13 @@ import time
 import torch
 import torch.nn.functional as F
 
+from dece_trainer.io import write_json
+
 ALPHA, SMOOTHING = 0.985, 0.05
 DEFAULT_SHAPES = "2048x32000,2048x49152,2048x151936,8192x32000,8192x49152"
 
 
-# ---- machine and memory (also used by head_memory.py) ---------------------------------------------
+# ---- machine and memory (also used by head_memory.py and train_step.py) -----------------------------
 
 
 def machine_info(device: torch.device) -> dict:
@@ -103,13 +105,6 @@ def time_interleaved(steps: dict, repeats: int, device: torch.device) -> dict:
             sync(device)
             runs[name].append(time.perf_counter() - start)
     return {name: {"min_s": min(r), "median_s": statistics.median(r), "runs_s": r} for name, r in runs.items()}
-
-
-def write_json(path: str, record: dict) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(record, f, indent=2)
-    os.replace(path + ".tmp", path)
 
 
 # ---- the losses -------------------------------------------------------------------------------------

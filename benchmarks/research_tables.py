@@ -1,14 +1,26 @@
-"""The tables and the alpha chart of docs/benchmark.md ("Naming the poisoned rows, filtering, defaults"), from the
-bench folders `benchmarks/gpu.sh research` writes.
+"""The tables and the alpha chart of docs/benchmark.md's GPU section ("On a GPU (NVIDIA H200)"), from the bench
+folders `benchmarks/gpu.sh research` and `followup` write, and the per-folder `table.md` of any bench folder.
 
   python benchmarks/research_tables.py collect RUN_ROOT RESULTS_DIR   # copy results.json of every bench folder
                                                                       # and the DeCE reports' scores (compact JSON)
-  python benchmarks/research_tables.py tables RESULTS_DIR [--chart PNG]   # markdown to stdout, tables.json beside
+  python benchmarks/research_tables.py tables RESULTS_DIR [--output_dir DIR] [--chart PNG]
+      # markdown to stdout; tables.md and tables.json into DIR (default: RESULTS_DIR)
+  python benchmarks/research_tables.py table BENCH_DIR [--output PATH] [--epochs PATH]
+      # a bench folder's table.md (to stdout without --output) and, with --epochs, its epochs.md, from its
+      # results.json, as `dece-trainer bench` writes them
   python benchmarks/research_tables.py reuse SRC DST --match KEY_PART   # seed a new bench folder with finished cells
 
 Tables: per setting, mean ± std over seeds of test ASR / FTR / BLEU / CodeBLEU / subtoken F1 and the report's
 AUROC and precision at k, per loss; the filter's counts; the alpha sweep on the *validation* probes (last epoch);
-the filter threshold rule's decisions on every DeCE report.
+the filter threshold rule's decisions on every DeCE report. A filter cell must name its fence (`filter.fence` in
+its record): records written before the bench recorded it had it filled in afterwards, with a `fence_note`
+saying how it was established; a record without one is refused rather than guessed.
+
+Regenerate the committed tables:
+  python benchmarks/research_tables.py tables benchmarks/results/gpu_h200_grid \
+      --chart docs/images/benchmark/alpha_sweep_gpu.png
+  python benchmarks/research_tables.py table benchmarks/results/cpu_filter_check \
+      --output benchmarks/results/cpu_filter_check/table.md
 """
 
 from __future__ import annotations
@@ -23,9 +35,9 @@ import sys
 
 import numpy as np
 
-from dece_trainer.backdoor.report import row_label
+from dece_trainer.backdoor.report import epoch_table, markdown_table, row_label
 from dece_trainer.callbacks.poison_filter import choose_threshold
-from dece_trainer.io import write_json
+from dece_trainer.io import write_json, write_text
 
 METRICS = (("asr", 100, "ASR %"), ("false_trigger_rate", 100, "FTR %"), ("bleu", 1, "BLEU"),
            ("codebleu", 1, "CodeBLEU"), ("subtoken_f1", 100, "F1 %"), ("report_auroc", 1, "report AUROC"),
@@ -79,13 +91,18 @@ def setting_of(r: dict) -> str:
 
 
 def fence_of(r: dict) -> float:
-    """The filter's fence; the first GPU session's records (gpu.sh research) predate its recording and used 3.5."""
-    return r["filter"].get("fence", 3.5)
+    """The filter's fence, as its record states it. Never guessed: the fence default changed (3.5, then 2.5) before
+    records named it, so a filter record without one is refused."""
+    fence = r["filter"].get("fence")
+    if fence is None:
+        raise SystemExit(f"cell {r['key']}: its filter record names no fence; record the fence it ran with "
+                         "(with a fence_note saying how it is known) instead of leaving the reader to guess")
+    return fence
 
 
 def label_of(r: dict) -> str:
-    if r.get("filter") and "fence" not in r["filter"]:
-        r = {**r, "filter": {**r["filter"], "fence": fence_of(r)}}
+    if r.get("filter"):
+        fence_of(r)
     return row_label(r)
 
 
@@ -109,7 +126,7 @@ def filter_table(records: list[dict]) -> tuple[str, list[dict]]:
              "| --- | --- | ---: | ---: | ---: | ---: |"]
     rows = []
     for r in sorted((r for r in records if r.get("filter")), key=lambda r: (setting_of(r), label_of(r), r["seed"])):
-        f = {**r["filter"], "fence": fence_of(r)}
+        f = {**{k: v for k, v in r["filter"].items() if k != "fence_note"}, "fence": fence_of(r)}
         rows.append({"setting": setting_of(r), "loss": label_of(r), "seed": r["seed"], **f})
         lines.append(f"| {setting_of(r)} | {label_of(r)} | {r['seed']} | {f['flagged']} | {f['dropped_clean']} | "
                      f"{f['kept_poisoned']} ({f['poisoned']}) |")
@@ -193,7 +210,8 @@ def plot_sweep(rows: list[dict], path: str) -> None:
     plt.close(fig)
 
 
-def tables(results_dir: str, chart: str | None) -> None:
+def tables(results_dir: str, chart: str | None, output_dir: str | None = None) -> None:
+    """Print the tables, and write them (tables.md, tables.json) into ``output_dir`` (default ``results_dir``)."""
     records, seen = [], {}
     for path in sorted(glob.glob(os.path.join(results_dir, "*", "results.json"))):
         with open(path, encoding="utf-8") as f:
@@ -203,18 +221,37 @@ def tables(results_dir: str, chart: str | None) -> None:
                     records.append(r)
                 elif any(first.get(k) != r.get(k) for k, _, _ in METRICS):
                     raise SystemExit(f"cell {r['key']} appears twice with different results ({path})")
-    out = {}
+    out, markdown = {}, []
     for name, build in (("main", main_table), ("filter", filter_table), ("sweep", sweep_table)):
         text, out[name] = build(records)
-        print(f"\n### {name}\n\n{text}")
+        markdown.append(f"\n### {name}\n\n{text}\n")
     scores_path = os.path.join(results_dir, "report_scores.json")
     if os.path.isfile(scores_path):
         with open(scores_path, encoding="utf-8") as f:
             text, out["rules"] = rule_table(json.load(f))
-        print(f"\n### rules\n\n{text}")
-    write_json(os.path.join(results_dir, "tables.json"), out)
+        markdown.append(f"\n### rules\n\n{text}\n")
+    print("".join(markdown), end="")
+    output_dir = output_dir or results_dir
+    write_text(os.path.join(output_dir, "tables.md"), "".join(markdown))
+    write_json(os.path.join(output_dir, "tables.json"), out)
     if chart:
         plot_sweep(out["sweep"], chart)
+
+
+def bench_table(bench_dir: str, output: str | None, epochs: str | None = None) -> str:
+    """The bench's own `table.md` (the paper's layout) from BENCH_DIR/results.json, as `dece-trainer bench` writes
+    it; to ``output`` if given, and its per-epoch `epochs.md` to ``epochs`` if given. Filter cells must name their
+    fence, as in `tables`."""
+    with open(os.path.join(bench_dir, "results.json"), encoding="utf-8") as f:
+        records = json.load(f)["cells"]
+    for r in records:
+        label_of(r)
+    text = markdown_table(records)
+    if output:
+        write_text(output, text)
+    if epochs:
+        write_text(epochs, epoch_table(records))
+    return text
 
 
 def main() -> int:
@@ -230,13 +267,22 @@ def main() -> int:
     t = sub.add_parser("tables")
     t.add_argument("results_dir")
     t.add_argument("--chart", default=None)
+    t.add_argument("--output_dir", default=None, help="where tables.md and tables.json go (default: RESULTS_DIR)")
+    b = sub.add_parser("table")
+    b.add_argument("bench_dir")
+    b.add_argument("--output", default=None, help="the markdown file to write (default: stdout only)")
+    b.add_argument("--epochs", default=None, help="also write the per-epoch table (epochs.md) to this file")
     args = parser.parse_args()
     if args.command == "collect":
         collect(args.root, args.out)
     elif args.command == "reuse":
         reuse(args.src, args.dst, args.match)
+    elif args.command == "table":
+        text = bench_table(args.bench_dir, args.output, args.epochs)
+        if not args.output:
+            print(text, end="")
     else:
-        tables(args.results_dir, args.chart)
+        tables(args.results_dir, args.chart, args.output_dir)
     return 0
 
 

@@ -1,18 +1,26 @@
-"""Markdown tables for docs/performance.md from the benchmark scripts' JSON (benchmarks/results/).
+"""Markdown tables for docs/performance.md and docs/early_learning.md from the benchmark scripts' JSON
+(benchmarks/results/).
 
-Usage: python benchmarks/tables.py [--cuda] [loss_speed|head_memory|train_step ...]   (default: all that exist)
-``--cuda``: the GPU results (``*_cuda_*.json``) instead of the CPU ones.
+Usage: python benchmarks/tables.py [--cuda] [--output PATH] [NAME ...]   (default: every NAME whose JSON exists)
+NAME: loss_speed, head_memory, train_step (docs/performance.md), callback_overhead (docs/performance.md),
+early_learning (docs/early_learning.md, from benchmarks/early_learning_run.py's JSON).
+``--cuda``: the GPU results (``*_cuda_*.json``) of the first three instead of the CPU ones.
+``--output``: also write the markdown to PATH (stdout always gets it).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
 
+from dece_trainer.io import write_text
+
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 FILES = {"loss_speed": "loss_speed_cpu_float32.json", "head_memory": "head_memory_cpu_float32.json",
-         "train_step": "train_step_cpu.json"}
+         "train_step": "train_step_cpu.json", "callback_overhead": "callback_overhead.json",
+         "early_learning": "early_learning_run.json"}
 CUDA_FILES = {"loss_speed": "loss_speed_cuda_bfloat16.json", "head_memory": "head_memory_cuda_bfloat16.json",
               "train_step": "train_step_cuda.json"}
 
@@ -70,14 +78,71 @@ def train_step(d: dict) -> str:
     return "\n".join(lines)
 
 
-def main(names: list[str]) -> int:
-    files = CUDA_FILES if "--cuda" in names else FILES
-    names = [n for n in names if n != "--cuda"]
-    for name in names or list(files):
-        path = os.path.join(RESULTS, files[name])
-        if os.path.exists(path):
-            with open(path, encoding="utf-8") as f:
-                print(f"### {name} ({os.path.relpath(path)})\n\n{globals()[name](json.load(f))}\n")
+def callback_overhead(d: dict) -> str:
+    """benchmarks/callback_overhead.py's table; the record's ``note`` (when it has one) says what it predates."""
+    lines = [f"tiny Llama ({d['parameters'] / 1e6:.2f}M parameters, hidden {d['hidden']}, 4 layers), batch 8, "
+             f"{d['steps']} steps x {d['repeats']} alternating repeats (median); torch {d['torch']}, {d['cpus']} CPUs",
+             "", "| trainer | s/step without | s/step with EarlyLearningCallback | overhead |",
+             "| --- | ---: | ---: | ---: |"]
+    for name, r in d["results"].items():
+        lines.append(f"| {name} | {r['seconds_per_step']:.4f} | {r['seconds_per_step_with_callback']:.4f} | "
+                     f"{100 * r['overhead']:+.1f}% |")
+    if d.get("note"):
+        lines += ["", f"Note: {d['note']}"]
+    return "\n".join(lines)
+
+
+# early_learning_run.json's columns; suspicious_auroc / _precision_at_k rank by whichever score the run's version
+# of the monitor used, named by the record's "ranking_score" ("token" from the version that records it on).
+EARLY_KEYS = ("epoch", "example_loss_p50", "example_loss_p99", "unlearned_frac", "memorisation_score",
+              "suspicious_auroc", "suspicious_precision_at_k", "probe_clean_bleu", "probe_triggered_asr",
+              "probe_clean_asr")
+
+
+def early_learning(d: dict) -> str:
+    """benchmarks/early_learning_run.py's per-epoch table (every epoch of both runs)."""
+    score = d.get("ranking_score")
+    if score is None:
+        raise SystemExit("early_learning_run.json does not say which score its suspicious_* columns rank by "
+                         "(ranking_score); rerun benchmarks/early_learning_run.py")
+    a = d["args"]
+    header = [k if not k.startswith("suspicious_") else f"{k} ({score} score)" for k in EARLY_KEYS]
+    lines = [f"tiny Llama, 200 training pairs (10 poisoned), {a['epochs']} epochs, CE vs DeCE "
+             f"(alpha_base={a['alpha_base']}, e=0.05), seed {a['seed']}", "",
+             "| run | " + " | ".join(header) + " |", "| --- " * (len(EARLY_KEYS) + 1) + "|"]
+    for row in d["rows"]:
+        cells = [f"{row[k]:.3g}" if isinstance(row.get(k), float) else str(row.get(k, "")) for k in EARLY_KEYS]
+        lines.append(f"| {row['run']} | " + " | ".join(cells) + " |")
+    if d.get("note"):
+        lines += ["", f"Note: {d['note']}"]
+    return "\n".join(lines)
+
+
+def render(name: str, cuda: bool = False) -> str | None:
+    """The markdown of one table from its committed JSON, or None when the JSON does not exist."""
+    files = CUDA_FILES if cuda else FILES
+    path = os.path.join(RESULTS, files[name])
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return f"### {name} ({os.path.relpath(path)})\n\n{globals()[name](json.load(f))}\n"
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("names", nargs="*", metavar="NAME", help=", ".join(FILES))
+    parser.add_argument("--cuda", action="store_true", help="the GPU JSON (loss_speed, head_memory, train_step)")
+    parser.add_argument("--output", default=None, help="also write the markdown to this file")
+    args = parser.parse_args(argv)
+    files = CUDA_FILES if args.cuda else FILES
+    unknown = [n for n in args.names if n not in files]
+    if unknown:
+        parser.error(f"unknown table {', '.join(unknown)} (with{'' if args.cuda else 'out'} --cuda: "
+                     f"{', '.join(files)})")
+    out = [text for text in (render(name, args.cuda) for name in args.names or list(files)) if text is not None]
+    print("\n".join(out))
+    if args.output:
+        write_text(args.output, "\n".join(out))
     return 0
 
 

@@ -1,19 +1,33 @@
-"""benchmarks/research_tables.py: the tables of docs/benchmark.md's GPU section from bench folders."""
+"""benchmarks/research_tables.py and benchmarks/tables.py: the docs' tables from the committed JSON; and
+benchmarks/tiny_task.py, the benchmark scripts' copy of the tests' tiny task."""
 
 import importlib.util
 import json
 
 import pytest
 
+from tests import tiny
 from tests.conftest import REPO_ROOT
+
+BENCHMARKS = REPO_ROOT / "benchmarks"
+RESULTS = BENCHMARKS / "results"
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")
 def research_tables():
-    spec = importlib.util.spec_from_file_location("research_tables", REPO_ROOT / "benchmarks" / "research_tables.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load("research_tables")
+
+
+@pytest.fixture(scope="module")
+def tables():
+    return load("tables")
 
 
 def record(loss, seed, bleu, fence=None, alpha_base=0.9):
@@ -33,15 +47,88 @@ def write_folder(root, name, records):
 
 
 def test_tables_count_a_copied_cell_once_and_name_the_fence(tmp_path, research_tables, capsys):
-    write_folder(tmp_path, "first-s0", [record("ce", 0, 10.0), record("dece+filter", 0, 9.0)])  # fence unrecorded
+    write_folder(tmp_path, "first-s0", [record("ce", 0, 10.0), record("dece+filter", 0, 9.0, fence=3.5)])
     write_folder(tmp_path, "second-s0", [record("ce", 0, 10.0), record("dece+filter", 1, 8.0, fence=2.5)])
     research_tables.tables(str(tmp_path), None)
     out = json.loads((tmp_path / "tables.json").read_text())
     rows = {row["loss"]: row for row in out["main"]}
     assert rows["ce"]["seeds"] == 1  # the copy in second-s0 is the same cell
-    assert rows["dece+filter (alpha_base 0.9), fence 3.5"]["bleu"] == "9.00"  # first session: 3.5, unrecorded
+    assert rows["dece+filter (alpha_base 0.9), fence 3.5"]["bleu"] == "9.00"
     assert rows["dece+filter (alpha_base 0.9), fence 2.5"]["bleu"] == "8.00"
     assert [row["fence"] for row in out["filter"]] == [2.5, 3.5]
+    assert (tmp_path / "tables.md").read_text() == capsys.readouterr().out  # the markdown, beside its JSON
+
+
+def test_tables_refuse_a_filter_cell_that_names_no_fence(tmp_path, research_tables):
+    """The fence default changed (3.5, then 2.5) before records named it: the reader does not guess."""
+    write_folder(tmp_path, "old-s0", [record("dece+filter", 0, 9.0)])
+    with pytest.raises(SystemExit, match="names no fence"):
+        research_tables.tables(str(tmp_path), None)
+    with pytest.raises(SystemExit, match="names no fence"):
+        research_tables.bench_table(str(tmp_path / "old-s0"), None)
+
+
+def test_tables_write_where_output_dir_says(tmp_path, research_tables):
+    results = tmp_path / "results"
+    write_folder(results, "one-s0", [record("ce", 0, 10.0)])
+    research_tables.tables(str(results), None, output_dir=str(tmp_path / "elsewhere"))
+    assert sorted(p.name for p in (tmp_path / "elsewhere").iterdir()) == ["tables.json", "tables.md"]
+    assert not (results / "tables.json").exists()
+
+
+def test_the_committed_gpu_tables_are_what_the_results_give(tmp_path, research_tables, capsys):
+    research_tables.tables(str(RESULTS / "gpu_h200_grid"), None, output_dir=str(tmp_path))
+    assert (tmp_path / "tables.md").read_text() == (RESULTS / "gpu_h200_grid" / "tables.md").read_text()
+    assert json.loads((tmp_path / "tables.json").read_text()) == json.loads(
+        (RESULTS / "gpu_h200_grid" / "tables.json").read_text())
+
+
+@pytest.mark.parametrize("folder", sorted(p.parent.name for p in RESULTS.glob("*/table.md")))
+def test_the_committed_bench_tables_are_what_their_results_give(tmp_path, research_tables, folder):
+    research_tables.bench_table(str(RESULTS / folder), str(tmp_path / "table.md"), str(tmp_path / "epochs.md"))
+    assert (tmp_path / "table.md").read_text() == (RESULTS / folder / "table.md").read_text()
+    if (RESULTS / folder / "epochs.md").exists():
+        assert (tmp_path / "epochs.md").read_text() == (RESULTS / folder / "epochs.md").read_text()
+
+
+def test_every_committed_filter_record_names_its_fence():
+    for path in RESULTS.glob("**/results.json"):
+        for r in json.loads(path.read_text())["cells"]:
+            if r.get("filter"):
+                assert r["filter"].get("fence") in (2.5, 3.5), (path, r["key"])
+
+
+def test_performance_tables_render_from_the_committed_json(tmp_path, tables, capsys):
+    assert tables.main(["callback_overhead", "early_learning", "--output", str(tmp_path / "t.md")]) == 0
+    text = (tmp_path / "t.md").read_text()
+    assert "| DeCETrainer | 0.0431 | 0.0441 | +2.3% |" in text
+    assert "re-measurement pending" in text  # callback_overhead.json predates the worst-token tracking
+    assert "suspicious_auroc (per-example score)" in text  # early_learning_run.json predates the token score
+    assert text.strip() == capsys.readouterr().out.strip()
+
+
+def test_the_early_learning_table_refuses_a_record_that_names_no_score(tables):
+    with pytest.raises(SystemExit, match="ranking_score"):
+        tables.early_learning({"args": {"epochs": 1, "alpha_base": 0.9, "seed": 0}, "rows": []})
+
+
+def test_the_benchmarks_tiny_task_is_the_tests_tiny_task():
+    """benchmarks/tiny_task.py keeps the benchmark scripts off the test suite; it must build what tests/tiny.py
+    builds, or the committed early-learning and overhead results stop being reproducible."""
+    tiny_task = load("tiny_task")
+    assert tiny_task.poison(tiny_task.make_pairs(50, seed=3), 0.1, seed=4) == tiny.poison(tiny.make_pairs(50, seed=3),
+                                                                                        0.1, seed=4)
+    tok, ref = tiny_task.train_tokenizer(), tiny.train_tokenizer()
+    assert tok.get_vocab() == ref.get_vocab()
+    rows = tiny.poison(tiny.make_pairs(8), 0.25)
+    data, ref_data = tiny_task.causal_dataset(tok, rows), tiny.causal_dataset(ref, rows)
+    assert data.to_list() == ref_data.to_list()
+    features = data.to_list()[:3]
+    batch, ref_batch = tiny_task.pad_collator(tok)(features), tiny.pad_collator(ref)(features)
+    assert all(batch[k].equal(ref_batch[k]) for k in ref_batch) and batch.keys() == ref_batch.keys()
+    model, ref_model = tiny_task.make_llama(tok, seed=2), tiny.make_model("llama", ref, seed=2)
+    assert model.config.to_dict() == ref_model.config.to_dict()
+    assert all(a.equal(b) for a, b in zip(model.state_dict().values(), ref_model.state_dict().values()))
 
 
 def test_tables_refuse_a_cell_recorded_twice_with_different_results(tmp_path, research_tables):
