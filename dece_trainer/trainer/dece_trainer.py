@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from typing import Any, Callable
@@ -77,7 +78,8 @@ class DeCEMixin:
         self.dece = DeCESettings.from_args(self.args)
         if getattr(self.args, "use_liger_kernel", False):
             # Liger's layer kernels (RMSNorm, RoPE, SwiGLU) stay; its fused linear cross-entropy would replace the
-            # model's forward and the loss, which is DeCE's.
+            # model's forward and the loss, which is DeCE's. On a copy of the arguments: the caller's are not edited.
+            self.args = copy.copy(self.args)
             self.args.liger_kernel_config = {**(self.args.liger_kernel_config or {}),
                                              "fused_linear_cross_entropy": False}
         self.dece_model_kind = model_kind(self.model, self.dece.model_kind)
@@ -95,7 +97,8 @@ class DeCEMixin:
             self._attach_if_wanted(callback)
 
     def _dece_fused_head_supported(self) -> bool:
-        """Whether causal-LM batches take the fused LM-head path (``dece_fused_linear``); installs it if so."""
+        """Whether causal-LM batches take the fused LM-head path (``dece_fused_linear``); nothing is installed on the
+        model (see `fused_head.fused_loss`)."""
         if not self.dece.fused_linear or self.dece_model_kind != CAUSAL or type(self).token_loss is not \
                 DeCEMixin.token_loss:  # a subclass with another loss (a baseline) needs the logits
             return False
@@ -104,7 +107,6 @@ class DeCEMixin:
             logger.warning("DeCE computes the loss from the full logits for %s: %s. (dece_fused_linear)",
                            type(self.model).__name__, reason)
             return False
-        fused_head.install(self.model)
         self._dece_fused_checked = False
         return True
 
@@ -224,7 +226,7 @@ class DeCEMixin:
                 logger.warning("DeCE falls back to the full logits for %s: %s.", type(self.model).__name__, reason)
                 self._dece_fused = False
                 return None
-        fused = model(**inputs, labels=labels, shift_labels=shift_labels, dece_head=head)
+        fused = fused_head.fused_loss(model, inputs, labels, shift_labels, head)
         return DeCELossOutput(fused.loss, fused.token_ce, fused.mask, labels=fused.labels)
 
     def _dece_record(self, example_ids: torch.Tensor | None, out: DeCELossOutput, alpha: float) -> None:

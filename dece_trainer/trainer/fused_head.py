@@ -2,24 +2,27 @@
 `dece_trainer.ops.fused_linear.fused_linear_dece`, so the (tokens x V) logits of a causal LM are never
 built, neither forward nor backward.
 
-The model's own ``forward`` is wrapped once (as TRL's ``add_fused_lm_head`` does), so the call still goes through
-every wrapper the Trainer adds (DDP's gradient hooks, PEFT, accelerate): ``model(**inputs, dece_head=head)`` runs
-the backbone and hands its hidden states and LM head to ``head``; without ``dece_head`` the forward is the
-original one (generation and evaluation are unchanged).
+Nothing is installed on the user's model. For each fused training step `fused_loss` calls the model the Trainer
+hands to ``compute_loss`` (so every wrapper it adds still sees the call: DDP's gradient hooks, FSDP, PEFT,
+accelerate's autocast, ``torch.compile``) with ``logits_to_keep=1`` (the LM head computes (B, 1, V) logits) and
+no labels, while a forward hook on the backbone, registered for that call only, keeps its last hidden states;
+the loss is then computed from them and the LM head weight, under the autocast the backbone ran in.
 
-Which models: causal LMs whose output embedding is an ``nn.Linear`` (tied or not) under a separate backbone, with
-the logit transforms transformers configs declare (``logit_scale`` and its aliases, Gemma's
-``final_logit_softcapping``). The trainer checks the first fused batch against the model's own logits and falls
-back to the unfused path, with one warning naming why, when anything differs.
+Which models: causal LMs whose output embedding is an ``nn.Linear`` (tied or not) under a separate backbone, whose
+``forward`` is their transformers class's own (a subclass or instance that overrides it is trained on the logits)
+and accepts ``logits_to_keep``, with the logit transforms transformers configs declare (``logit_scale`` and its
+aliases, Gemma's ``final_logit_softcapping``). The trainer checks the first fused batch against the model's own
+logits and falls back to the unfused path, with one warning naming why, when anything differs.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import types
+import inspect
+import os
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -30,12 +33,13 @@ from ..ops.fused_linear import fused_linear_dece
 from .alignment import base_model
 
 IGNORE_INDEX = -100
-_WRAPPED = "_dece_fused_head_original_forward"
+# Where a model's own forward may be defined: transformers, and remote code (``trust_remote_code``).
+MODEL_PACKAGES = ("transformers", "transformers_modules")
 
 
 @dataclass
 class FusedDeCEOutput(ModelOutput):
-    """What a model called with ``dece_head=`` returns.
+    """What `fused_loss` returns.
 
     Attributes:
         loss: the DeCE loss (float32 scalar, reduced as asked).
@@ -84,35 +88,66 @@ def unsupported_reason(model: nn.Module) -> str | None:
         return "it has no backbone separate from its LM head"
     if getattr(config.get_text_config(), "output_router_logits", False):
         return "it is a mixture of experts returning a router loss"
+    override = forward_override(model)
+    if override is not None:
+        return override
+    if "logits_to_keep" not in inspect.signature(type(model).forward).parameters:
+        return "its forward takes no `logits_to_keep` (it would build the logits of every position)"
     return None
 
 
-def install(model: nn.Module) -> None:
-    """Wrap the forward of ``model`` (the transformers model inside PEFT) to accept ``dece_head=``; idempotent."""
-    model = base_model(model)
-    if hasattr(model, _WRAPPED):
-        return
-    original = model.forward
+def _wrapper_dirs() -> tuple[str, ...]:
+    """Folders whose code may wrap a model's forward without changing it: torch (autocast), accelerate (its
+    mixed-precision and device-map hooks)."""
+    dirs = [os.path.dirname(torch.__file__)]
+    with contextlib.suppress(ImportError):
+        import accelerate
 
-    @functools.wraps(type(model).forward)  # keeps the signature: generate() checks its kwargs against it
-    def forward(self, *args, dece_head: Callable | None = None, **kwargs):
-        if dece_head is None:
-            return original(*args, **kwargs)
-        labels, shift_labels = kwargs.pop("labels", None), kwargs.pop("shift_labels", None)
-        kwargs["use_cache"] = False
-        hidden = self.base_model(*args, **kwargs).last_hidden_state
-        if shift_labels is None:  # causal: hidden state i predicts label i + 1
-            hidden, shift_labels = hidden[:, :-1], labels[:, 1:]
-        head = self.get_output_embeddings()
-        return dece_head(hidden.to(head.weight.device), head, shift_labels.to(head.weight.device))
+        dirs.append(os.path.dirname(accelerate.__file__))
+    return tuple(d + os.sep for d in dirs)
 
-    setattr(model, _WRAPPED, original)
-    model.forward = types.MethodType(forward, model)
+
+def _is_known_wrapper(fn: Any) -> bool:
+    """Whether ``fn`` (a function, partial or callable object) is torch's or accelerate's forward wrapper."""
+    if isinstance(fn, functools.partial):
+        fn = fn.func
+    code = getattr(fn, "__code__", None) or getattr(getattr(type(fn), "__call__", None), "__code__", None)
+    return code is not None and code.co_filename.startswith(_wrapper_dirs())
+
+
+def forward_override(model: nn.Module) -> str | None:
+    """Why ``model`` (the transformers model) does not run its transformers class's own ``forward``, or None: a
+    subclass defined elsewhere overrides it, or the instance holds another one (torch's and accelerate's wrappers,
+    autocast and device-map hooks, are looked through)."""
+    owner = next(cls for cls in type(model).__mro__ if "forward" in vars(cls))
+    if owner.__module__.split(".")[0] not in MODEL_PACKAGES:
+        return (f"its class {owner.__qualname__} overrides `forward`, and the fused path would skip what that "
+                "forward does after the backbone")
+    own, fn = [], owner.forward  # the class's forward and what its decorators wrap (accelerate's unwrap_model
+    while fn is not None and len(own) < 16:  # may leave the innermost one on the instance)
+        own.append(fn)
+        fn = getattr(fn, "__wrapped__", None)
+    fn = vars(model).get("forward")
+    for _ in range(16):  # through a few wrappers, to the class's forward
+        if fn is None or any(fn is f for f in own):
+            return None
+        if inspect.ismethod(fn):
+            if fn.__self__ is not model:
+                break
+            fn = fn.__func__
+        elif _is_known_wrapper(fn):
+            fn = getattr(fn, "__wrapped__", None)
+            if fn is None:
+                break
+        else:
+            break
+    return ("the instance overrides `forward` (an attribute replacing its class's), and the fused path would skip "
+            "what that forward does after the backbone")
 
 
 @dataclass(frozen=True)
 class DeCEHead:
-    """The loss a wrapped forward computes from (hidden (B, T', d), lm_head, targets (B, T'))."""
+    """The loss `fused_loss` computes from (hidden (B, T', d), lm_head, targets (B, T'))."""
 
     alpha: float
     label_smoothing: float
@@ -162,6 +197,60 @@ def head_for(model: nn.Module, alpha: float, label_smoothing: float,
     return DeCEHead(alpha, label_smoothing, scale, softcap, num_items_in_batch)
 
 
+class _Capture:
+    """A forward hook keeping a backbone's last hidden states (B, T, d) and the autocast it ran under."""
+
+    def __init__(self):
+        self.hidden: torch.Tensor | None = None
+        self.autocast: tuple[str, torch.dtype, bool] | None = None  # (device type, dtype, enabled)
+
+    def __call__(self, module: nn.Module, args: Any, output: Any) -> None:
+        hidden = output[0] if isinstance(output, tuple) else output.last_hidden_state
+        device = hidden.device.type
+        if torch.amp.is_autocast_available(device):
+            self.autocast = (device, torch.get_autocast_dtype(device), torch.is_autocast_enabled(device))
+        self.hidden = hidden
+
+
+def fused_loss(model: nn.Module, inputs: dict[str, Any], labels: torch.Tensor | None,
+               shift_labels: torch.Tensor | None, head: DeCEHead) -> FusedDeCEOutput:
+    """The DeCE loss of a causal-LM batch through the fused LM head.
+
+    ``model`` is the model the Trainer hands to ``compute_loss`` (its wrappers included); it is called on ``inputs``
+    (no labels) with ``logits_to_keep=1``, so its LM head builds (B, 1, V) logits only, while a forward hook on the
+    backbone, removed when the call returns, keeps the last hidden states (B, T, d). Causal shift: hidden[:, :-1]
+    predicts labels[:, 1:], unless ``shift_labels`` (B, T) are given. The loss runs under the backbone's autocast.
+    """
+    return _head_loss(model, _run_backbone(model, inputs), labels, shift_labels, head)
+
+
+def _run_backbone(model: nn.Module, inputs: dict[str, Any]) -> _Capture:
+    """Call ``model`` with ``logits_to_keep=1``; what its backbone returned, kept by a hook for this call only."""
+    model_ = base_model(model)
+    capture = _Capture()
+    handle = model_.base_model.register_forward_hook(capture)
+    try:
+        model(**{**inputs, "logits_to_keep": 1, "use_cache": False})
+    finally:
+        handle.remove()
+    if capture.hidden is None:
+        raise RuntimeError(f"{type(model_).__name__}'s forward did not call its backbone "
+                           f"{type(model_.base_model).__name__}: set `dece_fused_linear=False`.")
+    return capture
+
+
+def _head_loss(model: nn.Module, capture: _Capture, labels: torch.Tensor | None, shift_labels: torch.Tensor | None,
+               head: DeCEHead) -> FusedDeCEOutput:
+    hidden = capture.hidden
+    if shift_labels is None:  # causal: hidden state i predicts label i + 1
+        hidden, shift_labels = hidden[:, :-1], labels[:, 1:]
+    lm_head = base_model(model).get_output_embeddings()
+    autocast = contextlib.nullcontext() if capture.autocast is None else torch.autocast(
+        capture.autocast[0], dtype=capture.autocast[1], enabled=capture.autocast[2])
+    with autocast:
+        return head(hidden.to(lm_head.weight.device), lm_head, shift_labels.to(lm_head.weight.device))
+
+
 @torch.no_grad()
 def matches_unfused(model: nn.Module, inputs: dict[str, Any], labels: torch.Tensor | None,
                     shift_labels: torch.Tensor | None, head: DeCEHead) -> str | None:
@@ -177,7 +266,8 @@ def matches_unfused(model: nn.Module, inputs: dict[str, Any], labels: torch.Tens
     was_training = model.training
     model.eval()
     try:
-        fused = model(**row, labels=labels, shift_labels=shift_labels, dece_head=head).token_ce
+        capture = _run_backbone(model, row)
+        fused = _head_loss(model, capture, labels, shift_labels, head).token_ce
         logits = model(**row).logits.float()
     finally:
         model.train(was_training)
@@ -188,7 +278,8 @@ def matches_unfused(model: nn.Module, inputs: dict[str, Any], labels: torch.Tens
     if not mask.any():
         return None
     reference = torch.nn.functional.cross_entropy(logits[mask], targets[mask], reduction="none")
-    reduced = next(model.parameters()).dtype != torch.float32 or torch.is_autocast_enabled(logits.device.type)
+    reduced = (next(model.parameters()).dtype != torch.float32 or torch.is_autocast_enabled(logits.device.type)
+               or (capture.autocast is not None and capture.autocast[2]))
     tolerance = 5e-2 if reduced else 1e-3
     worst = float((fused.to(reference.device)[mask] - reference).abs().max())
     if worst > tolerance * max(1.0, float(reference.abs().max())):
