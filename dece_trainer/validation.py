@@ -147,3 +147,31 @@ def check_texts(value: Any, name: str, *, allow_empty: bool = True) -> list[str]
     if not value and not allow_empty:
         raise _fail(name, allowed, value)
     return list(value)
+
+
+def check_example_ids(values: Any, name: str = "example_id", where: str = "the training dataset") -> Any:
+    """Example ids (a column of ``where``): unique non-negative integers (never bool or float). Returns them as an
+    int64 numpy array in their order; the error names the column and up to five offending values."""
+    import numpy as np
+
+    head = f"`{name}` of {where} must hold unique non-negative integers (dece_trainer.add_example_ids gives 0..n-1)"
+    try:
+        ids = np.asarray(values)
+    except (TypeError, ValueError, OverflowError) as err:
+        raise ValueError(f"{head}: cannot read it as an array ({err})") from err
+    if ids.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if ids.ndim != 1:
+        raise ValueError(f"{head}, one per row: got an array of shape {ids.shape}")
+    if ids.dtype.kind not in "iu" or (ids.dtype.kind == "u" and ids.max() > np.iinfo(np.int64).max):
+        bad = [v for v in ids.tolist() if isinstance(v, bool) or not isinstance(v, numbers.Integral)][:5]
+        raise ValueError(f"{head}: got {ids.dtype} values such as {bad or ids[:5].tolist()}")
+    ids = ids.astype(np.int64, copy=False)
+    negative = ids[ids < 0]
+    if negative.size:
+        raise ValueError(f"{head}: got negative ids {negative[:5].tolist()}")
+    ordered = np.sort(ids)
+    duplicated = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
+    if duplicated.size:
+        raise ValueError(f"{head}; duplicated: {duplicated[:5].tolist()} ({duplicated.size} in all)")
+    return ids

@@ -333,3 +333,142 @@ def test_curves_keep_dece_loss_apart_from_cross_entropy_and_show_zero_series(tmp
     assert plots.plot_curves(history, str(tmp_path / "curves.png"))
     png = (tmp_path / "curves.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
+
+
+# ---- the monitor's checkpoint state is read within what this run expects (issue 18, item 2) ----------------
+
+def restorable(n=32, epochs=1, mid_epoch=True):
+    """A callback ready to restore (as on_train_begin leaves it), a valid saved record and a resumed state."""
+    import torch
+
+    from dece_trainer.callbacks.example_history import ExampleHistory
+    from dece_trainer.callbacks.worst_tokens import WorstTokens
+
+    def fresh():
+        callback = EarlyLearningCallback(plots=False)
+        callback.history, callback.tokens = ExampleHistory(n), WorstTokens(n)
+        return callback
+
+    saver = fresh()
+    ids, ce = torch.arange(n), torch.rand(n, 6) * 3
+    labels, mask = torch.randint(0, 50, (n, 6)), torch.ones(n, 6, dtype=torch.bool)
+    for _ in range(epochs + int(mid_epoch)):
+        saver.history.add(ids, ce, mask)
+        saver.tokens.add(ids, ce, mask, labels)
+        if saver.history.num_epochs < epochs:
+            saver.history.end_epoch()
+            saver.tokens.end_epoch()
+    state = types.SimpleNamespace(global_step=2 * epochs + 1, epoch=epochs + 0.5, num_train_epochs=epochs + 1,
+                                  stateful_callbacks={}, log_history=[])
+    saver._save_state(state)
+    return fresh(), json.loads(json.dumps(state.stateful_callbacks["dece_trainer.EarlyLearningCallback"])), state
+
+
+def zlib_base64_of_zeros(nbytes):
+    import base64
+    import zlib
+
+    deflate, chunk, parts = zlib.compressobj(9), bytes(1 << 20), []
+    for start in range(0, nbytes, len(chunk)):
+        parts.append(deflate.compress(chunk[:min(len(chunk), nbytes - start)]))
+    parts.append(deflate.flush())
+    return base64.b64encode(b"".join(parts)).decode("ascii")
+
+
+@pytest.mark.parametrize("name,dtype,shape", [
+    ("loss", "float16", [1, 50_000_000]),  # 100 MB declared for a 32-row run
+    ("loss", "float16", [1_000_000, 32]),  # more finished epochs than this run trains
+    ("token_ce", "float16", [1, 32, 1_000_000]),  # a wider token array than the monitor keeps
+    ("partial_sums", "float32", [3, 8_000_000]),
+], ids=["examples", "epochs", "width", "accumulators"])
+def test_checkpoint_state_bomb_is_refused_before_inflating(name, dtype, shape):
+    import math
+    import tracemalloc
+
+    callback, record, state = restorable()
+    record["arrays"][name] = {"dtype": dtype, "shape": shape,
+                              "zlib_base64": zlib_base64_of_zeros(math.prod(shape) * np.dtype(dtype).itemsize)}
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=rf"early-learning state in the checkpoint at step 3 .*`{name}`"):
+            callback._restore(record, state)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 2**20, f"{peak / 2**20:.0f} MiB allocated before refusing"
+
+
+@pytest.mark.parametrize("change", [
+    lambda r: "garbage",
+    lambda r: [r],
+    lambda r: {k: v for k, v in r.items() if k != "num_examples"},
+    lambda r: {k: v for k, v in r.items() if k != "arrays"},
+    lambda r: dict(r, num_examples="32"),
+    lambda r: dict(r, arrays=[1, 2]),
+    lambda r: dict(r, arrays=dict(r["arrays"], mystery=r["arrays"]["partial_worst"])),
+    lambda r: dict(r, arrays=dict(r["arrays"], loss="AAAA")),
+    lambda r: dict(r, arrays=dict(r["arrays"], loss=dict(r["arrays"]["loss"], shape="big"))),
+    lambda r: dict(r, global_step="two"),
+    lambda r: dict(r, epoch=None),
+    lambda r: dict(r, fit_threshold=7),
+    lambda r: dict(r, epoch_complete="yes"),
+    lambda r: dict(r, clean_signal=[[1]]),
+    lambda r: dict(r, clean_signal=[[1, "low"]]),
+    lambda r: dict(r, memorisation=["x"]),
+    lambda r: dict(r, alarm_step="soon"),
+], ids=["string", "list", "no-num_examples", "no-arrays", "num_examples-str", "arrays-list", "unknown-array",
+        "array-str", "shape-str", "global_step", "epoch", "fit_threshold", "epoch_complete", "clean_signal-short",
+        "clean_signal-str", "memorisation", "alarm_step"])
+def test_malformed_checkpoint_state_gets_one_error_naming_the_checkpoint(change):
+    callback, record, state = restorable()
+    intact = restorable()[0]
+    intact._restore(record, state)  # the record as saved restores
+    assert intact.history.num_epochs == 1 and intact.history.epoch_in_progress
+    with pytest.raises(ValueError, match=r"early-learning state in the checkpoint at step 3 \(checkpoint-3/trainer_"):
+        callback._restore(change(record), state)
+
+
+# ---- example ids: checked once, memory by rows, not by the largest id (issue 18, item 3) -------------------
+
+def with_ids(dataset, ids):
+    return dataset.remove_columns("example_id").add_column("example_id", ids)
+
+
+@pytest.mark.parametrize("ids,match", [
+    ([0, 0] + list(range(2, 32)), r"`example_id`.*unique.*duplicated: \[0\]"),
+    ([i // 2 for i in range(32)], r"`example_id`.*unique.*duplicated: \[0, 1, 2, 3, 4"),
+    ([-1] + list(range(1, 32)), r"`example_id`.*non-negative.*\[-1\]"),
+    ([float(i) for i in range(32)], r"`example_id`.*integers.*0\.0"),
+], ids=["one-pair", "pairs", "negative", "float"])
+def test_duplicate_example_ids_are_refused(tmp_path, tokenizer, small_train, ids, match):
+    callback = EarlyLearningCallback(plots=False)
+    trainer = DeCETrainer(model=tiny.make_model("llama", tokenizer), args=args(tmp_path, num_train_epochs=1),
+                          train_dataset=with_ids(small_train, ids), data_collator=tiny.pad_collator(tokenizer),
+                          callbacks=[callback])
+    with pytest.raises(ValueError, match=match):
+        trainer.train()
+    assert trainer.state.global_step == 0  # refused at on_train_begin, before any step
+
+
+def test_huge_example_id_costs_rows_not_memory(tmp_path, tokenizer, small_train):
+    ids = list(range(31)) + [2**40]  # e.g. ids kept from a larger dataset: sized by the 32 rows, not by the id
+    data = with_ids(small_train, ids)
+    callback = EarlyLearningCallback(ground_truth_column="is_poisoned", plots=False)
+    trainer = DeCETrainer(model=tiny.make_model("llama", tokenizer), args=args(tmp_path, num_train_epochs=1),
+                          train_dataset=data, data_collator=tiny.pad_collator(tokenizer), callbacks=[callback])
+    trainer.train()
+    assert callback.history.num_examples == 32 and callback.history.visits[0].tolist() == [1] * 32
+    records = [json.loads(line) for line in (tmp_path / "out" / "early_learning" / "suspicious.jsonl").open()]
+    assert sorted(r["example_id"] for r in records) == ids
+    truth = dict(zip(data["example_id"], data["is_poisoned"]))
+    assert all(r["is_poisoned"] == truth[r["example_id"]] for r in records)
+    with np.load(tmp_path / "out" / "early_learning" / "worst_tokens.npz") as saved:
+        assert saved["example_ids"].tolist() == ids
+
+
+def test_iterable_training_data_is_refused_with_what_to_do(tmp_path, tokenizer, small_train):
+    trainer = DeCETrainer(model=tiny.make_model("llama", tokenizer), args=args(tmp_path, max_steps=2),
+                          train_dataset=small_train.to_iterable_dataset(), data_collator=tiny.pad_collator(tokenizer),
+                          callbacks=[EarlyLearningCallback(plots=False)])
+    with pytest.raises(ValueError, match=r"map-style .*datasets.Dataset.*streaming"):
+        trainer.train()

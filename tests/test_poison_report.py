@@ -197,3 +197,88 @@ def test_filter_cell_drops_flagged_rows_and_never_retrains_undefended_on_a_blank
     assert calls[1] == ("retrain", retrained_with, rows - 1 if outlier else rows)
     assert record["filter"]["retrained_with"] == retrained_with
     assert record["filter"]["flagged"] == int(outlier) and record["filter"]["kept_poisoned"] == int(not outlier)
+
+
+# ---- the filter refuses what does not fit, loudly (issue 18, item 4) --------------------------------------
+
+def write_report(path, rows):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def report_rows(n, outliers=(), first=0):
+    return [{"example_id": first + i, "score": 50.0 + i if i in outliers else float(i % 3),
+             "is_poisoned": i in outliers} for i in range(n)]
+
+
+def test_drop_flagged_refuses_report_of_another_dataset(tmp_path):
+    from datasets import Dataset
+
+    data = Dataset.from_list([{"text": str(i)} for i in range(5)])
+    ten = write_report(tmp_path / "ten.jsonl", report_rows(10, outliers=(7,)))
+    with pytest.raises(ValueError, match=r"ten.jsonl, line 6: .*example id 5 is not in the dataset \(row order: "
+                                         r"ids 0\.\.4\).*not this dataset's"):
+        drop_flagged(data, str(ten))
+    far = write_report(tmp_path / "far.jsonl", report_rows(4) + [{"example_id": 100, "score": 90.0}])
+    with pytest.raises(ValueError, match=r"far.jsonl, line 5: .*example id 100 is not in the dataset"):
+        drop_flagged(data, str(far))
+    with pytest.raises(ValueError, match=r"`id_column` 'exmaple_id' is not a column of the dataset"):
+        drop_flagged(data, write_report(tmp_path / "ok.jsonl", report_rows(5)), id_column="exmaple_id")
+    with_ids = data.add_column("example_id", [0, 1, 1, 2, 3])  # duplicates would drop both rows of a flagged id
+    with pytest.raises(ValueError, match=r"`example_id`.*unique.*duplicated: \[1\]"):
+        drop_flagged(with_ids, str(tmp_path / "ok.jsonl"))
+
+
+@pytest.mark.parametrize("row,match", [
+    ({"example_id": -1, "score": 1.0}, r"line 4: `example_id` must be a non-negative integer, got -1"),
+    ({"example_id": 2.0, "score": 1.0}, r"line 4: `example_id` must be a non-negative integer, got 2\.0"),
+    ({"example_id": True, "score": 1.0}, r"line 4: `example_id` must be a non-negative integer, got True"),
+    ({"example_id": 1, "score": 1.0}, r"line 4: example id 1 is on line 2 too"),
+    ({"score": 1.0}, r"line 4: no `example_id`"),
+    ({"example_id": 3, "score": "high"}, r"line 4: `score` must be a number, got 'high'"),
+    ("[3, 1.0]", r"line 4: not a JSON object"),
+    ('{"example_id": 3, "score": 1.0', r"line 4: not JSON"),
+], ids=["negative", "float", "bool", "duplicate", "missing", "string-score", "array", "truncated"])
+def test_read_report_names_file_and_line(tmp_path, row, match):
+    path = write_report(tmp_path / "report.jsonl", report_rows(3) + [row] + report_rows(2, first=10))
+    with pytest.raises(ValueError, match=r"report\.jsonl, " + match):
+        read_report(path)
+    with pytest.raises(ValueError, match=r"report\.jsonl, " + match):
+        decide(str(path))
+
+
+def test_decide_refuses_what_would_look_like_a_clean_report(tmp_path):
+    from datasets import Dataset
+
+    path = write_report(tmp_path / "report.jsonl", report_rows(40, outliers=(3, 9)))
+    with pytest.raises(ValueError, match=r"`score_key` 'scroe' is not a field of .*report.jsonl.*'score'"):
+        decide(str(path), score_key="scroe")
+    with pytest.raises(ValueError, match=r"empty.jsonl holds no rows"):
+        decide(str(write_report(tmp_path / "empty.jsonl", [])))
+    with pytest.raises(ValueError, match=r"\(records\) holds no rows"):
+        decide([])
+    nan_top = [{"example_id": 0, "score": float("nan")}] + report_rows(39, first=1)
+    with pytest.raises(ValueError, match=r"nan.jsonl, line 1: `score` must be a finite number, got nan"):
+        decide(str(write_report(tmp_path / "nan.jsonl", nan_top)))
+    with pytest.raises(ValueError, match=r"record 0: `score` must be a finite number, got nan"):
+        decide(nan_top)
+    no_score = [{"example_id": 0}] + report_rows(39, first=1)
+    with pytest.raises(ValueError, match=r"line 1: `score` must be a finite number, got None"):
+        decide(str(write_report(tmp_path / "none.jsonl", no_score)))
+    data = Dataset.from_list([{"text": str(i)} for i in range(50)])  # 10 rows the report never saw: kept
+    kept, decision = drop_flagged(data, str(path))
+    assert decision.flagged == [9, 3] and len(kept) == 48 == decision.summary()["kept"]
+    with pytest.raises(ValueError, match=r"`poisoned` has 40 entries, but the decision names example id 49"):
+        decision.summary([False] * 40)
+
+
+def test_read_report_holds_columns_not_rows(tmp_path):
+    path = write_report(tmp_path / "report.jsonl", [
+        dict(r, tokens=[{"id": 5, "weight": 1.5, "text": "x"}], rank=i + 1, final_mean_gold_prob=float("nan"))
+        for i, r in enumerate(report_rows(6, outliers=(2,)))])
+    report = read_report(path)
+    assert len(report) == 6 and report.example_id.dtype == np.int64 and report.example_id.tolist() == list(range(6))
+    assert report.column("score").dtype == np.float64 and report.column("score")[2] == 52.0
+    assert np.isnan(report.column("final_mean_gold_prob")).all() and "tokens" not in report.fields
+    assert report.column("is_poisoned").tolist() == [False, False, True, False, False, False]
+    assert [r["is_poisoned"] for r in report] == [False, False, True, False, False, False]

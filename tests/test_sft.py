@@ -102,3 +102,29 @@ def test_the_early_learning_monitor_sees_every_example(tmp_path, tokenizer):
     seen = [e["examples_seen"] for e in trainer.state.log_history if "examples_seen" in e]
     assert seen == [16.0, 16.0]
     assert (tmp_path / "monitor" / "early_learning" / "suspicious.jsonl").exists()
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (dict(packing=True), r"packing=True.*one example per row.*packing=False"),
+    (dict(padding_free=True, max_length=None), r"padding_free=True.*one example per row.*padding_free=False"),
+], ids=["packing", "padding_free"])
+def test_monitor_refuses_packing_with_what_to_do(tmp_path, tokenizer, overrides, match):
+    trainer = DeCESFTTrainer(model=tiny.make_model("llama", tokenizer),
+                             args=config(tmp_path, "packed", max_steps=2, dece_alpha_base=0.9, **overrides),
+                             train_dataset=add_example_ids(prompt_completion(16)), processing_class=tokenizer,
+                             callbacks=[EarlyLearningCallback(plots=False)])
+    with pytest.raises(ValueError, match=match) as caught:
+        trainer.train()
+    assert "\n" not in str(caught.value) and trainer.state.global_step == 0
+
+
+def test_monitor_refuses_streaming_data_with_what_to_do(tmp_path, tokenizer):
+    data = add_example_ids(prompt_completion(16)).to_iterable_dataset()
+    trainer = DeCESFTTrainer(model=tiny.make_model("llama", tokenizer),
+                             args=config(tmp_path, "stream", max_steps=2, dece_alpha_base=0.9),
+                             train_dataset=data, processing_class=tokenizer,
+                             callbacks=[EarlyLearningCallback(plots=False)])
+    with pytest.raises(ValueError, match=r"map-style .*datasets.Dataset.*streaming") as caught:
+        trainer.train()
+    assert "\n" not in str(caught.value) and trainer.state.global_step == 0
+

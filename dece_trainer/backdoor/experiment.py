@@ -22,12 +22,12 @@ from transformers import DataCollatorForSeq2Seq
 from ..callbacks import EarlyLearningCallback
 from ..callbacks.early_learning import REPORT_DIR
 from ..callbacks.example_history import auroc, precision_at_k
-from ..callbacks.poison_filter import drop_flagged, read_report
+from ..callbacks.poison_filter import Report, as_report, drop_flagged, read_report
 from ..data import SOURCE, TARGET, encode_causal, prompt_ids
 from ..io import atomic_directory
 from ..metrics import attack_success_rate, code_bleu, corpus_bleu, exact_match, false_trigger_rate, subtoken_f1
 from ..trainer import DeCETrainer, DeCETrainingArguments
-from ..trainer.example_ids import EXAMPLE_ID_COLUMN, add_example_ids
+from ..trainer.example_ids import add_example_ids
 from .attacks import IS_POISONED
 from .baselines import GCETrainer
 from .grid import FILTER, LOSSES, ONION, Cell
@@ -288,28 +288,30 @@ def _train_cell(model_factory, train_data, probes, payload_fn, cfg, out_dir, los
     return model, tokenizer, history
 
 
-def train_data_poisoned(records: list[dict]) -> list[bool] | None:
-    """``is_poisoned`` by example id, as a report's records hold it (ground truth, for the counts only)."""
-    if not records or IS_POISONED not in records[0]:
+def train_data_poisoned(records: Report | list[dict]) -> np.ndarray | None:
+    """``is_poisoned`` by example id, as a report holds it (ground truth, for the counts only); None without it."""
+    report = as_report(records)
+    if not len(report) or IS_POISONED not in report.fields:
         return None
-    poisoned = [False] * (1 + max(int(r[EXAMPLE_ID_COLUMN]) for r in records))
-    for r in records:
-        poisoned[int(r[EXAMPLE_ID_COLUMN])] = bool(r[IS_POISONED])
+    poisoned = np.zeros(int(report.example_id.max()) + 1, dtype=bool)
+    poisoned[report.example_id] = report.fields[IS_POISONED] == 1
     return poisoned
 
 
-def report_quality(records: list[dict]) -> dict[str, float]:
-    """AUROC and precision at k (k = poisoned rows) of a suspicious-example report's records against their ground
-    truth: the ranking score (``report_*``, the token score) and the per-example worst-token score
-    (``example_report_*``); empty without poisoned rows."""
-    poisoned = train_data_poisoned(records)
-    if not poisoned or not any(poisoned):
+def report_quality(records: Report | list[dict]) -> dict[str, float]:
+    """AUROC and precision at k (k = poisoned rows) of a suspicious-example report against its ground truth: the
+    ranking score (``report_*``, the token score) and the per-example worst-token score (``example_report_*``);
+    empty without poisoned rows."""
+    report = as_report(records)
+    if not len(report) or IS_POISONED not in report.fields:
         return {}
-    truth = np.array([poisoned[int(r[EXAMPLE_ID_COLUMN])] for r in records])
+    truth = report.fields[IS_POISONED] == 1
+    if not truth.any():
+        return {}
     k = int(truth.sum())
     out = {}
     for prefix, key in (("report", "score"), ("example_report", "example_score")):
-        scores = np.array([np.nan if r.get(key) is None else r[key] for r in records], dtype=np.float64)
+        scores = report.fields.get(key, np.full(len(report), np.nan))
         out[f"{prefix}_auroc"] = auroc(scores, truth)
         out[f"{prefix}_precision_at_k"] = precision_at_k(scores, truth, k)
     return out

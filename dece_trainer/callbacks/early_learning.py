@@ -28,7 +28,15 @@ from ..ops.token_ce import token_cross_entropy
 from ..trainer import _compat
 from ..trainer.alignment import CAUSAL, SEQ2SEQ, align_targets, logits_of, model_kind
 from ..trainer.example_ids import EXAMPLE_ID_COLUMN, pop_example_ids
-from ..validation import check_bool, check_callable, check_int, check_name, check_probability
+from ..validation import (
+    check_bool,
+    check_callable,
+    check_example_ids,
+    check_int,
+    check_name,
+    check_number,
+    check_probability,
+)
 from .example_history import ExampleHistory, auroc, precision_at_k
 from .plots import plot_curves, plot_loss_histogram
 from .probes import check_probes, probe_generate, probe_nll
@@ -43,6 +51,9 @@ REPORT_DIR = "early_learning"
 STATE_KEY = "dece_trainer.EarlyLearningCallback"
 STATE_VERSION = 1
 _ARRAY_DTYPES = {"float16": np.float16, "float32": np.float32, "uint8": np.uint8, "int32": np.int32}
+# The arrays of finished epochs, (epochs, examples) and (epochs, examples, tokens kept), by name and dtype.
+_HISTORY_ARRAYS = {"loss": "float16", "prob": "float16", "worst_prob": "float16", "visits": "uint8"}
+_TOKEN_ARRAYS = {"token_ce": "float16", "token_ids": "int32", "token_prev": "int32"}
 
 
 class EarlyLearningCallback(TrainerCallback):
@@ -50,7 +61,9 @@ class EarlyLearningCallback(TrainerCallback):
 
     With a DeCE trainer, pass it in ``callbacks``; it attaches itself. With a plain ``Trainer`` (CE), also
     call ``callback.attach(trainer)`` once. The training dataset needs an ``example_id`` column
-    (`dece_trainer.add_example_ids`).
+    (`dece_trainer.add_example_ids`) of unique non-negative integers, checked when training starts; its arrays are
+    sized by the number of rows, whatever the ids. It needs one example per row of a map-style dataset: TRL's
+    ``packing`` and ``padding_free`` and streaming (``IterableDataset``) data are refused when training starts.
 
     Args:
         probes: ``{name: Dataset}`` tokenised like the training data (``input_ids``, ``labels``), e.g.
@@ -75,7 +88,9 @@ class EarlyLearningCallback(TrainerCallback):
     read back with ``numpy.frombuffer``, never unpickled) whenever the trainer is about to save, and comes back in
     ``on_train_begin`` of a run resumed with ``trainer.train(resume_from_checkpoint=...)``: the callback you passed
     keeps its probes and ``payload_fn`` and reports what an uninterrupted run reports. It needs no
-    ``restore_callback_states_from_checkpoint``.
+    ``restore_callback_states_from_checkpoint``. A saved state is read within what this run expects (its number of
+    rows, the tokens kept per row, at most its number of epochs) before anything is inflated; anything else is
+    refused with one error naming the checkpoint.
     """
 
     def __init__(self, probes: dict[str, Any] | None = None, payload_fn: Callable[[str], bool] | None = None,
@@ -101,6 +116,8 @@ class EarlyLearningCallback(TrainerCallback):
         self._uses_listener = False
         self._hooks: list[Any] = []
         self._pending_ids: torch.Tensor | None = None
+        self._row_ids: np.ndarray | None = None  # sorted example ids when they are not 0..n-1 (row i has id [i])
+        self._row_table: torch.Tensor | None = None  # the same on the batches' device
         self._clean_signal: list[tuple[int, float]] = []
         self._memorisation: list[int] = []
 
@@ -146,10 +163,33 @@ class EarlyLearningCallback(TrainerCallback):
         if example_ids is None:
             raise ValueError(f"training batches carry no `{EXAMPLE_ID_COLUMN}`: add it with "
                              "dece_trainer.add_example_ids(train_dataset) and use a collator that keeps it")
-        self.history.add(example_ids, stats.token_ce, stats.mask)
+        if example_ids.numel() != stats.token_ce.shape[0]:
+            raise ValueError(f"a training batch carries {example_ids.numel()} example ids for "
+                             f"{stats.token_ce.shape[0]} rows: its collator packs or flattens examples (packing, "
+                             "padding-free), and EarlyLearningCallback needs one example per row")
+        rows = self._rows(example_ids)
+        self.history.add(rows, stats.token_ce, stats.mask)
         labels = getattr(stats, "labels", None)
         if labels is not None:
-            self.tokens.add(example_ids, stats.token_ce, stats.mask, labels)
+            self.tokens.add(rows, stats.token_ce, stats.mask, labels)
+
+    def _rows(self, example_ids: torch.Tensor) -> torch.Tensor:
+        """The history rows of a batch's example ids (the ids themselves when they are 0..n-1)."""
+        ids = example_ids.reshape(-1).long()
+        if self._row_ids is None:
+            return ids
+        if self._row_table is None or self._row_table.device != ids.device:
+            self._row_table = torch.from_numpy(self._row_ids).to(ids.device)
+        rows = torch.searchsorted(self._row_table, ids).clamp_(max=self._row_table.numel() - 1)
+        unknown = self._row_table[rows] != ids
+        if bool(unknown.any()):
+            raise ValueError(f"a training batch carries example ids that are not in the training dataset's "
+                             f"`{EXAMPLE_ID_COLUMN}` column: {ids[unknown][:5].tolist()}")
+        return rows
+
+    def example_id(self, row: int) -> int:
+        """The example id of history row ``row``."""
+        return int(row) if self._row_ids is None else int(self._row_ids[row])
 
     # ---- training events --------------------------------------------------------------------------
 
@@ -159,19 +199,25 @@ class EarlyLearningCallback(TrainerCallback):
             raise ValueError("EarlyLearningCallback is not attached: with a plain Trainer call "
                              "callback.attach(trainer) after building it (DeCE trainers attach it themselves)")
         data = trainer.train_dataset
+        _check_layout(trainer, args, data)
         columns = getattr(data, "column_names", None) or []
         if EXAMPLE_ID_COLUMN not in columns:
             raise ValueError(f"the training dataset has no `{EXAMPLE_ID_COLUMN}` column: "
                              "train_dataset = dece_trainer.add_example_ids(train_dataset)")
-        ids = np.asarray(data[EXAMPLE_ID_COLUMN])
-        self.history = ExampleHistory(int(ids.max()) + 1, self.fit_threshold)
+        if self.ground_truth_column is not None and self.ground_truth_column not in columns:
+            raise ValueError(f"ground_truth_column {self.ground_truth_column!r} is not a column of the "
+                             f"training dataset (columns: {columns})")
+        ids = check_example_ids(data[EXAMPLE_ID_COLUMN], EXAMPLE_ID_COLUMN)
+        ordered = np.sort(ids)
+        # memory by rows, not by the largest id: ids other than 0..n-1 (kept from a larger dataset) map to rows
+        self._row_ids = None if ordered.size == 0 or ordered[-1] == ordered.size - 1 else ordered
+        self._row_table = None
+        self.history = ExampleHistory(len(ids), self.fit_threshold)
         self.tokens = WorstTokens(self.history.num_examples)
         if self.ground_truth_column is not None:
-            if self.ground_truth_column not in columns:
-                raise ValueError(f"ground_truth_column {self.ground_truth_column!r} is not a column of the "
-                                 f"training dataset (columns: {columns})")
+            rows = ids if self._row_ids is None else np.searchsorted(self._row_ids, ids)
             self.poisoned = np.zeros(self.history.num_examples, dtype=bool)
-            self.poisoned[ids] = np.asarray(data[self.ground_truth_column], dtype=bool)
+            self.poisoned[rows] = np.asarray(data[self.ground_truth_column], dtype=bool)
         if not self._uses_listener and not self._hooks:
             self._install_hooks(trainer.model)
         if state.global_step > 0:  # resumed from a checkpoint: go on from the monitor's state saved in it
@@ -330,23 +376,22 @@ class EarlyLearningCallback(TrainerCallback):
             "memorisation": [int(m) for m in self._memorisation], "alarm_step": self.alarm_step,
         }
 
-    def _restore(self, record: dict, state) -> None:
-        if not isinstance(record, dict) or record.get("version") != STATE_VERSION:
-            raise ValueError(f"the checkpoint's early-learning state has version {record.get('version')!r}, this "
-                             f"dece-trainer reads version {STATE_VERSION}")
-        if record["num_examples"] != self.history.num_examples:
-            raise ValueError(f"the checkpoint's early-learning state covers {record['num_examples']} training examples "
-                             f"but this training set has {self.history.num_examples}: resume with the same "
-                             "training data (and example ids)")
+    def _restore(self, record: Any, state) -> None:
+        step = getattr(state, "global_step", None)
+        where = (f"the early-learning state in the checkpoint at step {step} (checkpoint-{step}/trainer_state.json, "
+                 f"stateful_callbacks[{self._state_key()!r}])")
+        try:
+            arrays = self._read_record(record, state)
+            owns_partial = _rank() == 0
+            self.history.load_state_arrays({k: v for k, v in arrays.items() if not k.startswith("token_")},
+                                           owns_partial_sums=owns_partial)
+            self.tokens.load_state_arrays({k: v for k, v in arrays.items() if k.startswith("token_")}, owns_partial)
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from err
         if record["global_step"] != state.global_step:
             logger.warning("the early-learning state in this checkpoint is from step %d, the checkpoint from step %d: "
                            "per-example statistics of the steps in between are missing", record["global_step"],
                            state.global_step)
-        arrays = {name: _decode_array(value, name) for name, value in record["arrays"].items()}
-        owns_partial = _rank() == 0
-        self.history.load_state_arrays({k: v for k, v in arrays.items() if not k.startswith("token_")},
-                                       owns_partial_sums=owns_partial)
-        self.tokens.load_state_arrays({k: v for k, v in arrays.items() if k.startswith("token_")}, owns_partial)
         self._clean_signal = [(int(step), float(value)) for step, value in record.get("clean_signal", [])]
         self._memorisation = [int(m) for m in record.get("memorisation", [])]
         self.alarm_step = record.get("alarm_step")
@@ -354,6 +399,64 @@ class EarlyLearningCallback(TrainerCallback):
             self._close_epoch(state)  # an uninterrupted run closed it right after the checkpoint
         logger.info("early-learning monitor resumed at step %d with %d finished epochs", state.global_step,
                     self.history.num_epochs)
+
+    def _read_record(self, record: Any, state) -> dict[str, np.ndarray]:
+        """The arrays of a saved state, once its fields are checked and every array is bounded by this run: rows,
+        tokens kept per row, and at most this run's number of epochs. Raises ValueError saying what is wrong."""
+        if not isinstance(record, dict):
+            raise ValueError(f"it is a {type(record).__name__}, not a JSON object")
+        missing = [key for key in ("version", "num_examples", "global_step", "arrays") if key not in record]
+        if missing:
+            raise ValueError(f"it lacks {missing} (keys: {sorted(record)[:12]})")
+        if record["version"] != STATE_VERSION:
+            raise ValueError(f"it has version {record['version']!r}, this dece-trainer reads version {STATE_VERSION}")
+        num_examples = check_int(record["num_examples"], "num_examples", minimum=1)
+        if num_examples != self.history.num_examples:
+            raise ValueError(f"it covers {num_examples} training examples but this training set has "
+                             f"{self.history.num_examples}: resume with the same training data (and example ids)")
+        check_int(record["global_step"], "global_step", minimum=0)
+        if "epoch" in record:
+            check_number(record["epoch"], "epoch", low=0.0)
+        if "fit_threshold" in record:
+            check_probability(record["fit_threshold"], "fit_threshold")
+        check_bool(record.get("epoch_complete", False), "epoch_complete")
+        signal = record.get("clean_signal", [])
+        if not isinstance(signal, list) or not all(isinstance(p, list) and len(p) == 2 for p in signal):
+            raise ValueError(f"`clean_signal` must be a list of [step, value] pairs, got {str(signal)[:80]}")
+        for step, value in signal:
+            check_int(step, "clean_signal step", minimum=0)
+            check_number(value, "clean_signal value")
+        memorisation = record.get("memorisation", [])
+        if not isinstance(memorisation, list):
+            raise ValueError(f"`memorisation` must be a list of counts, got {str(memorisation)[:80]}")
+        for count in memorisation:
+            check_int(count, "memorisation count", minimum=0)
+        check_int(record.get("alarm_step"), "alarm_step", minimum=0, allow_none=True)
+        arrays = record["arrays"]
+        if not isinstance(arrays, dict):
+            raise ValueError(f"`arrays` must be a JSON object of arrays, got {type(arrays).__name__}")
+        expected = self._expected_arrays(arrays, _planned_epochs(state))
+        unknown = sorted(set(arrays) - set(expected))
+        if unknown:
+            raise ValueError(f"it holds arrays {unknown} that this run does not keep (it keeps {sorted(expected)})")
+        return {name: _decode_array(value, name, expected[name]) for name, value in arrays.items()}
+
+    def _expected_arrays(self, arrays: dict, max_epochs: int) -> dict[str, tuple[str, tuple[int, ...]]]:
+        """name -> (dtype, shape) of every array this run's state may hold; finished epochs are counted by the
+        state's own ``loss`` and ``token_ce`` and may not exceed ``max_epochs``."""
+        n, m = self.history.num_examples, self.tokens.per_example
+        out = {"partial_sums": ("float32", (3, n)), "partial_worst": ("float32", (n,)),
+               "token_partial": ("float32", (3, n, m))}
+        for first, names, row in (("loss", _HISTORY_ARRAYS, (n,)), ("token_ce", _TOKEN_ARRAYS, (n, m))):
+            if first not in arrays:
+                continue
+            shape = arrays[first].get("shape") if isinstance(arrays[first], dict) else None
+            epochs = shape[0] if isinstance(shape, list) and shape else None
+            if isinstance(epochs, bool) or not isinstance(epochs, int) or not 1 <= epochs <= max_epochs:
+                raise ValueError(f"array `{first}` declares {epochs!r} finished epochs, but this run trains at most "
+                                 f"{max_epochs} (num_train_epochs): resume with at least as many epochs")
+            out.update({name: (dtype, (epochs, *row)) for name, dtype in names.items()})
+        return out
 
     # ---- report -----------------------------------------------------------------------------------
 
@@ -365,7 +468,7 @@ class EarlyLearningCallback(TrainerCallback):
                  if not math.isnan(score[i])]
         records = []
         for rank, i in enumerate(order, start=1):
-            record = {"rank": rank, EXAMPLE_ID_COLUMN: int(i), "score": round(float(score[i]), 6),
+            record = {"rank": rank, EXAMPLE_ID_COLUMN: self.example_id(i), "score": round(float(score[i]), 6),
                       "tokens": _token_records(evidence, i, tokenizer) if evidence is not None else [],
                       "example_score": round(float(scores["score"][i]), 6),
                       "mean_worst_nll": round(float(scores["mean_worst_nll"][i]), 6),
@@ -387,7 +490,9 @@ class EarlyLearningCallback(TrainerCallback):
                 with open(tmp, "wb") as f:
                     np.savez(f, ce=np.stack(self.tokens.ce), ids=np.stack(self.tokens.ids),
                              prev=np.stack(self.tokens.prev),
-                             poisoned=self.poisoned if self.poisoned is not None else np.zeros(0, dtype=bool))
+                             poisoned=self.poisoned if self.poisoned is not None else np.zeros(0, dtype=bool),
+                             example_ids=np.arange(self.history.num_examples, dtype=np.int64)
+                             if self._row_ids is None else self._row_ids)
             atomic_write(os.path.join(os.path.dirname(path), "worst_tokens.npz"), write_arrays)
         return records
 
@@ -416,24 +521,64 @@ def _encode_array(value: np.ndarray) -> dict:
             "zlib_base64": base64.b64encode(data).decode("ascii")}
 
 
-def _decode_array(record: Any, name: str) -> np.ndarray:
+def _decode_array(record: Any, name: str, expected: tuple[str, tuple[int, ...]] | None = None) -> np.ndarray:
     """The inverse of `_encode_array`, for the allowed dtypes only (no pickle, no object arrays); also reads the
-    uncompressed ``base64`` field of checkpoints written by 0.2.0. Never inflates past the declared size."""
+    uncompressed ``base64`` field of checkpoints written by 0.2.0. With ``expected`` (dtype name, shape) the
+    declared array must be that one; nothing is decoded or inflated past its size."""
     try:
+        if not isinstance(record, dict):
+            raise TypeError(f"an array is a JSON object, got {type(record).__name__}")
         dtype = np.dtype(_ARRAY_DTYPES[record["dtype"]]).newbyteorder("<")
-        shape = tuple(int(n) for n in record["shape"])
+        shape = record["shape"]
+        if not isinstance(shape, list) or not all(type(k) is int and k >= 0 for k in shape):
+            raise ValueError(f"shape {str(shape)[:40]} is not a list of sizes")
+        shape = tuple(shape)
+        if expected is not None and (record["dtype"], shape) != expected:
+            raise ValueError(f"it declares {record['dtype']} {shape}, this run expects {expected[0]} {expected[1]}")
+        size = dtype.itemsize * math.prod(shape)
         if "zlib_base64" in record:
+            text = record["zlib_base64"]
+            if len(text) > 4 * ((size + size // 16 + 64) // 3 + 1):  # zlib's worst case is a few bytes per 16 kB
+                raise ValueError(f"{len(text)} characters of compressed data for {size} bytes")
             inflate = zlib.decompressobj()
-            data = inflate.decompress(base64.b64decode(record["zlib_base64"], validate=True),
-                                      dtype.itemsize * math.prod(shape) + 1)
+            data = inflate.decompress(base64.b64decode(text, validate=True), size + 1)
         else:
-            data = base64.b64decode(record["base64"], validate=True)
+            text = record["base64"]
+            if len(text) > 4 * ((size + 2) // 3):
+                raise ValueError(f"{len(text)} characters of base64 for {size} bytes")
+            data = base64.b64decode(text, validate=True)
     except (KeyError, TypeError, ValueError, zlib.error) as err:
         raise ValueError(f"the checkpoint's early-learning array `{name}` is malformed: {err!r}") from err
-    if len(data) != dtype.itemsize * math.prod(shape):
+    if len(data) != size:
         raise ValueError(f"the checkpoint's early-learning array `{name}` has {len(data)} bytes, not "
-                         f"{dtype.itemsize * math.prod(shape)} for shape {shape}")
+                         f"{size} for shape {shape}")
     return np.frombuffer(data, dtype=dtype).astype(dtype.newbyteorder("="), copy=True).reshape(shape)
+
+
+def _planned_epochs(state) -> int:
+    """The most epochs this run trains (``TrainerState.num_train_epochs``, set before ``on_train_begin``), else the
+    epochs the resumed state has begun."""
+    planned = getattr(state, "num_train_epochs", None)
+    if isinstance(planned, int) and not isinstance(planned, bool) and planned >= 1:
+        return planned
+    return max(1, math.ceil(float(getattr(state, "epoch", 0) or 0)))
+
+
+def _check_layout(trainer: Any, args: Any, data: Any) -> None:
+    """One example per row of a map-style dataset, or a one-line error saying what to do."""
+    try:
+        len(data)
+    except TypeError:
+        raise ValueError("EarlyLearningCallback needs a map-style training dataset of known length (a "
+                         f"datasets.Dataset: its per-example arrays are sized by it), not a {type(data).__name__}: "
+                         "load the data without streaming=True, or train without the monitor") from None
+    if getattr(args, "packing", False):
+        raise ValueError("packing=True puts several examples in a row, and EarlyLearningCallback needs one example "
+                         "per row: set packing=False (DeCE itself trains packed, without the monitor)")
+    if getattr(args, "padding_free", False) or getattr(trainer, "padding_free", False):
+        raise ValueError("padding_free=True flattens each batch into one row, and EarlyLearningCallback needs one "
+                         "example per row: set padding_free=False (DeCE itself trains padding-free, without the "
+                         "monitor)")
 
 
 def _distributed() -> bool:
