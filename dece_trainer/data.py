@@ -19,6 +19,8 @@ SOURCE, TARGET = "source", "target"
 # The prompt of every causal-LM script and benchmark here: the source, then a marker the target follows.
 PROMPT_TEMPLATE = "{source}\n### Output:\n"
 _FILE_KINDS = {".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+# csv's default field limit is 128 KiB; a whole source file in one field is ordinary in code data.
+CSV_FIELD_LIMIT = 2**31 - 1
 
 
 def build_prompt(source: str) -> str:
@@ -30,6 +32,8 @@ def _read_csv(path: Path) -> Dataset:
     """A CSV file read strictly (unbalanced quotes, ragged rows and non-UTF-8 bytes are errors)."""
     from datasets import Dataset
 
+    if csv.field_size_limit() < CSV_FIELD_LIMIT:
+        csv.field_size_limit(CSV_FIELD_LIMIT)
     try:
         with open(path, encoding="utf-8", newline="") as f:
             rows = list(csv.reader(f, strict=True))
@@ -48,17 +52,45 @@ def _read_csv(path: Path) -> Dataset:
     return Dataset.from_dict({name: [row[i] for row in body] for i, name in enumerate(header)})
 
 
+def data_source_problem(path_or_name: str) -> str | None:
+    """Why `load_pairs` cannot take ``path_or_name``, or None: a file needs one of the known extensions and must
+    exist; without an extension it must be a dataset folder or look like a Hub dataset id (``name`` or
+    ``owner/name``). Touches only the file system, so a command checks its data flags before loading a model."""
+    from .validation import HUB_ID
+
+    path = Path(path_or_name)
+    suffix = path.suffix.lower()
+    kinds = ", ".join(sorted(_FILE_KINDS))
+    if suffix in _FILE_KINDS:
+        return None if path.is_file() else f"data file not found: {path}"
+    if path.is_dir():
+        return None
+    if suffix or path.exists() or not HUB_ID.fullmatch(str(path_or_name)):
+        return (f"unsupported data file {path_or_name!r}: use a file ending in one of {kinds}, a dataset folder "
+                "(save_to_disk) or a Hub dataset id")
+    return None
+
+
+def check_data_source(path_or_name: str, flag: str) -> str:
+    """`data_source_problem` as a ``ValueError`` naming the command-line ``flag`` (``--train_file``)."""
+    problem = data_source_problem(path_or_name)
+    if problem is not None:
+        raise ValueError(f"{flag}: {problem}")
+    return path_or_name
+
+
 def load_pairs(path_or_name: str, source_column: str = SOURCE, target_column: str = TARGET,
                split: str = "train") -> Dataset:
     """Load (source, target) pairs from a CSV/JSONL/JSON/Parquet file, a ``save_to_disk`` folder, or a Hub
     dataset id (``split`` picks the split), renaming the two columns to ``source`` and ``target``."""
     from datasets import load_dataset, load_from_disk
 
+    problem = data_source_problem(path_or_name)
+    if problem is not None:
+        raise ValueError(problem)
     path = Path(path_or_name)
     suffix = path.suffix.lower()
     if suffix in _FILE_KINDS:
-        if not path.is_file():
-            raise ValueError(f"data file not found: {path}")
         if suffix == ".csv":
             data = _read_csv(path)
         else:
@@ -72,10 +104,13 @@ def load_pairs(path_or_name: str, source_column: str = SOURCE, target_column: st
         data = load_from_disk(str(path))
         if hasattr(data, "keys"):
             data = data[split]
-    elif suffix:
-        raise ValueError(f"unsupported data file {path}: use one of {sorted(_FILE_KINDS)} or a dataset folder")
     else:
-        data = load_dataset(path_or_name, split=split)
+        try:
+            data = load_dataset(path_or_name, split=split)
+        except Exception as err:  # not found, offline, no such split: one line naming the id
+            first = str(err).splitlines()[0] if str(err) else ""
+            raise ValueError(f"cannot load the Hub dataset {path_or_name!r} (split {split!r}): "
+                             f"{type(err).__name__}: {first}") from err
     return standardise(data, source_column, target_column, origin=str(path_or_name))
 
 

@@ -98,3 +98,24 @@ def inside(root: str | os.PathLike, *parts: str) -> str:
     if os.path.commonpath([root_path, candidate]) != root_path:
         raise ValueError(f"{os.path.join(*parts)!r} would leave the output folder {root}")
     return candidate
+
+
+def check_writable_folder(path: str | os.PathLike, flag: str = "--output_dir") -> str:
+    """Refuse (``ValueError`` naming ``flag``) an output folder that cannot be written, before any work is done: a
+    file in its place or on its path, or a folder (it, or the nearest existing one above it, where it would be
+    created) in which a file cannot be created. Creates nothing; returns the absolute path."""
+    path = os.path.abspath(os.fspath(path))
+    existing = path
+    while not os.path.exists(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        where = "is a file" if existing == path else f"cannot be created: {existing} is a file, not a folder"
+        raise ValueError(f"{flag} {path} {where}")
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".write-check.", dir=existing)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as err:
+        what = "is not writable" if existing == path else f"cannot be created: {existing} is not writable"
+        raise ValueError(f"{flag} {path} {what} ({err.strerror or err})") from err
+    return path

@@ -1,7 +1,8 @@
 """One home for argument checks: every entry point (functional loss, module, schedule, settings, callback,
 CLI) validates through these, so the same bad value gets the same message everywhere.
 
-Pure Python (``numbers``, ``math``): no torch, no transformers. Numbers are accepted as any
+Pure Python (``numbers``, ``math``; ``huggingface_hub`` imported by `check_model` only when it looks a Hub id
+up): no torch, no transformers, so a command line checks its flags before loading anything. Numbers are accepted as any
 ``numbers.Real`` (Python and numpy scalars) but never ``bool``; NaN and infinities are refused unless a
 check says otherwise. Each check returns the value converted to a plain Python ``float``/``int``/``str``,
 and raises ``ValueError`` naming the argument, the allowed values and what it got.
@@ -11,10 +12,14 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
+import re
+from pathlib import Path
 from typing import Any, Iterable
 
 REDUCTIONS = ("mean", "sum", "none")
 SCHEDULES = ("epoch", "continuous")
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")  # a Hub repository id: ``name`` or ``owner/name``
 
 
 def _fail(name: str, allowed: str, value: Any) -> ValueError:
@@ -44,6 +49,16 @@ def check_number(value: Any, name: str, *, low: float = -math.inf, high: float =
 def check_alpha(value: Any, name: str = "alpha") -> float:
     """A DeCE blend weight: a number in (0, 1] (1 is plain, label-smoothed cross-entropy)."""
     return check_number(value, name, low=0.0, high=1.0, low_open=True)
+
+
+def check_alpha_pair(alpha_base: Any, alpha_final: Any, names: tuple[str, str] = ("alpha_base", "alpha_final"),
+                     flags: tuple[str, str] = ("--dece_alpha_base", "--dece_alpha_final")) -> None:
+    """At most one of ``alpha_base`` and ``alpha_final``: ``alpha_final`` derives the base from the run length, so a
+    given base beside it would be dropped without a word."""
+    if alpha_base is not None and alpha_final is not None:
+        raise ValueError(f"`{names[0]}={alpha_base}` and `{names[1]}={alpha_final}` cannot both be set "
+                         f"({flags[0]} and {flags[1]}): `{names[1]}` derives the epoch-1 alpha from the run length, "
+                         f"so the given `{names[0]}` would be ignored. Give one of them.")
 
 
 def check_label_smoothing(value: Any, name: str = "label_smoothing") -> float:
@@ -147,6 +162,43 @@ def check_texts(value: Any, name: str, *, allow_empty: bool = True) -> list[str]
     if not value and not allow_empty:
         raise _fail(name, allowed, value)
     return list(value)
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def check_model(name: str, *, flag: str = "--model", built_in: Iterable[str] = ()) -> str:
+    """A model to load (``flag`` names it in the messages): a name the caller builds itself (``built_in``), an
+    existing local model folder (with a ``config.json``), or a Hub id that can be reached (in the local Hub cache
+    when ``HF_HUB_OFFLINE`` is set). The one check of every command's model flag, run before anything is loaded."""
+    built_in = tuple(built_in)
+    valid = "valid: " + ", ".join((*built_in, "an existing local model folder", "or a Hub id (when online)"))
+    if name in built_in:
+        return name
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ValueError(f"{flag} {name!r}: the folder has no config.json, so it is not a saved model ({valid})")
+        return name
+    if name.startswith((".", "/", "~")) or path.exists() or not HUB_ID.fullmatch(name):
+        raise ValueError(f"{flag} {name!r}: model path does not exist ({valid})")
+    if _hub_offline():
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(name, "config.json"), str):
+            raise ValueError(f"{flag} {name!r} is not a model name, not a local folder, and not in the local Hub "
+                             f"cache; HF_HUB_OFFLINE is set, so it cannot be downloaded ({valid})")
+        return name
+    from huggingface_hub import hf_hub_download
+
+    try:
+        hf_hub_download(name, "config.json")
+    except Exception as err:  # noqa: BLE001 - not found, gated, or no connection: all the same to the user
+        raise ValueError(f"{flag} {name!r} is not a model name or a local folder, and the Hub did not give its "
+                         f"config ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}) "
+                         f"({valid})") from err
+    return name
 
 
 def check_example_ids(values: Any, name: str = "example_id", where: str = "the training dataset") -> Any:

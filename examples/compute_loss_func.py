@@ -38,7 +38,8 @@ class ScriptArguments:
     train_file: str | None = field(default=None, metadata={"help": "A .txt, .csv, .json or .jsonl file."})
     text_column: str = "text"
     max_length: int = 512
-    dece_alpha_base: float = field(default=0.9, metadata={"help": "DeCE blend weight of epoch 1, in (0, 1]."})
+    dece_alpha_base: float | None = field(default=None, metadata={
+        "help": "DeCE blend weight of epoch 1, in (0, 1] (or give --dece_alpha_final; neither: alpha ends at 0.5)."})
     dece_alpha_final: float | None = field(default=None, metadata={"help": "Blend weight at the end of training."})
     tiny: bool = field(default=False, metadata={"help": "Offline run: tiny random model, synthetic data."})
 

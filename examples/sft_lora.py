@@ -10,8 +10,9 @@ class pair ``DeCESFTConfig``/``DeCESFTTrainer`` in place of ``SFTConfig``/``SFTT
         --train_file lyra/train_poisoned_5_badpre.csv --prompt_column src --completion_column tgt \
         --num_train_epochs 3 --dece_alpha_final 0.8 --learning_rate 2e-4 --output_dir out/sft_lora
 
-    # Offline smoke run: a tiny random model and synthetic data, well under a minute on a CPU.
-    python examples/sft_lora.py --tiny --output_dir /tmp/sft_lora --max_steps 20 --learning_rate 3e-3 --bf16 false
+    # Offline smoke run: a tiny random model and synthetic data, well under a minute on a CPU. (DeCESFTConfig turns
+    # bf16 on only where a GPU supports it, so no --bf16 false is needed on a CPU-only machine.)
+    python examples/sft_lora.py --tiny --output_dir /tmp/sft_lora --max_steps 20 --learning_rate 3e-3
 """
 
 from __future__ import annotations

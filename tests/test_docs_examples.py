@@ -72,3 +72,43 @@ def test_gradient_figure_matches_autograd():
     assert tolerance < 5e-4 and module.max_autograd_error(curves) <= tolerance
     saved = json.loads((REPO_ROOT / "docs" / "images" / "gradient.json").read_text())
     assert saved["alphas"] == curves["alphas"] and saved["max_abs_error_vs_autograd"] <= saved["float32_tolerance"]
+
+
+def test_readme_fused_linear_dece_is_exported():
+    import dece_trainer
+    from dece_trainer.ops.fused_linear import fused_linear_dece
+
+    assert "`fused_linear_dece(" in (REPO_ROOT / "README.md").read_text()
+    assert "fused_linear_dece" in dece_trainer.__all__
+    assert dece_trainer.fused_linear_dece is fused_linear_dece  # `from dece_trainer import fused_linear_dece`
+
+
+def test_quickstart_sft_config_runs_on_cpu():
+    """The quickstart's ``DeCESFTConfig(...)`` line as written: TRL turns bf16 on by default, which transformers
+    refuses on a machine without a bf16 GPU; DeCESFTConfig keeps it off there."""
+    import re
+
+    from transformers.utils import is_torch_bf16_gpu_available
+
+    text = (REPO_ROOT / "docs" / "quickstart.md").read_text()
+    (line,) = re.findall(r"^args = DeCESFTConfig\(.*\)$", text, flags=re.M)
+    namespace = {}
+    exec("from dece_trainer.integrations.trl import DeCESFTConfig\n" + line, namespace)
+    assert namespace["args"].bf16 is is_torch_bf16_gpu_available()
+    assert namespace["args"].dece_alpha_final == 0.8
+
+
+@pytest.mark.slow
+def test_sft_lora_tiny_runs_on_cpu(tmp_path):
+    """``examples/sft_lora.py --tiny`` with neither --use_cpu nor --bf16 false, as its docstring runs it."""
+    out = tmp_path / "out"
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path), "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+           "CUDA_VISIBLE_DEVICES": ""}  # a CPU-only machine, even where the tests run beside a GPU
+    cmd = [sys.executable, str(EXAMPLES / "sft_lora.py"), "--tiny", "--output_dir", str(out), "--max_steps", "2",
+           "--per_device_train_batch_size", "8", "--logging_steps", "1", "--report_to", "none",
+           "--save_strategy", "no", "--disable_tqdm", "true"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=REPO_ROOT, env=env)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    assert (out / "adapter_model.safetensors").exists()
+    assert "last log: loss" in result.stdout

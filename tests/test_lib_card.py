@@ -3,6 +3,7 @@ model-index eval results; CE runs without defense claims; push_to_hub uploads th
 
 import importlib.metadata
 import os
+import pathlib
 
 import pytest
 from huggingface_hub import ModelCard
@@ -99,10 +100,12 @@ def test_cross_entropy_card_claims_no_defense(tmp_path, tokenizer):
 
 def test_seq2seq_card_before_training(tmp_path, tokenizer):
     trainer = DeCESeq2SeqTrainer(model=tiny.make_model("t5", tokenizer),
-                                 args=make_args(tmp_path, cls=DeCESeq2SeqTrainingArguments, dece_alpha_final=0.5))
+                                 args=make_args(tmp_path, cls=DeCESeq2SeqTrainingArguments,
+                                                dece_alpha_base=None, dece_alpha_final=0.5))
     trainer.create_model_card(model_name="tiny-t5")
     card = load(tmp_path)
-    assert {"dece", "backdoor-defense"} <= set(card.data.tags)
+    assert not {"dece", "backdoor-defense"} & set(card.data.tags or [])  # nothing trained: no defense claimed
+    assert "## Training: none" in card.text and "Backdoor defense: DeCE" not in card.text
     assert "| alpha_final | `0.5` (target at the end of training) |" in card.text
     assert "alpha at end of training" not in card.text  # nothing trained yet
     assert not card.data.eval_results
@@ -164,3 +167,43 @@ def test_project_url_comes_from_the_package_metadata(monkeypatch):
 
     monkeypatch.setattr(importlib.metadata, "metadata", missing)
     assert model_card.project_url() == HOMEPAGE
+
+
+def front_matter(path):
+    import yaml
+
+    text = path.read_text()
+    assert text.startswith("---\n")
+    return yaml.safe_load(text.split("---\n", 2)[1])
+
+
+def test_zero_step_run_card_claims_no_defense(tmp_path, tokenizer):
+    data = tiny.causal_dataset(tokenizer, tiny.make_pairs(8))
+    trainer = DeCETrainer(model=tiny.make_model("llama", tokenizer), args=make_args(tmp_path), train_dataset=data,
+                          eval_dataset=data, data_collator=tiny.pad_collator(tokenizer))
+    trainer.evaluate()  # --do_eval only: no training step
+    trainer.create_model_card(model_name="tiny-eval-only", tags=["mine"])
+    card = load(tmp_path)
+    assert trainer.state.global_step == 0
+    assert "dece" not in card.data.tags and "backdoor-defense" not in card.data.tags and "mine" in card.data.tags
+    text = card.text
+    assert "## Training: none" in text and "No training step was run" in text
+    assert "no backdoor defense was applied" in text
+    assert "Backdoor defense: DeCE" not in text and "This model was fine-tuned" not in text and "bibtex" not in text
+    assert "| alpha_base | `0.9` |" in text  # the configured settings, named as such
+    assert front_matter(tmp_path / "out" / "README.md")["dece"]["trained_steps"] == 0
+
+
+def test_card_yaml_has_dece_settings(monitored_card, tmp_path, tokenizer):
+    trainer, _ = monitored_card
+    meta = front_matter(pathlib.Path(trainer.args.output_dir) / "README.md")
+    assert meta["dece"] == {"loss": "dece", "trained_steps": trainer.state.global_step, "alpha_base": 0.9,
+                            "alpha_final": None, "label_smoothing": 0.05, "schedule": "epoch", "last_alpha": 0.9}
+    assert {"dece", "backdoor-defense", "my-tag"} <= set(meta["tags"])
+
+    final = DeCETrainer(model=tiny.make_model("gpt2", tokenizer),  # alpha_final: the derived base, rounded
+                        args=make_args(tmp_path, num_train_epochs=3, dece_alpha_base=None, dece_alpha_final=0.5))
+    final.create_model_card(model_name="tiny-final")
+    dece = front_matter(tmp_path / "out" / "README.md")["dece"]
+    assert dece["alpha_final"] == 0.5 and dece["alpha_base"] == pytest.approx(0.5 ** (1 / 3), abs=1e-12)
+    assert dece["alpha_base"] == float(f"{0.5 ** (1 / 3):.12g}") and dece["last_alpha"] is None

@@ -91,7 +91,7 @@ def test_seq2seq_eval_loss_is_the_same_with_and_without_generation(tmp_path, tok
 def test_card_and_loss_func_report_the_last_alpha_training_used(tmp_path, tokenizer):
     data = tiny.causal_dataset(tokenizer, tiny.make_pairs(16))
     trainer = DeCETrainer(model=tiny.make_model("gpt2", tokenizer),
-                          args=make_args(tmp_path, num_train_epochs=2, dece_alpha_final=0.8),
+                          args=make_args(tmp_path, num_train_epochs=2, dece_alpha_base=None, dece_alpha_final=0.8),
                           train_dataset=data, data_collator=tiny.pad_collator(tokenizer))
     trainer.train()
     logged = [e["dece_alpha"] for e in trainer.state.log_history if "dece_alpha" in e]
@@ -185,7 +185,7 @@ def test_everything_suppressed_warns_once_with_the_warm_up_advice(tmp_path, toke
     assert all(e["dece_suppressed_frac"] == 1.0 for e in trainer.state.log_history if "dece_suppressed_frac" in e)
     messages = [r.getMessage() for r in caplog.records if "dece_suppressed_frac" in r.getMessage()]
     assert len(messages) == 1
-    assert "Warm up with cross-entropy" in messages[0] and "docs/usage.md" in messages[0]
+    assert "Warm up with plain cross-entropy" in messages[0] and "docs/choosing_alpha.md" in messages[0]
 
 
 def test_healthy_run_does_not_warn(tmp_path, tokenizer, caplog):
@@ -196,3 +196,33 @@ def test_healthy_run_does_not_warn(tmp_path, tokenizer, caplog):
     with caplog.at_level(logging.WARNING, logger=dece_trainer_module.__name__):
         trainer.train()
     assert not [r for r in caplog.records if r.name == dece_trainer_module.__name__]
+
+
+def test_suppression_warning_links_an_existing_page_and_advises_plain_ce(tmp_path, tokenizer, caplog):
+    import re
+
+    from tests.conftest import REPO_ROOT
+
+    trainer = DeCETrainer(model=tiny.make_model("gpt2", tokenizer), args=make_args(tmp_path))
+    with caplog.at_level(logging.WARNING, logger=dece_trainer_module.__name__):
+        trainer._dece_check_suppression(1.0)
+        trainer._dece_check_suppression(1.0)
+    (message,) = [r.getMessage() for r in caplog.records if "dece_suppressed_frac" in r.getMessage()]
+    # alpha 1 alone is label-smoothed CE: the warm-up advice turns the smoothing off too
+    assert "`dece_alpha_base=1` and `dece_label_smoothing=0`" in message, message
+    (link,) = re.findall(r"/blob/main/(docs/[\w.]+)#([\w-]+)\)", message)
+    page = (REPO_ROOT / link[0]).read_text()
+    headings = {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
+                for h in re.findall(r"^#+ (.+)$", page, flags=re.M)}
+    assert link[1] in headings, (link, headings)
+
+
+def test_logged_alpha_has_no_float_noise(tmp_path, tokenizer):
+    data = tiny.causal_dataset(tokenizer, tiny.make_pairs(16))
+    trainer = DeCETrainer(model=tiny.make_model("gpt2", tokenizer), args=make_args(tmp_path, num_train_epochs=2),
+                          train_dataset=data, data_collator=tiny.pad_collator(tokenizer))
+    trainer.train()
+    logs = [e for e in trainer.state.log_history if "dece_alpha" in e]
+    assert [e["dece_alpha"] for e in logs] == [0.9, 0.9, 0.81, 0.81]  # not 0.9 ** 2 = 0.8100000000000001
+    assert all(e["dece_grad_bound"] == float(f"{e['dece_grad_bound']:.12g}") for e in logs)
+    assert logs[-1]["dece_grad_bound"] == pytest.approx(0.81 / 0.19, rel=1e-12)

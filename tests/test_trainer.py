@@ -134,7 +134,7 @@ def test_evaluate_and_predict_keep_logits(tmp_path, tokenizer):
 def test_alpha_final_sets_the_base_from_the_run_length(tmp_path, tokenizer):
     model = tiny.make_model("llama", tokenizer)
     data = tiny.causal_dataset(tokenizer, tiny.make_pairs(32))
-    args = training_args(tmp_path, num_train_epochs=2, dece_alpha_final=0.25)
+    args = training_args(tmp_path, num_train_epochs=2, dece_alpha_base=None, dece_alpha_final=0.25)
     trainer = DeCETrainer(model=model, args=args, train_dataset=data, data_collator=tiny.pad_collator(tokenizer))
     trainer.train()
     logs = [entry for entry in trainer.state.log_history if "dece_alpha" in entry]
@@ -154,9 +154,12 @@ def test_hf_argument_parser_gets_dece_flags(tmp_path):
     parser = HfArgumentParser(DeCETrainingArguments)
     (args,) = parser.parse_args_into_dataclasses(
         ["--output_dir", str(tmp_path), "--dece_alpha_base", "0.98", "--dece_label_smoothing", "0.1",
-         "--dece_alpha_schedule", "continuous", "--dece_alpha_final", "0.5", "--use_cpu", "true"])
+         "--dece_alpha_schedule", "continuous", "--use_cpu", "true"])
     assert (args.dece_alpha_base, args.dece_label_smoothing, args.dece_alpha_schedule, args.dece_alpha_final) == (
-        0.98, 0.1, "continuous", 0.5)
+        0.98, 0.1, "continuous", None)
+    (final,) = parser.parse_args_into_dataclasses(["--output_dir", str(tmp_path), "--dece_alpha_final", "0.5",
+                                                    "--use_cpu", "true"])
+    assert (final.dece_alpha_base, final.dece_alpha_final) == (None, 0.5)
     assert "dece_alpha_base" in args.to_dict()
     (s2s,) = HfArgumentParser(DeCESeq2SeqTrainingArguments).parse_args_into_dataclasses(
         ["--output_dir", str(tmp_path), "--dece_alpha_base", "0.8", "--predict_with_generate", "true"])

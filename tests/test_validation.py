@@ -7,7 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from dece_trainer import DeCELoss, DeCESettings, dece_alpha, deceptive_cross_entropy, grad_bound, make_dece_loss_func
+from dece_trainer import (
+    DeCELoss,
+    DeCESettings,
+    DeCETrainingArguments,
+    dece_alpha,
+    deceptive_cross_entropy,
+    grad_bound,
+    make_dece_loss_func,
+)
 from dece_trainer import validation as v
 
 LOGITS, LABELS = torch.randn(3, 5), torch.tensor([0, 1, 2])
@@ -97,3 +105,16 @@ def test_messages_name_the_argument_and_the_allowed_values(call, match):
 def test_good_denominators_pass_through():
     count = torch.tensor(7)
     assert v.check_num_items(count) is count and v.check_num_items(None) is None and v.check_num_items(3) == 3
+
+
+@pytest.mark.parametrize("entry", [
+    lambda: DeCESettings(alpha_base=0.9, alpha_final=0.5),
+    lambda: make_dece_loss_func(alpha_base=0.9, alpha_final=0.5),
+    lambda: DeCETrainingArguments(output_dir="unused", use_cpu=True, dece_alpha_base=0.9, dece_alpha_final=0.5),
+])
+def test_alpha_base_with_alpha_final_is_an_error(entry):
+    with pytest.raises(ValueError, match=r"`dece_alpha_base=0.9` and `dece_alpha_final=0.5` cannot both be set "
+                                         r"\(--dece_alpha_base and --dece_alpha_final\)"):
+        entry()
+    assert DeCESettings(alpha_final=0.5).alpha_base is None  # either one alone is fine
+    assert DeCESettings(alpha_base=0.9).alpha_final is None

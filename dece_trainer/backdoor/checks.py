@@ -1,7 +1,8 @@
 """Argument checks of the harness commands (``bench``, ``demo``, ``eval``), run before anything is loaded, so
 a bad flag fails in well under a second with a message naming it.
 
-Pure Python (plus ``huggingface_hub``, imported only to look a Hub id up): the command parsers import this.
+Pure Python (plus ``huggingface_hub``, imported only to look a Hub id up, in `dece_trainer.validation`): the
+command parsers import this.
 """
 
 from __future__ import annotations
@@ -9,16 +10,15 @@ from __future__ import annotations
 import os
 import re
 import sys
-from pathlib import Path
 from typing import Any, Iterable
 
+from .. import validation
 from ..validation import check_int, check_label_smoothing, check_number
 
 # The models the harness builds by name (``models.SMALL_SIZES`` and ``models.SMOLLM2``).
 SMALL_MODELS = ("tiny", "small", "base")
 MODEL_NAMES = (*SMALL_MODELS, "smollm2")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 
 
 def warn(message: str) -> None:
@@ -67,37 +67,8 @@ def check_training_numbers(args: Any) -> None:
     check_int(args.lora_r, "--lora_r", minimum=0)
 
 
-def _hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
 def check_model(name: str, *, built_in: Iterable[str] = MODEL_NAMES) -> str:
     """``--model``: a name the harness builds (``built_in``), an existing local model folder, or a Hub id that
-    can be reached (in the local Hub cache when ``HF_HUB_OFFLINE`` is set). Checked before any setup."""
-    built_in = tuple(built_in)
-    valid = f"valid: {', '.join(built_in)}, an existing local model folder, or a Hub id (when online)"
-    if name in built_in:
-        return name
-    path = Path(name).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ValueError(f"--model {name!r}: the folder has no config.json, so it is not a saved model ({valid})")
-        return name
-    if name.startswith((".", "/", "~")) or path.exists() or not _HUB_ID.fullmatch(name):
-        raise ValueError(f"--model {name!r}: model path does not exist ({valid})")
-    if _hub_offline():
-        from huggingface_hub import try_to_load_from_cache
-
-        if not isinstance(try_to_load_from_cache(name, "config.json"), str):
-            raise ValueError(f"--model {name!r} is not a model name, not a local folder, and not in the local Hub "
-                             f"cache; HF_HUB_OFFLINE is set, so it cannot be downloaded ({valid})")
-        return name
-    from huggingface_hub import hf_hub_download
-
-    try:
-        hf_hub_download(name, "config.json")
-    except Exception as err:  # noqa: BLE001 - not found, gated, or no connection: all the same to the user
-        raise ValueError(f"--model {name!r} is not a model name or a local folder, and the Hub did not give its "
-                         f"config ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}) "
-                         f"({valid})") from err
-    return name
+    can be reached (in the local Hub cache when ``HF_HUB_OFFLINE`` is set). Checked before any setup; the library's
+    `dece_trainer.validation.check_model`, which ``train`` uses too."""
+    return validation.check_model(name, flag="--model", built_in=built_in)

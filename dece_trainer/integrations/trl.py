@@ -31,9 +31,26 @@ from ..trainer.example_ids import ExampleIdCollator, pop_example_ids
 from ..trainer.fused_head import IGNORE_INDEX
 
 
+def bf16_supported(use_cpu: bool) -> bool:
+    """Whether training will run on an accelerator with bf16 (a bf16-capable GPU, or a TPU); False on a CPU."""
+    from transformers.utils import is_torch_bf16_gpu_available, is_torch_xla_available
+
+    return not use_cpu and (is_torch_bf16_gpu_available() or is_torch_xla_available())
+
+
 @dataclass
 class DeCESFTConfig(DeCEArgumentsMixin, SFTConfig):
-    """``SFTConfig`` plus the ``--dece_*`` flags."""
+    """``SFTConfig`` plus the ``--dece_*`` flags.
+
+    ``bf16`` left unset is TRL's default (on unless ``fp16``) where the accelerator supports it, and off on a CPU
+    (a machine without a bf16 GPU, or ``use_cpu=True``), where TRL's default makes transformers refuse to start
+    ("Your setup doesn't support bf16/gpu"). ``bf16=True`` or ``False`` is taken as given.
+    """
+
+    def __post_init__(self):
+        if self.bf16 is None:
+            self.bf16 = not self.fp16 and bf16_supported(self.use_cpu)
+        super().__post_init__()
 
 
 class DeCEKernel:

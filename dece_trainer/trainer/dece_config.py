@@ -9,7 +9,14 @@ from typing import Any
 from transformers import Seq2SeqTrainingArguments, TrainingArguments
 
 from ..ops.schedule import alpha_base_for_final
-from ..validation import SCHEDULES, check_alpha, check_choice, check_label_smoothing, check_schedule
+from ..validation import (
+    SCHEDULES,
+    check_alpha,
+    check_alpha_pair,
+    check_choice,
+    check_label_smoothing,
+    check_schedule,
+)
 from .alignment import AUTO, MODEL_KINDS
 
 # With neither alpha_base nor alpha_final given, the schedule ends training at alpha 0.5 whatever the run length:
@@ -25,10 +32,11 @@ class DeCESettings:
     """The DeCE knobs, validated. Built from any ``TrainingArguments`` by `from_args`.
 
     Attributes:
-        alpha_base: blend weight of epoch 1, in (0, 1], or None; ignored when ``alpha_final`` is set.
+        alpha_base: blend weight of epoch 1, in (0, 1], or None. Giving it with ``alpha_final`` is an error.
         label_smoothing: in [0, 1).
         schedule: ``"epoch"`` or ``"continuous"`` (see `dece_trainer.schedule_exponent`).
-        alpha_final: blend weight wanted at the end of training, in (0, 1], or None. With neither given,
+        alpha_final: blend weight wanted at the end of training, in (0, 1], or None; ``alpha_base`` is then
+            derived from it and the run length. With neither given,
             ``DEFAULT_ALPHA_FINAL`` (0.5): the schedule adapts to the run length.
         model_kind: ``"auto"`` (decided from the model as transformers decides it), or ``"causal"``,
             ``"seq2seq"``, ``"other"`` to say how the model's logits line up with its labels.
@@ -53,6 +61,7 @@ class DeCESettings:
         check_schedule(self.schedule, "dece_alpha_schedule")
         if self.alpha_final is not None:
             set_(self, "alpha_final", check_alpha(self.alpha_final, "dece_alpha_final"))
+        check_alpha_pair(self.alpha_base, self.alpha_final, ("dece_alpha_base", "dece_alpha_final"))
         check_choice(self.model_kind, (AUTO, *MODEL_KINDS), "dece_model_kind")
         if not isinstance(self.fused_linear, bool):
             raise ValueError(f"`dece_fused_linear` must be True or False, got {self.fused_linear!r}.")
@@ -118,7 +127,7 @@ class DeCEArgumentsMixin:
     dece_alpha_final: float | None = field(
         default=None,
         metadata={"help": "Blend weight wanted at the end of training, in (0, 1]; when set, alpha_base is "
-                          "derived from it and the run length, and --dece_alpha_base is ignored. Default: "
+                          "derived from it and the run length (giving --dece_alpha_base too is an error). Default: "
                           f"{DEFAULT_ALPHA_FINAL} when --dece_alpha_base is not given either."},
     )
 

@@ -327,7 +327,8 @@ class DeCEMixin:
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         """The Trainer's ``log``, with ``ce_loss`` and (DeCE runs) ``dece_alpha``, ``dece_grad_bound`` and
-        ``dece_suppressed_frac`` added to every training log (averaged over processes)."""
+        ``dece_suppressed_frac`` added to every training log (averaged over processes). The alpha and the bound are
+        rounded to 12 significant digits: ``0.81``, not the schedule's ``0.9 ** 2 = 0.8100000000000001``."""
         if ("loss" in logs or "train_loss" in logs) and not self._dece_token_metrics.empty:
             reduce_fn = None
             if self.accelerator.num_processes > 1:
@@ -343,7 +344,7 @@ class DeCEMixin:
                 logs["ce_loss"] = ce_sum / count
                 if self.dece_loss_kind == DECE:
                     alpha = self._dece_last_alpha  # the weight the logged steps used (state.epoch has moved on)
-                    logs.update(dece_alpha=alpha, dece_grad_bound=grad_bound(alpha),
+                    logs.update(dece_alpha=float(f"{alpha:.12g}"), dece_grad_bound=float(f"{grad_bound(alpha):.12g}"),
                                 dece_suppressed_frac=suppressed / count)
                     self._dece_check_suppression(suppressed / count)
         super().log(logs, *args, **kwargs)
@@ -355,9 +356,11 @@ class DeCEMixin:
                 f"dece_suppressed_frac has been at least {ALL_SUPPRESSED} for {ALL_SUPPRESSED_LOGS} training logs in a "
                 "row: DeCE is cutting the gradient of (nearly) every target token, so the model is barely learning "
                 "the task. This happens when the model does not know the task or its output format yet (random "
-                "initialisation, or a pretrained model meeting a new prompt format). Warm up with cross-entropy on "
-                "clean or trusted data first (`dece_alpha_base=1` for a warm-up run), or raise alpha; see \"Choosing "
-                f"alpha\" in docs/usage.md ({project_url()}/blob/main/docs/usage.md#choosing-alpha)."))
+                "initialisation, or a pretrained model meeting a new prompt format). Warm up with plain cross-entropy "
+                "on clean or trusted data first (a warm-up run with `dece_alpha_base=1` and `dece_label_smoothing=0`; "
+                "alpha 1 alone is still label-smoothed), or raise alpha; see \"Reading dece_suppressed_frac\" in "
+                f"docs/choosing_alpha.md ({project_url()}/blob/main/docs/choosing_alpha.md"
+                "#reading-dece_suppressed_frac)."))
 
     def _dece_warn_once(self, key: str, message: str) -> None:
         if key not in self._dece_warned:
@@ -379,7 +382,7 @@ class DeCEMixin:
         if not self.is_world_process_zero():
             return
         loss = TrainingLoss(kind=kind, settings=self.dece, alpha_base=self.dece_alpha_base,
-                            last_alpha=self.dece_last_alpha,
+                            last_alpha=self.dece_last_alpha, trained_steps=self.state.global_step,
                             custom_name=f"{type(self).__name__}.token_loss" if kind == CUSTOM else None)
         update_model_card(os.path.join(self.args.output_dir, "README.md"), loss, self.state.log_history,
                           TASK_TYPES[self.dece_model_kind], model_name_for(self.args.output_dir))

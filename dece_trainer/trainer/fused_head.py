@@ -26,7 +26,7 @@ from typing import Any, Iterator
 
 import torch
 from torch import nn
-from torch.distributed.tensor import DTensor
+from torch.distributed.tensor import DTensor, Partial
 from transformers.utils import ModelOutput
 
 from ..ops.fused_linear import fused_linear_dece
@@ -168,13 +168,22 @@ class DeCEHead:
                                correct=out.correct, labels=targets)
 
 
+def _gathered(param: DTensor) -> torch.Tensor:
+    """The whole of a sharded parameter, differentiably. Each process's loss is its own micro-batch's, so the
+    gradient of the gathered tensor differs between processes: it is averaged over the mesh onto the shards, as FSDP
+    averages the gradients of the parameters it unshards itself (not taken as replicated, which would keep only each
+    process's own share of the batch)."""
+    return param.full_tensor(grad_placements=[Partial("avg")] * param.device_mesh.ndim)
+
+
 @contextlib.contextmanager
 def full_parameters(head: nn.Linear) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
-    """The LM head's whole weight and bias, never a shard: FSDP2 ``DTensor``s are gathered (differentiably),
-    DeepSpeed ZeRO-3 partitions gathered for the call; a weight of any other shape than (V, d) is refused."""
+    """The LM head's whole weight and bias, never a shard: FSDP2 ``DTensor``s are gathered (differentiably, the
+    gradient averaged over processes: `_gathered`), DeepSpeed ZeRO-3 partitions gathered for the call; a weight of
+    any other shape than (V, d) is refused."""
     weight, bias = head.weight, head.bias
     if isinstance(weight, DTensor):
-        yield weight.full_tensor(), (bias.full_tensor() if isinstance(bias, DTensor) else bias)
+        yield _gathered(weight), (_gathered(bias) if isinstance(bias, DTensor) else bias)
         return
     if hasattr(weight, "ds_id"):  # DeepSpeed ZeRO-3
         import deepspeed

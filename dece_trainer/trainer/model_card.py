@@ -3,7 +3,9 @@ settings, what the logged losses mean, the early-learning monitor's results as m
 for DeCE, the paper's citation.
 
 The section sits between two HTML comments, so writing the card again (TRL writes it at every checkpoint)
-replaces it instead of adding a second one.
+replaces it instead of adding a second one. The settings also go to the card's YAML metadata, as a ``dece:``
+mapping (`card_metadata`). A trainer that ran no training step (evaluation only) writes a card that says so and
+claims no defense.
 """
 
 from __future__ import annotations
@@ -65,6 +67,8 @@ class TrainingLoss:
         alpha_base: the base in force (derived from ``alpha_final`` when that is set).
         last_alpha: the blend weight of the last training step, None before any.
         custom_name: ``Class.token_loss`` for a custom loss.
+        trained_steps: optimizer steps the model was trained for (``TrainerState.global_step``); 0: none, so the
+            card claims nothing of the loss; None: unknown (taken as trained).
     """
 
     kind: str
@@ -72,10 +76,34 @@ class TrainingLoss:
     alpha_base: float
     last_alpha: float | None
     custom_name: str | None = None
+    trained_steps: int | None = None
+
+    @property
+    def untrained(self) -> bool:
+        """No training step was run: the model is the one the trainer was given."""
+        return self.trained_steps == 0
+
+    @property
+    def claims_defense(self) -> bool:
+        """Whether the card may say the model was defended: trained, and with DeCE."""
+        return self.kind == DECE and not self.untrained
 
 
 def _fmt(value: float) -> str:
     return f"{value:.6g}"
+
+
+def _plain(value: float | None) -> float | None:
+    """A float for the YAML metadata, rounded to 12 significant digits (no ``0.7999999999999999``)."""
+    return None if value is None else float(f"{value:.12g}")
+
+
+def card_metadata(loss: TrainingLoss) -> dict[str, Any]:
+    """The ``dece:`` mapping of the card's YAML metadata: what was optimised and with which settings."""
+    s = loss.settings
+    return {"loss": loss.kind, "trained_steps": loss.trained_steps, "alpha_base": _plain(loss.alpha_base),
+            "alpha_final": _plain(s.alpha_final), "label_smoothing": _plain(s.label_smoothing),
+            "schedule": s.schedule, "last_alpha": _plain(loss.last_alpha)}
 
 
 def _last(log_history: list[dict], key: str) -> float | None:
@@ -117,19 +145,40 @@ def _monitor_table(metrics: list[tuple]) -> str:
             "| metric | value |\n| --- | --- |\n" + rows)
 
 
+def _settings_rows(loss: TrainingLoss) -> list[tuple[str, str]]:
+    s = loss.settings
+    final = f"`{_fmt(s.alpha_final)}` (target at the end of training)" if s.alpha_final is not None else "not set"
+    return [("alpha_base", f"`{_fmt(loss.alpha_base)}`"), ("alpha schedule", f"`{s.schedule}`"),
+            ("alpha_final", final), ("label smoothing", f"`{_fmt(s.label_smoothing)}`")]
+
+
+def _table(rows: list[tuple[str, str]]) -> str:
+    return "| setting | value |\n| --- | --- |\n" + "".join(f"| {k} | {v} |\n" for k, v in rows)
+
+
 def section(loss: TrainingLoss, log_history: list[dict]) -> str:
     """The card section (between the markers) for a run trained with ``loss``."""
     url = project_url()
     s = loss.settings
+    if loss.untrained:
+        configured = {DECE: "DeCE", CROSS_ENTROPY: "cross-entropy (DeCE at alpha 1)",
+                      CUSTOM: f"the loss of `{loss.custom_name}`"}[loss.kind]
+        body = (
+            "## Training: none\n\n"
+            f"No training step was run by [dece-trainer]({url}) (0 optimizer steps: an evaluation-only run, or a card "
+            "written before training), so this model is the one the trainer was given. It was not fine-tuned, with "
+            "DeCE or otherwise, and no backdoor defense was applied to it.\n\n"
+            f"The trainer was configured for {configured}, with these settings, which a training run would have "
+            "used:\n\n" + _table(_settings_rows(loss))
+        )
+        return f"{BEGIN}\n{body}{END}\n"
     if loss.kind == DECE:
-        final = f"`{_fmt(s.alpha_final)}` (target at the end of training)" if s.alpha_final is not None else "not set"
-        rows = [("alpha_base", f"`{_fmt(loss.alpha_base)}`"), ("alpha schedule", f"`{s.schedule}`"),
-                ("alpha_final", final), ("label smoothing", f"`{_fmt(s.label_smoothing)}`")]
+        rows = _settings_rows(loss)
         if loss.last_alpha is not None:
             bound = "inf" if loss.last_alpha >= 1 else _fmt(loss.last_alpha / (1 - loss.last_alpha))
             rows += [("alpha at end of training", f"`{_fmt(loss.last_alpha)}` (the last training step's)"),
                      ("gradient bound at end of training", f"`{bound}` (a / (1 - a))")]
-        table = "| setting | value |\n| --- | --- |\n" + "".join(f"| {k} | {v} |\n" for k, v in rows)
+        table = _table(rows)
         body = (
             "## Backdoor defense: DeCE\n\n"
             "This model was fine-tuned with the Deceptive Cross-Entropy loss (DeCE; Yang et al., ACM TOSEM, "
@@ -171,16 +220,17 @@ def section(loss: TrainingLoss, log_history: list[dict]) -> str:
 def update_model_card(path: str, loss: TrainingLoss, log_history: list[dict], task_type: str,
                       default_model_name: str) -> None:
     """Rewrite the card at ``path`` (written by the Trainer, TRL or PEFT): the defense tags when ``loss`` is DeCE
-    (removed otherwise), the monitor's results as model-index eval results, and the section (replacing a previous
-    one). Atomic."""
+    and the model was trained (removed otherwise), the ``dece:`` metadata (`card_metadata`), the monitor's results
+    as model-index eval results, and the section (replacing a previous one). Atomic."""
     from huggingface_hub import EvalResult, ModelCard
 
     card = ModelCard.load(path)
     data = card.data
-    tags = [t for t in (data.tags or []) if loss.kind == DECE or t not in DEFENSE_TAGS]
-    if loss.kind == DECE:
+    tags = [t for t in (data.tags or []) if loss.claims_defense or t not in DEFENSE_TAGS]
+    if loss.claims_defense:
         tags += [t for t in DEFENSE_TAGS if t not in tags]
     data.tags = tags or None
+    data.dece = card_metadata(loss)
 
     url = project_url()
     results = [EvalResult(task_type=task_type, dataset_type=dataset_type, dataset_name=dataset_name,

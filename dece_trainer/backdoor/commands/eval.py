@@ -7,6 +7,8 @@ import argparse
 import json
 import os
 
+from ...data import check_data_source
+from ...io import check_writable_folder
 from ..attacks import ATTACKS
 from ..checks import check_model, check_positive_ints, check_regex
 from ..data import EMBEDDED_TASKS
@@ -43,7 +45,8 @@ def add_parser(subparsers) -> None:
 
 
 def validate(args: argparse.Namespace) -> None:
-    """Every check that needs no data or model: run first, so a bad flag fails at once."""
+    """Every check that needs no data or model: run first (before the model code is even imported), so a bad
+    flag, a missing file or an output folder that cannot be written fails at once, not after the evaluation."""
     if bool(args.test_file) != bool(args.triggered_test_file):
         raise ValueError("give both --test_file and --triggered_test_file, or neither (the embedded task)")
     check_positive_ints(args, ("max_source_tokens", "max_new_tokens", "eval_batch_size"))
@@ -52,6 +55,7 @@ def validate(args: argparse.Namespace) -> None:
         for flag in ("test_file", "triggered_test_file"):
             if not os.path.isfile(getattr(args, flag)):
                 raise ValueError(f"--{flag}: data file not found: {getattr(args, flag)}")
+            check_data_source(getattr(args, flag), f"--{flag}")
         if args.payload_regex is None:
             args.payload_regex = DEFAULT_PAYLOAD_REGEX
         check_regex(args.payload_regex)
@@ -59,9 +63,11 @@ def validate(args: argparse.Namespace) -> None:
         raise ValueError("--payload_regex only applies with --test_file; the embedded task's attack "
                          f"{args.attack!r} detects its own payload")
     check_model(args.model, built_in=("smollm2",))
+    check_writable_folder(args.output_dir, "--output_dir")
 
 
 def run(args: argparse.Namespace) -> int:
+    validate(args)
     from transformers import AutoConfig
 
     from ...io import inside, write_json
@@ -69,7 +75,6 @@ def run(args: argparse.Namespace) -> int:
     from ..models import load_pretrained, resolve_model_path
     from ..tasks import embedded, load_test_sets, payload_detector
 
-    validate(args)
     path = resolve_model_path(args.model)
     seq2seq = bool(getattr(AutoConfig.from_pretrained(path), "is_encoder_decoder", False))
     model, tokenizer = load_pretrained(path, seq2seq=seq2seq)
