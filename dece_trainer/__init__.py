@@ -20,7 +20,7 @@ __version__ = "0.2.0"
 # public name -> the module that defines it
 _EXPORTS = {
     "DeCELoss": "modules",
-    "DeCELossOutput": "ops",
+    "LossOutput": "ops",
     "alpha_base_for_final": "ops",
     "dece_alpha": "ops",
     "dece_loss_and_token_ce": "ops",
@@ -45,8 +45,17 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
+# old name -> the public name it now goes by (resolved with a DeprecationWarning; not in __all__)
+_RENAMED = {"DeCELossOutput": "LossOutput"}
+
 
 def __getattr__(name: str) -> Any:
+    if name in _RENAMED:
+        import warnings
+
+        warnings.warn(f"dece_trainer.{name} is now dece_trainer.{_RENAMED[name]}; the old name will be removed",
+                      DeprecationWarning, stacklevel=2)
+        return __getattr__(_RENAMED[name])
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'dece_trainer' has no attribute {name!r}")
@@ -63,7 +72,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real imports
     from .callbacks import EarlyLearningCallback, drop_flagged
     from .modules import DeCELoss
     from .ops import (
-        DeCELossOutput,
+        LossOutput,
         alpha_base_for_final,
         dece_alpha,
         dece_loss_and_token_ce,
@@ -73,6 +82,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real imports
         schedule_exponent,
         suppression_threshold,
     )
+    from .ops import LossOutput as DeCELossOutput  # the old name (see _RENAMED), for the API pages
     from .trainer import (
         DeCELossFunc,
         DeCEMixin,

@@ -2,7 +2,8 @@
 CLI) validates through these, so the same bad value gets the same message everywhere.
 
 Pure Python (``numbers``, ``math``; ``huggingface_hub`` imported by `check_model` only when it looks a Hub id
-up): no torch, no transformers, so a command line checks its flags before loading anything. Numbers are accepted as any
+up, torch by the tensor checks of the loss functions' inputs when they run): no torch, no transformers at import,
+so a command line checks its flags before loading anything. Numbers are accepted as any
 ``numbers.Real`` (Python and numpy scalars) but never ``bool``; NaN and infinities are refused unless a
 check says otherwise. Each check returns the value converted to a plain Python ``float``/``int``/``str``,
 and raises ``ValueError`` naming the argument, the allowed values and what it got.
@@ -19,6 +20,7 @@ from typing import Any, Iterable
 
 REDUCTIONS = ("mean", "sum", "none")
 SCHEDULES = ("epoch", "continuous")
+DEBUG_ENV = "DECE_TRAINER_DEBUG"  # 1: check label ranges on accelerators too (a host sync)
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")  # a Hub repository id: ``name`` or ``owner/name``
 
 
@@ -119,6 +121,86 @@ def check_num_items(value: Any, name: str = "num_items_in_batch") -> Any:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise _fail(name, allowed, value)
     return check_number(value, name, low=1.0)
+
+
+def check_num_items_in_batch(value: Any) -> Any:
+    """`check_num_items`, also accepting 0 for numbers: the Trainer's token count of an accumulated batch whose
+    labels are all ignored (the mean is then 0)."""
+    if value is None:
+        return None
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return check_num_items(value)
+    return check_number(value, "num_items_in_batch", low=0.0)
+
+
+# ---- tensors (the loss functions' inputs; torch is imported by the check, never by this module) ---------------------
+
+
+def check_float_tensor(value: Any, name: str, min_dim: int) -> None:
+    """A floating-point tensor with at least ``min_dim`` dimensions."""
+    import torch
+
+    if not isinstance(value, torch.Tensor) or not value.is_floating_point() or value.dim() < min_dim:
+        got = f"a {value.dim()}-d {value.dtype} tensor" if isinstance(value, torch.Tensor) else type(value).__name__
+        raise ValueError(f"`{name}` must be a floating-point tensor with at least {min_dim} dimension(s), got {got}.")
+
+
+def check_vocab(vocab: int, source: str) -> None:
+    """At least 2 classes in the last dimension of ``source`` (``logits``, or the LM head's ``weight``)."""
+    if vocab < 2:
+        raise ValueError(f"`{source}` must have at least 2 classes, got {vocab}.")
+
+
+def check_labels(labels: Any, source_shape: Any, source: str) -> None:
+    """Labels must be integer class indices shaped like ``source_shape[:-1]`` (the shape of ``source``, the logits or
+    the hidden states, without its last dimension). Their range is `check_label_range`'s."""
+    import torch
+
+    if not isinstance(labels, torch.Tensor) or labels.is_floating_point() or labels.is_complex() \
+            or labels.dtype == torch.bool:
+        raise ValueError(f"`labels` must be an integer tensor of class indices, got "
+                         f"{labels.dtype if isinstance(labels, torch.Tensor) else type(labels).__name__}.")
+    if labels.shape != source_shape[:-1]:
+        raise ValueError(f"`{source}` must have shape (..., {'V' if source == 'logits' else 'd'}) and `labels` the "
+                         f"same leading shape: got {source} {tuple(source_shape)} and labels {tuple(labels.shape)} "
+                         f"(no shifting is done inside the loss).")
+
+
+def check_label_range(labels: Any, vocab: int, ignore_index: int) -> None:
+    """Every label in ``[0, vocab)`` or ``ignore_index``; checked only where reading the labels on the host is free
+    (CPU tensors) or when ``DECE_TRAINER_DEBUG=1`` (elsewhere a bad label is the device's own index error)."""
+    if labels.device.type == "cpu" or os.environ.get(DEBUG_ENV) == "1":
+        bad = (labels != ignore_index) & ((labels < 0) | (labels >= vocab))
+        if bool(bad.any()):
+            value = labels[bad].flatten()[0].item()
+            raise ValueError(
+                f"`labels` must be in [0, {vocab}) or equal to ignore_index={ignore_index}; found {value}."
+            )
+
+
+def check_lm_head(hidden: Any, weight: Any, bias: Any, labels: Any, ignore_index: int) -> None:
+    """The fused LM head's tensors: hidden (..., d), weight (V, d), optional bias (V,), labels (...) in range, all on
+    one device."""
+    check_float_tensor(hidden, "hidden", 1)
+    check_float_tensor(weight, "weight", 2)
+    if weight.dim() != 2 or weight.shape[1] != hidden.shape[-1]:
+        raise ValueError(f"`weight` must have shape (V, d) with d = hidden.shape[-1] = {hidden.shape[-1]}, "
+                         f"got {tuple(weight.shape)}.")
+    check_vocab(weight.shape[0], "weight")
+    if bias is not None:
+        check_float_tensor(bias, "bias", 1)
+        if bias.shape != weight.shape[:1]:
+            raise ValueError(f"`bias` must have shape (V,) = ({weight.shape[0]},), got {tuple(bias.shape)}.")
+    check_labels(labels, hidden.shape, "hidden")
+    for name, t in (("weight", weight), ("bias", bias), ("labels", labels)):
+        if t is not None and t.device != hidden.device:
+            raise ValueError(f"`{name}` is on {t.device} but `hidden` on {hidden.device}; put them on one device.")
+    check_label_range(labels, weight.shape[0], ignore_index)
+
+
+# ---- other arguments ------------------------------------------------------------------------------------------------
 
 
 def check_ignore_index(value: Any, name: str = "ignore_index") -> int:

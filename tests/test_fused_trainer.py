@@ -61,10 +61,10 @@ class LargestVocabTensor(TorchDispatchMode):
 def test_the_fused_step_never_builds_the_logits(tmp_path, tokenizer, fused, monkeypatch):
     """A training step's largest tensor: the (B, T, V) logits on the unfused path, a chunk on the fused one (the
     chunk budget is cut to 16 rows' worth here, as a large vocabulary cuts it in real runs)."""
-    from dece_trainer.ops import dece_loss
+    from dece_trainer.ops import chunks
 
-    monkeypatch.setattr(dece_loss, "CPU_CHUNK_BYTES", 16 * 4 * len(tokenizer))
-    monkeypatch.setattr(dece_loss, "CPU_CHUNK_ROWS", 16)
+    monkeypatch.setattr(chunks, "CPU_CHUNK_BYTES", 16 * 4 * len(tokenizer))
+    monkeypatch.setattr(chunks, "CPU_CHUNK_ROWS", 16)
     trainer = DeCETrainer(model=tiny.make_model("llama", tokenizer),
                           args=sgd_args(tmp_path, "x", max_steps=1, dece_fused_linear=fused),
                           train_dataset=tiny.causal_dataset(tokenizer, varied_rows(8)),

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import torch
 
-from ..ops.dece_loss import DeCELossOutput, mean_over_items
+from ..ops.chunks import LossOutput, mean_over_items
 from ..trainer import DeCETrainer
 from ..validation import check_number, check_reduction
 
 
 def generalized_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, *, q: float = 0.7,
                               ignore_index: int = -100, reduction: str = "mean",
-                              num_items_in_batch: int | torch.Tensor | None = None) -> DeCELossOutput:
+                              num_items_in_batch: int | torch.Tensor | None = None) -> LossOutput:
     """GCE of logits (..., V) against labels (...); returns the loss, per-token plain CE and the mask."""
     q = check_number(q, "q", low=0.0, high=1.0, low_open=True)
     check_reduction(reduction)
@@ -28,11 +28,11 @@ def generalized_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, *, q: 
     token_loss = torch.where(mask, (1.0 - torch.exp(q * logp_gold)) / q, torch.zeros_like(logp_gold))
     token_ce = torch.where(mask, -logp_gold, torch.zeros_like(logp_gold)).detach()
     if reduction == "none":
-        return DeCELossOutput(token_loss, token_ce, mask, labels=labels)
+        return LossOutput(token_loss, token_ce, mask, labels=labels)
     loss = token_loss.sum()
     if reduction == "mean":
         loss = mean_over_items(loss, mask.sum(), num_items_in_batch)
-    return DeCELossOutput(loss, token_ce, mask, labels=labels)
+    return LossOutput(loss, token_ce, mask, labels=labels)
 
 
 class GCETrainer(DeCETrainer):

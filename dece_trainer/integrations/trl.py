@@ -22,7 +22,7 @@ try:
 except ImportError as err:  # pragma: no cover - exercised only without trl
     raise ImportError("dece_trainer.integrations.trl needs TRL: pip install 'dece-trainer[trl]'") from err
 
-from ..ops.dece_loss import LossOutput
+from ..ops.chunks import LossOutput
 from ..ops.fused_linear import fused_linear_dece
 from ..trainer import _compat
 from ..trainer.dece_config import DeCEArgumentsMixin

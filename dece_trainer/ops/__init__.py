@@ -1,13 +1,8 @@
 """Pure math: the DeCE loss (unfused and fused with the LM head) and its schedule. Imports torch only, never
 transformers."""
 
-from .dece_loss import (
-    DeCELossOutput,
-    LossOutput,
-    dece_loss_and_token_ce,
-    deceptive_cross_entropy,
-    default_chunk_rows,
-)
+from .chunks import LossOutput, default_chunk_rows
+from .dece_loss import dece_loss_and_token_ce, deceptive_cross_entropy
 from .fused_linear import fused_linear_dece
 from .schedule import (
     SCHEDULES,
@@ -20,7 +15,6 @@ from .schedule import (
 
 __all__ = [
     "SCHEDULES",
-    "DeCELossOutput",
     "LossOutput",
     "alpha_base_for_final",
     "dece_alpha",

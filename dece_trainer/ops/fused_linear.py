@@ -1,6 +1,7 @@
 """Fused LM head + DeCE: the loss of ``hidden @ weight.T`` without ever holding the (tokens x V) logits.
 
-Rows (tokens) are processed in chunks (:func:`~dece_trainer.ops.dece_loss.default_chunk_rows`). For a
+Rows (tokens) are processed in chunks (:func:`~dece_trainer.ops.chunks.default_chunk_rows`), through the chunk
+pass of `dece_trainer.ops.chunks` that the unfused loss uses too. For a
 chunk ``H_c`` (n x d) the forward pass computes the logits ``Z_c = H_c W^T (+ b)`` in the compute dtype,
 then in float32 the optional logit scale and soft-cap (``cap * tanh(z / cap)``, as Gemma), the DeCE loss
 of each row and, when the loss is reduced to a scalar, its gradient ``G_c = d loss / d Z_c``; then
@@ -27,22 +28,20 @@ from torch.autograd.function import once_differentiable
 from ..validation import (
     check_alpha,
     check_ignore_index,
+    check_int,
     check_label_smoothing,
+    check_lm_head,
+    check_num_items_in_batch,
     check_number,
     check_reduction,
 )
-from .dece_loss import (
+from .chunks import (
     Consts,
     GoldTerms,
     LossOutput,
     Rows,
     Work,
     cat_rows,
-    check_float_tensor,
-    check_label_range,
-    check_labels,
-    check_num_items_in_batch,
-    check_vocab,
     chunk_grad,
     chunk_rows,
     chunk_stats,
@@ -182,24 +181,6 @@ def compute_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
     return torch.promote_types(hidden.dtype, weight.dtype)
 
 
-def _check_tensors(hidden, weight, bias, labels, ignore_index: int) -> None:
-    check_float_tensor(hidden, "hidden", 1)
-    check_float_tensor(weight, "weight", 2)
-    if weight.dim() != 2 or weight.shape[1] != hidden.shape[-1]:
-        raise ValueError(f"`weight` must have shape (V, d) with d = hidden.shape[-1] = {hidden.shape[-1]}, "
-                         f"got {tuple(weight.shape)}.")
-    check_vocab(weight.shape[0], "weight")
-    if bias is not None:
-        check_float_tensor(bias, "bias", 1)
-        if bias.shape != weight.shape[:1]:
-            raise ValueError(f"`bias` must have shape (V,) = ({weight.shape[0]},), got {tuple(bias.shape)}.")
-    check_labels(labels, hidden.shape, ignore_index, "hidden")
-    for name, t in (("weight", weight), ("bias", bias), ("labels", labels)):
-        if t is not None and t.device != hidden.device:
-            raise ValueError(f"`{name}` is on {t.device} but `hidden` on {hidden.device}; put them on one device.")
-    check_label_range(labels, weight.shape[0], ignore_index)
-
-
 def fused_linear_dece(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -230,14 +211,14 @@ def fused_linear_dece(
         bias: optional (V,) LM-head bias.
         logit_scale: optional multiplier of the logits (before the soft-cap), e.g. Cohere's ``logit_scale``.
         logit_softcap: optional soft-cap ``cap > 0`` (Gemma 2's ``final_logit_softcapping``).
-        chunk_size: rows per chunk; default :func:`~dece_trainer.ops.dece_loss.default_chunk_rows`.
+        chunk_size: rows per chunk; default :func:`~dece_trainer.ops.chunks.default_chunk_rows`.
         return_stats: also return per-token entropy (nats) and top-1 hits, from the same pass.
 
     The products run in the autocast dtype when autocast is on, else in the promoted dtype of ``hidden``
     and ``weight``; the loss in float32; ``grad_weight`` and ``grad_bias`` accumulate in float32.
 
     Returns:
-        :class:`~dece_trainer.ops.dece_loss.LossOutput` (``loss`` float32: scalar, or shaped like ``labels``
+        :class:`~dece_trainer.ops.chunks.LossOutput` (``loss`` float32: scalar, or shaped like ``labels``
         for ``reduction="none"``; ``token_ce`` = ``-log p[y]`` in nats; ``mask``; ``entropy`` and
         ``correct`` with ``return_stats``, else None).
     """
@@ -246,9 +227,10 @@ def fused_linear_dece(
     num_items_in_batch = check_num_items_in_batch(num_items_in_batch)
     scale = 1.0 if logit_scale is None else check_number(logit_scale, "logit_scale", low=0.0, low_open=True)
     cap = None if logit_softcap is None else check_number(logit_softcap, "logit_softcap", low=0.0, low_open=True)
-    _check_tensors(hidden, weight, bias, labels, ignore_index)
+    check_lm_head(hidden, weight, bias, labels, ignore_index)
     vocab = weight.shape[0]
-    setup = _Setup(make_consts(alpha, label_smoothing, vocab), chunk_rows(vocab, hidden.device, chunk_size),
+    rows = chunk_rows(vocab, hidden.device, check_int(chunk_size, "chunk_size", minimum=1, allow_none=True))
+    setup = _Setup(make_consts(alpha, label_smoothing, vocab), rows,
                    compute_dtype(hidden, weight), scale, cap, bool(return_stats))
 
     flat_labels = labels.reshape(-1)

@@ -7,11 +7,11 @@ import torch
 import torch.nn.functional as F
 
 from ..validation import check_ignore_index
-from .dece_loss import DeCELossOutput
+from .chunks import LossOutput
 
 
 @torch.no_grad()
-def token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> DeCELossOutput:
+def token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> LossOutput:
     """``-log p[y]`` per token of logits (..., V) against labels (...), in float32.
 
     Returns ``(loss, token_ce, mask)``: the summed CE (scalar), per-token CE shaped like ``labels`` (0 where
@@ -24,4 +24,4 @@ def token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index
     vocab = logits.shape[-1]
     token_ce = F.cross_entropy(logits.reshape(-1, vocab).float(), labels.reshape(-1).long(),
                                ignore_index=ignore_index, reduction="none").view(labels.shape)
-    return DeCELossOutput(token_ce.sum(), token_ce, labels != ignore_index, labels=labels)
+    return LossOutput(token_ce.sum(), token_ce, labels != ignore_index, labels=labels)

@@ -11,7 +11,8 @@ import torch
 from torch import nn
 from transformers import Seq2SeqTrainer, Trainer
 
-from ..ops.dece_loss import DeCELossOutput, dece_loss_and_token_ce
+from ..ops.chunks import LossOutput
+from ..ops.dece_loss import dece_loss_and_token_ce
 from ..ops.schedule import dece_alpha, grad_bound
 from . import _compat, fused_head
 from .alignment import CAUSAL, SEQ2SEQ, align_targets, decoder_input_ids_from_labels, logits_of, model_kind
@@ -62,7 +63,7 @@ class DeCEMixin:
     comparisons need a quantity that means the same at every epoch and in every run.
 
     Per-token statistics of every training micro-batch go to ``token_stats_listeners`` (callables taking
-    the batch's ``example_id`` tensor or None, and the `DeCELossOutput`): the early-learning
+    the batch's ``example_id`` tensor or None, and the `LossOutput`): the early-learning
     monitor reads per-example dynamics there at no extra forward pass. Callbacks with an ``attach(trainer)``
     method are attached when the trainer is built or the callback added.
     """
@@ -92,7 +93,7 @@ class DeCEMixin:
         self._dece_eval_batch: torch.Tensor | None = None  # (batch, 3): the same per example, for the last batch
         self._dece_warned: set[str] = set()
         self._dece_suppressed_logs = 0
-        self.token_stats_listeners: list[Callable[[torch.Tensor | None, DeCELossOutput], None]] = []
+        self.token_stats_listeners: list[Callable[[torch.Tensor | None, LossOutput], None]] = []
         for callback in self.callback_handler.callbacks:
             self._attach_if_wanted(callback)
 
@@ -215,7 +216,7 @@ class DeCEMixin:
             outputs = (loss, *outputs)
         return loss, outputs
 
-    def _dece_fused_loss(self, model, inputs, labels, shift_labels, alpha, num_items_in_batch) -> DeCELossOutput | None:
+    def _dece_fused_loss(self, model, inputs, labels, shift_labels, alpha, num_items_in_batch) -> LossOutput | None:
         """The loss through the fused LM head; the first batch is checked against the model's own logits (one row),
         and on a mismatch the trainer warns once and goes back to the unfused path (None)."""
         head = fused_head.head_for(model, alpha, self.dece.label_smoothing, num_items_in_batch)
@@ -227,9 +228,9 @@ class DeCEMixin:
                 self._dece_fused = False
                 return None
         fused = fused_head.fused_loss(model, inputs, labels, shift_labels, head)
-        return DeCELossOutput(fused.loss, fused.token_ce, fused.mask, labels=fused.labels)
+        return LossOutput(fused.loss, fused.token_ce, fused.mask, labels=fused.labels)
 
-    def _dece_record(self, example_ids: torch.Tensor | None, out: DeCELossOutput, alpha: float) -> None:
+    def _dece_record(self, example_ids: torch.Tensor | None, out: LossOutput, alpha: float) -> None:
         """Keep a training micro-batch's per-token statistics: for the logged metrics and the listeners."""
         self._dece_last_alpha = alpha
         self._dece_token_metrics.update(out.token_ce, out.mask, alpha, self.dece.label_smoothing)
@@ -252,7 +253,7 @@ class DeCEMixin:
         self._dece_keep_eval_batch(out)
         return loss
 
-    def _dece_keep_eval_batch(self, out: DeCELossOutput) -> None:
+    def _dece_keep_eval_batch(self, out: LossOutput) -> None:
         """Inside an evaluation loop, keep a batch's per-example CE sums, label-token counts and DeCE sums (from
         per-token ``out.loss``, DeCE runs) for `prediction_step` to gather."""
         if self._dece_eval_sums is None:
@@ -267,7 +268,7 @@ class DeCEMixin:
         self._dece_eval_batch = torch.stack([per_example(out.token_ce), per_example(out.mask), dece], dim=-1)
 
     def token_loss(self, logits: torch.Tensor, targets: torch.Tensor, alpha: float,
-                   num_items_in_batch: torch.Tensor | int | None) -> DeCELossOutput:
+                   num_items_in_batch: torch.Tensor | int | None) -> LossOutput:
         """The loss of aligned logits (..., V) and targets (...), with per-token CE. DeCE here; subclasses
         swap in other losses (the benchmark's baselines) and keep everything else."""
         return dece_loss_and_token_ce(logits, targets, alpha=alpha, label_smoothing=self.dece.label_smoothing,
