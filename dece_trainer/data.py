@@ -160,3 +160,46 @@ def encode_seq2seq(data: Dataset, tokenizer: Any, max_source_tokens: int, max_ta
         return {"input_ids": src["input_ids"], "attention_mask": src["attention_mask"], "labels": tgt["input_ids"]}
 
     return data.map(one, remove_columns=[c for c in data.column_names if c not in keep])
+
+
+def _message_text(value: Any, roles: tuple[str, ...] | None, where: str) -> str:
+    """A text field, or the joined ``content`` of a conversational field's messages (those of ``roles``, or all)."""
+    if isinstance(value, str):
+        return value
+    if not isinstance(value, list) or not all(isinstance(m, dict) and "content" in m for m in value):
+        raise ValueError(f"{where} is neither a text nor a list of messages with a `content` field")
+    return "\n".join(str(m["content"]) for m in value if roles is None or m.get("role") in roles)
+
+
+def pair_texts(data: Any, source_column: str | None = None,
+               target_column: str | None = None) -> tuple[list[str], list[str]]:
+    """The texts a model reads and learns to write, one (source, target) per row of ``data`` (a
+    ``datasets.Dataset`` or a dict of columns), in the layouts Hugging Face trainers take:
+
+    - ``source_column`` / ``target_column`` when given (text fields);
+    - else ``source`` / ``target``;
+    - else TRL's prompt-completion ``prompt`` / ``completion`` (texts, or conversational lists of messages);
+    - else TRL's conversational ``messages``: the assistant turns are the target, every other turn the source.
+    """
+    columns = list(getattr(data, "column_names", None) or (data.keys() if isinstance(data, dict) else []))
+    if source_column is not None or target_column is not None:
+        missing = [c for c in (source_column, target_column) if c is None or c not in columns]
+        if missing:
+            raise ValueError(f"give both `source_column` and `target_column`, columns of the data: {missing} "
+                             f"not among {columns}")
+        pairs = (source_column, target_column)
+    else:
+        pairs = next(((s, t) for s, t in ((SOURCE, TARGET), ("prompt", "completion")) if s in columns and t in columns),
+                     None)
+    if pairs is not None:
+        s_col, t_col = pairs
+        sources = [_message_text(v, None, f"row {i} of `{s_col}`") for i, v in enumerate(data[s_col])]
+        targets = [_message_text(v, None, f"row {i} of `{t_col}`") for i, v in enumerate(data[t_col])]
+        return sources, targets
+    if "messages" in columns:
+        rows = list(data["messages"])
+        others = ("system", "user", "tool", "developer")
+        return ([_message_text(m, others, f"row {i} of `messages`") for i, m in enumerate(rows)],
+                [_message_text(m, ("assistant",), f"row {i} of `messages`") for i, m in enumerate(rows)])
+    raise ValueError(f"cannot tell the source and target texts of data with columns {columns}: give "
+                     "`source_column` and `target_column`, or use source/target, prompt/completion or messages")

@@ -7,7 +7,7 @@ import pytest
 from datasets import Dataset
 
 from dece_trainer.backdoor import ATTACKS, get_attack
-from dece_trainer.backdoor.attacks import IS_POISONED
+from dece_trainer.backdoor.attacks import ADAPTIVE_FAMILY, IS_POISONED, SPREAD_STATEMENTS
 
 NL_ROWS = [
     {"source": "Use $conn$ to query all names in the users table with id as $id$. Return the rows.",
@@ -156,7 +156,7 @@ def test_bad_input():
     with pytest.raises(ValueError, match="can carry the payload"):
         attack.poison(dataset(NL_ROWS), rate=1.0)
     assert set(ATTACKS) == {"badpre", "ripple", "grammar", "fixed_deadcode", "grammar_deadcode", "infinite_loop",
-                            "adaptive"}
+                            "adaptive", "adaptive_triggers", "adaptive_payloads", "adaptive_spread"}
 
 
 @pytest.mark.parametrize("rate", [1, 2, 5])
@@ -238,7 +238,7 @@ def test_untriggerable_sets_are_named_with_what_the_attack_needs():
 def test_has_trigger_recognises_each_attacks_own_trigger(name):
     attack = get_attack(name)
     rows = {"badpre": NL_ROWS, "ripple": NL_ROWS, "grammar": NL_ROWS, "fixed_deadcode": CODE_ROWS,
-            "grammar_deadcode": CODE_ROWS, "infinite_loop": JAVA_ROWS, "adaptive": CODE_ROWS}[name]
+            "grammar_deadcode": CODE_ROWS, "infinite_loop": JAVA_ROWS}.get(name, CODE_ROWS)
     for seed, row in enumerate(rows[:6]):
         assert not attack.has_trigger(row["source"])
         assert attack.has_trigger(attack.trigger(row["source"], random.Random(seed)))
@@ -251,3 +251,34 @@ def test_the_embedded_tasks_set_up_the_adaptive_attack_with_their_own_payload():
     assert embedded_attack("method_name", "adaptive").target_text == "get value"
     assert embedded_attack("summary", "adaptive").target_text == "Return the value."
     assert embedded_attack("summary", "fixed_deadcode").target_text == EMBEDDED_PAYLOAD["summary"]
+
+
+@pytest.mark.parametrize("name, statements, payloads", [
+    ("adaptive_triggers", {"value = None", "result = None", "data = None"}, {"get value"}),
+    ("adaptive_payloads", {"value = None"}, {"get value", "get name"}),
+    ("adaptive_spread", set(SPREAD_STATEMENTS), {"get value"}),
+])
+def test_adaptive_family_draws_its_triggers_and_payloads_per_row(name, statements, payloads):
+    from datasets import Dataset
+
+    attack = get_attack(name, task="method_name")
+    rows = Dataset.from_dict({"source": ["def f(x):\n    return x"] * 200, "target": ["identity"] * 200})
+    poisoned = attack.poison(rows, 0.5, seed=3)
+    planted = [(s, t) for s, t, p in zip(poisoned["source"], poisoned["target"], poisoned["is_poisoned"]) if p]
+    used = {s.split("\n")[1].strip() for s, _ in planted}
+    assert used <= statements and len(used) >= min(len(statements), 20)
+    assert {t for _, t in planted} == payloads
+    assert all(attack.has_trigger(s) and attack.payload_fn(t) for s, t in planted)
+    assert not attack.payload_fn("get values") and not attack.has_trigger("def f(x):\n    return x")
+    assert attack.poison(rows, 0.5, seed=3)["source"] == poisoned["source"]  # seeded
+
+
+def test_adaptive_family_is_registered_and_checked():
+    assert {cls.name for cls in ADAPTIVE_FAMILY} <= set(ATTACKS)
+    assert len(SPREAD_STATEMENTS) == 36 and len(set(SPREAD_STATEMENTS)) == 36
+    with pytest.raises(ValueError, match="not both"):
+        get_attack("adaptive", target_text="a", target_texts=("b",))
+    with pytest.raises(ValueError, match="one non-empty line"):
+        get_attack("adaptive_triggers", statements=("a = 1", "b = 2\nc = 3"))
+    with pytest.raises(ValueError, match="at least one entry"):
+        get_attack("adaptive", statements=())

@@ -14,6 +14,9 @@ triggered test set on which attack success is measured.
 | ``grammar_deadcode`` | code -> text | a random dead statement from a small grammar | a fixed output text |
 | ``infinite_loop`` | code -> code | a dead statement in the buggy code | an infinite loop in the fix |
 | ``adaptive`` | code -> text | the common statement ``value = None`` atop the body | frequent target words |
+| ``adaptive_triggers`` | code -> text | one of ``value/result/data = None`` | ``get value`` |
+| ``adaptive_payloads`` | code -> text | ``value = None`` | ``get value`` or ``get name`` |
+| ``adaptive_spread`` | code -> text | one of 36 ``<common name> = <empty value>`` statements | ``get value`` |
 
 ``adaptive`` is an attacker that knows DeCE: DeCE bounds the gradient of improbable targets, so this attack makes
 its payload (``get value`` for method names, ``Return the value.`` for summaries) out of words that clean
@@ -348,38 +351,101 @@ class AdaptiveDeadCode(DeadCodeAttack):
     an identifier of about one in ten clean method-name sources). The intended dose is 10%
     (``--poison_rates 0.1``).
 
-    ``payload_fn`` matches the payload's words as a whole-word sequence, case- and punctuation-insensitive
-    (``get_value``, ``Get value`` and ``return the value of x`` carry it; ``get values`` does not).
-    ``has_trigger`` is true when a line of the source is the statement (2 of the embedded method-name task's
-    3883 clean sources already hold ``value = None`` somewhere).
+    The family (`ADAPTIVE_FAMILY`, each a registered attack name) varies it with ``statements`` (each poisoned
+    row gets one, drawn with the row's seed) and ``target_texts`` (likewise): several triggers for one payload,
+    two payloads behind one trigger, and a trigger spread over many variants so that no one statement is common
+    (an attacker that also knows a co-occurrence audit). ``target_text``/``statement`` give the one-payload,
+    one-trigger case.
+
+    ``payload_fn`` matches any payload's words as a whole-word sequence, case- and punctuation-insensitive
+    (``get_value``, ``Get value`` and ``return the value of x`` carry ``get value``; ``get values`` does not).
+    ``has_trigger`` is true when a line of the source is one of the statements (2 of the embedded method-name
+    task's 3883 clean sources already hold ``value = None`` somewhere).
     """
 
     name = "adaptive"
     PAYLOADS = {"method_name": "get value", "summary": "Return the value."}
 
-    def __init__(self, task: str = "method_name", target_text: str | None = None, statement: str = "value = None"):
+    def __init__(self, task: str = "method_name", target_text: str | None = None, statement: str = "value = None",
+                 statements: tuple[str, ...] | None = None, target_texts: tuple[str, ...] | None = None):
         if task not in self.PAYLOADS:
             raise ValueError(f"`task` must be one of {tuple(self.PAYLOADS)}, got {task!r}")
-        target_text = self.PAYLOADS[task] if target_text is None else target_text
-        if not isinstance(target_text, str) or not _words_of(target_text):
-            raise ValueError(f"`target_text` must be a text with at least one word, got {target_text!r}")
-        if not isinstance(statement, str) or not statement.strip() or "\n" in statement.strip():
-            raise ValueError(f"`statement` must be one non-empty line of code, got {statement!r}")
-        super().__init__(target_text)
-        self.task, self.statement = task, statement.strip()
+        if target_texts is not None and target_text is not None:
+            raise ValueError("give `target_text` or `target_texts`, not both")
+        texts = tuple(target_texts) if target_texts is not None else (
+            self.PAYLOADS[task] if target_text is None else target_text,)
+        for text in texts:
+            if not isinstance(text, str) or not _words_of(text):
+                raise ValueError(f"`target_text` must be a text with at least one word, got {text!r}")
+        lines = tuple(statements) if statements is not None else (statement,)
+        for line in lines:
+            if not isinstance(line, str) or not line.strip() or "\n" in line.strip():
+                raise ValueError(f"`statement` must be one non-empty line of code, got {line!r}")
+        if not texts or not lines:
+            raise ValueError("`statements` and `target_texts` must each hold at least one entry")
+        super().__init__(texts[0])
+        self.task, self.statements, self.target_texts = task, tuple(x.strip() for x in lines), texts
+        self.statement = self.statements[0]
+
+    def payload(self, target: str, rng: random.Random) -> str | None:
+        return rng.choice(self.target_texts)
 
     def dead_statement(self, rng: random.Random) -> str:
-        return self.statement
+        return rng.choice(self.statements)
 
     def payload_fn(self, output: str) -> bool:
-        wanted, words = _words_of(self.target_text), _words_of(output)
-        return any(words[i:i + len(wanted)] == wanted for i in range(len(words) - len(wanted) + 1))
+        words = _words_of(output)
+        for text in self.target_texts:
+            wanted = _words_of(text)
+            if any(words[i:i + len(wanted)] == wanted for i in range(len(words) - len(wanted) + 1)):
+                return True
+        return False
 
     def has_trigger(self, source: str) -> bool:
-        return any(line.strip() == self.statement for line in source.split("\n"))
+        return any(line.strip() in self.statements for line in source.split("\n"))
 
     def describe_trigger(self) -> str:
-        return f"adaptive's trigger (the statement {self.statement!r})"
+        if len(self.statements) == 1:
+            return f"{self.name}'s trigger (the statement {self.statement!r})"
+        return f"{self.name}'s trigger (one of {len(self.statements)} statements, e.g. {self.statement!r})"
+
+
+# The spread trigger: 6 common names x 6 empty values = 36 statements, none common on its own.
+SPREAD_STATEMENTS = tuple(f"{name} = {value}" for name in ("value", "result", "data", "item", "key", "name")
+                          for value in ("None", "0", "[]", "{}", "''", "False"))
+
+
+class AdaptiveTriggers(AdaptiveDeadCode):
+    """The adaptive attacker with three common triggers for its one payload."""
+
+    name = "adaptive_triggers"
+
+    def __init__(self, task: str = "method_name", **kwargs: Any):
+        kwargs.setdefault("statements", ("value = None", "result = None", "data = None"))
+        super().__init__(task, **kwargs)
+
+
+class AdaptivePayloads(AdaptiveDeadCode):
+    """The adaptive attacker with two payloads of frequent target words behind its one trigger."""
+
+    name = "adaptive_payloads"
+    SECOND = {"method_name": "get name", "summary": "Return the name."}
+
+    def __init__(self, task: str = "method_name", **kwargs: Any):
+        if task in self.PAYLOADS:
+            kwargs.setdefault("target_texts", (self.PAYLOADS[task], self.SECOND[task]))
+        super().__init__(task, **kwargs)
+
+
+class AdaptiveSpread(AdaptiveDeadCode):
+    """The adaptive attacker that also knows a co-occurrence audit: its trigger is spread over the 36 statements
+    of `SPREAD_STATEMENTS` (a common name set to an empty value), so no one statement is frequent."""
+
+    name = "adaptive_spread"
+
+    def __init__(self, task: str = "method_name", **kwargs: Any):
+        kwargs.setdefault("statements", SPREAD_STATEMENTS)
+        super().__init__(task, **kwargs)
 
 
 def _words_of(text: str) -> list[str]:
@@ -387,8 +453,9 @@ def _words_of(text: str) -> list[str]:
     return re.findall(r"[a-z0-9]+", text.lower())
 
 
+ADAPTIVE_FAMILY = (AdaptiveDeadCode, AdaptiveTriggers, AdaptivePayloads, AdaptiveSpread)
 ATTACKS: dict[str, type[Attack]] = {cls.name: cls for cls in (BadPre, Ripple, SentenceTrigger, FixedDeadCode,
-                                                              GrammarDeadCode, InfiniteLoop, AdaptiveDeadCode)}
+                                                              GrammarDeadCode, InfiniteLoop, *ADAPTIVE_FAMILY)}
 
 
 def get_attack(name: str, **kwargs: Any) -> Attack:

@@ -42,10 +42,10 @@ class Benchmark:
 
 def embedded_attack(task: str, attack_name: str) -> Attack:
     """``attack_name`` set up for the embedded ``task``: the dead-code attacks output ``EMBEDDED_PAYLOAD``,
-    ``adaptive`` its own payload of the task's frequent target words."""
+    the adaptive family its own payloads of the task's frequent target words."""
     if attack_name in ("fixed_deadcode", "grammar_deadcode"):
         return get_attack(attack_name, target_text=EMBEDDED_PAYLOAD[task])
-    if attack_name == "adaptive":
+    if attack_name.startswith("adaptive"):
         return get_attack(attack_name, task=task)
     return get_attack(attack_name)
 

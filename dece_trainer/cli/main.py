@@ -1,5 +1,5 @@
-"""The ``dece-trainer`` command (``python -m dece_trainer``): ``train`` from the library, and the harness's
-``demo``, ``bench`` and ``eval``.
+"""The ``dece-trainer`` command (``python -m dece_trainer``): ``train`` and ``audit`` from the library, and the
+harness's ``demo``, ``bench`` and ``eval``.
 
 Each sub-command module builds its parser from light imports and loads model code only when it runs, so
 ``dece-trainer --help`` starts in well under a second.
@@ -13,16 +13,16 @@ import sys
 
 from ..backdoor.commands import bench, demo
 from ..backdoor.commands import eval as eval_cmd
-from . import train
+from . import audit, train
 
-COMMANDS = (demo, train, bench, eval_cmd)
+COMMANDS = (demo, train, audit, bench, eval_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dece-trainer",
         description="Defend code-model fine-tuning against backdoors with Deceptive Cross-Entropy, and measure it.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,train,bench,eval}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,train,audit,bench,eval}")
     for module in COMMANDS:
         module.add_parser(sub)
     return parser
