@@ -32,6 +32,13 @@ def test_ops_loads_torch_only():
     assert not [m for m in modules if m.startswith(HARNESS)]
 
 
+def test_audit_loads_numpy_only():
+    modules = loaded_after("import dece_trainer.audit, dece_trainer.outliers, dece_trainer.cli.audit")
+    assert heavy(modules) == set() and "torch" not in modules, heavy(modules)
+    assert not [m for m in modules if m.startswith(HARNESS)]
+    assert not [m for m in modules if m.startswith(("dece_trainer.trainer", "dece_trainer.callbacks"))]
+
+
 def test_package_root_is_lazy():
     modules = loaded_after("import dece_trainer")
     assert heavy(modules) == set() and "torch" not in modules
