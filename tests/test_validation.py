@@ -65,7 +65,16 @@ def test_no_alpha_means_the_default_final_alpha_whatever_the_run_length():
 @pytest.mark.parametrize("entry", sorted(ALPHA_ENTRY_POINTS))
 @pytest.mark.parametrize("good", [0.9, 1, np.float32(0.9), np.float64(0.5)])
 def test_numpy_and_python_numbers_are_accepted_everywhere(entry, good):
-    ALPHA_ENTRY_POINTS[entry](good)
+    alpha = float(good)
+    used = {  # each entry point took the number as that float
+        "functional": lambda loss: bool(torch.isfinite(loss)) and loss.dtype == torch.float32,
+        "module": lambda module: type(module.alpha_base) is float and module.alpha_base == alpha,
+        "schedule": lambda value: value == pytest.approx(alpha),
+        "grad_bound": lambda bound: bound == (math.inf if alpha == 1 else pytest.approx(alpha / (1 - alpha))),
+        "settings": lambda settings: type(settings.alpha_base) is float and settings.alpha_base == alpha,
+        "loss_func": lambda loss_fn: loss_fn.settings.alpha_base == alpha,
+    }[entry]
+    assert used(ALPHA_ENTRY_POINTS[entry](good))
 
 
 @pytest.mark.parametrize("entry", sorted(SMOOTHING_ENTRY_POINTS))
@@ -118,3 +127,23 @@ def test_alpha_base_with_alpha_final_is_an_error(entry):
         entry()
     assert DeCESettings(alpha_final=0.5).alpha_base is None  # either one alone is fine
     assert DeCESettings(alpha_base=0.9).alpha_final is None
+
+
+def test_each_setting_has_one_home():
+    """KNOBS gives every DeCE setting its flag, default and help; the settings, their training arguments and
+    make_dece_loss_func read them from there."""
+    import dataclasses
+    import inspect
+
+    from dece_trainer.trainer.dece_config import KNOBS, DeCEArgumentsMixin
+
+    assert [(f.name, f.default) for f in dataclasses.fields(DeCESettings)] == [
+        (name, knob.default) for name, knob in KNOBS.items()]
+    assert [(f.name, f.default, f.metadata["help"], f.metadata.get("choices")) for f in
+            dataclasses.fields(DeCEArgumentsMixin)] == [
+        (k.flag, k.default, k.help, list(k.choices) if k.choices else None) for k in KNOBS.values()]
+    given = {name: knob.default for name, knob in KNOBS.items()} | {"alpha_base": 0.8, "label_smoothing": 0.1}
+    args = DeCETrainingArguments(output_dir="unused", use_cpu=True, dece_alpha_base=0.8, dece_label_smoothing=0.1)
+    assert DeCESettings.from_args(args) == DeCESettings(**given)
+    defaults = {name: p.default for name, p in inspect.signature(make_dece_loss_func).parameters.items()}
+    assert defaults == {name: KNOBS[name].default for name in defaults} and len(defaults) == len(KNOBS) - 1

@@ -28,6 +28,16 @@ from ..ops.token_ce import token_cross_entropy
 from ..trainer import _compat
 from ..trainer.alignment import CAUSAL, SEQ2SEQ, align_targets, logits_of, model_kind
 from ..trainer.example_ids import EXAMPLE_ID_COLUMN, pop_example_ids
+from ..trainer.log_keys import (
+    ASR,
+    BLEU,
+    NLL,
+    SUSPICIOUS_AUROC,
+    SUSPICIOUS_EXAMPLE_AUROC,
+    SUSPICIOUS_EXAMPLE_PRECISION_AT_K,
+    SUSPICIOUS_PRECISION_AT_K,
+    probe_key,
+)
 from ..validation import (
     check_bool,
     check_callable,
@@ -254,10 +264,10 @@ class EarlyLearningCallback(TrainerCallback):
             return {}
         k = self.top_k or int(self.poisoned.sum())
         score, _, example = self._scores()
-        return {"suspicious_auroc": auroc(score, self.poisoned),
-                "suspicious_precision_at_k": precision_at_k(score, self.poisoned, k),
-                "suspicious_example_auroc": auroc(example["score"], self.poisoned),
-                "suspicious_example_precision_at_k": precision_at_k(example["score"], self.poisoned, k)}
+        return {SUSPICIOUS_AUROC: auroc(score, self.poisoned),
+                SUSPICIOUS_PRECISION_AT_K: precision_at_k(score, self.poisoned, k),
+                SUSPICIOUS_EXAMPLE_AUROC: auroc(example["score"], self.poisoned),
+                SUSPICIOUS_EXAMPLE_PRECISION_AT_K: precision_at_k(example["score"], self.poisoned, k)}
 
     def _scores(self) -> tuple[np.ndarray, TokenEvidence | None, dict[str, np.ndarray]]:
         """(ranking score (n,), token evidence, per-example scores), NaN for examples never seen. The ranking is
@@ -277,7 +287,7 @@ class EarlyLearningCallback(TrainerCallback):
 
     def _evaluate(self, state, control, metrics, model, processing_class) -> None:
         logs = self._probe_metrics(model, processing_class) if self.probes else {}
-        signal = logs.get("probe_clean_nll", (metrics or {}).get("eval_loss"))
+        signal = logs.get(probe_key("clean", NLL), (metrics or {}).get("eval_loss"))
         if signal is not None:
             self._clean_signal.append((state.global_step, float(signal)))
         if self._memorisation_alarm(state):
@@ -296,14 +306,14 @@ class EarlyLearningCallback(TrainerCallback):
             pad_id = getattr(tokenizer, "pad_token_id", None)
             pad_id = pad_id if pad_id is not None else getattr(model.config, "pad_token_id", 0) or 0
             for name, data in self.probes.items():
-                logs[f"probe_{name}_nll"] = probe_nll(model, data, kind, pad_id, self.probe_batch_size)
+                logs[probe_key(name, NLL)] = probe_nll(model, data, kind, pad_id, self.probe_batch_size)
                 if tokenizer is None or self.max_generate <= 0 or kind not in (CAUSAL, SEQ2SEQ):
                     continue
                 generations, references = probe_generate(model, tokenizer, data, kind, self.max_generate,
                                                          self.max_new_tokens, self.probe_batch_size)
-                logs[f"probe_{name}_bleu"] = corpus_bleu(generations, references)
+                logs[probe_key(name, BLEU)] = corpus_bleu(generations, references)
                 if self.payload_fn is not None:
-                    logs[f"probe_{name}_asr"] = attack_success_rate(generations, references, self.payload_fn)
+                    logs[probe_key(name, ASR)] = attack_success_rate(generations, references, self.payload_fn)
         finally:
             model.train(was_training)
         return logs

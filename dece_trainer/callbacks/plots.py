@@ -7,8 +7,14 @@ from typing import Any
 import numpy as np
 
 from ..plotting import pyplot, save_figure
+from ..trainer.log_keys import ASR, BLEU, NLL, PROBE_PREFIX
 
 MARKERS = ("o", "s", "^", "D", "v", "P")
+
+
+def _is_probe_key(key: str, metric: str) -> bool:
+    """Whether ``key`` is a probe set's ``metric`` (`dece_trainer.trainer.log_keys.probe_key`)."""
+    return key.startswith(PROBE_PREFIX) and key.endswith(f"_{metric}")
 
 
 def curve_panels(log_history: list[dict]) -> list[tuple[str, list[str], bool]]:
@@ -24,12 +30,12 @@ def curve_panels(log_history: list[dict]) -> list[tuple[str, list[str], bool]]:
     dece_keys = [k for k in ("loss", "eval_dece_loss") if k in keys] if dece_run else []
     ce_keys = ([] if dece_run else [k for k in ("loss",) if k in keys]) + [
         k for k in ("ce_loss", "eval_loss") if k in keys] + sorted(
-        k for k in keys if k.startswith("probe_") and k.endswith("_nll"))
+        k for k in keys if _is_probe_key(k, NLL))
     if "eval_loss" not in keys and "eval_ce_loss" in keys:
         ce_keys.append("eval_ce_loss")
-    rate_keys = sorted(k for k in keys if k.startswith("probe_") and k.endswith("_asr")) + [
+    rate_keys = sorted(k for k in keys if _is_probe_key(k, ASR)) + [
         k for k in ("unlearned_frac", "dece_suppressed_frac", "dece_alpha") if k in keys]
-    bleu_keys = sorted(k for k in keys if k.startswith("probe_") and k.endswith("_bleu"))
+    bleu_keys = sorted(k for k in keys if _is_probe_key(k, BLEU))
     panels = [("DeCE loss (objective)", dece_keys, False), ("cross-entropy / NLL (nats)", ce_keys, False),
               ("share / alpha", rate_keys, True), ("BLEU", bleu_keys, False)]
     return [p for p in panels if p[1]]

@@ -15,68 +15,101 @@ from ..validation import (
     check_alpha_pair,
     check_choice,
     check_label_smoothing,
-    check_schedule,
 )
 from .alignment import AUTO, MODEL_KINDS
 
 # With neither alpha_base nor alpha_final given, the schedule ends training at alpha 0.5 whatever the run length:
 # the setting that stopped every measured dead-code and BadPre backdoor (docs/benchmark.md, "Defaults").
 DEFAULT_ALPHA_FINAL = 0.5
-DEFAULT_LABEL_SMOOTHING = 0.05
 # More epochs than any run trains: the run length is unknown (transformers uses sys.maxsize for a stream).
 UNKNOWN_RUN_LENGTH = 1e9
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One DeCE setting: its training argument (``flag``, also the ``--flag`` of ``HfArgumentParser``), default,
+    ``--help`` text and allowed values."""
+
+    flag: str
+    default: Any
+    help: str
+    choices: tuple[str, ...] | None = None
+
+    def argument_field(self) -> Any:
+        """The training-argument dataclass field: default, help and choices."""
+        metadata = {"help": self.help, **({"choices": list(self.choices)} if self.choices else {})}
+        return field(default=self.default, metadata=metadata)
+
+
+# The one home of the DeCE settings: `DeCESettings`' field -> its flag, default and meaning. `DeCESettings`,
+# `DeCESettings.from_args`, the `--dece_*` fields of `DeCEArgumentsMixin` and `make_dece_loss_func` read it.
+KNOBS: dict[str, Knob] = {
+    "alpha_base": Knob(
+        "dece_alpha_base", None,
+        "DeCE blend weight of epoch 1, in (0, 1]; epoch E uses alpha_base ** E. Lower values defend harder (see "
+        "docs/choosing_alpha.md). Unset (and no --dece_alpha_final): the schedule ends training at alpha "
+        f"{DEFAULT_ALPHA_FINAL} whatever the run length."),
+    "label_smoothing": Knob(
+        "dece_label_smoothing", 0.05,
+        "DeCE label smoothing in [0, 1): the gold token gets 1 - e, each other e / (V - 1)."),
+    "schedule": Knob(
+        "dece_alpha_schedule", "epoch",
+        "Exponent of the schedule: 'epoch' (1-based epoch number, the paper's) or 'continuous' (1 + fractional "
+        "epoch, for 1-2 epoch runs).", SCHEDULES),
+    "alpha_final": Knob(
+        "dece_alpha_final", None,
+        "Blend weight wanted at the end of training, in (0, 1]; when set, alpha_base is derived from it and the run "
+        "length (giving --dece_alpha_base too is an error). Default: "
+        f"{DEFAULT_ALPHA_FINAL} when --dece_alpha_base is not given either."),
+    "model_kind": Knob(
+        "dece_model_kind", AUTO,
+        "How logits line up with labels: 'auto' (from the model, as transformers decides), 'causal' (shifted by "
+        "one), 'seq2seq' (encoder-decoder) or 'other' (classifiers).", (AUTO, *MODEL_KINDS)),
+    "fused_linear": Knob(
+        "dece_fused_linear", True,
+        "Causal LMs: compute the loss from the last hidden states and the LM head in chunks, never building the "
+        "(tokens x vocabulary) logits. Models whose head is not recognised fall back to the logits with a warning."),
+}
+FLAGS = {name: knob.flag for name, knob in KNOBS.items()}
 
 
 @dataclass(frozen=True)
 class DeCESettings:
     """The DeCE knobs, validated. Built from any ``TrainingArguments`` by `from_args`.
 
-    Attributes:
-        alpha_base: blend weight of epoch 1, in (0, 1], or None. Giving it with ``alpha_final`` is an error.
-        label_smoothing: in [0, 1).
-        schedule: ``"epoch"`` or ``"continuous"`` (see `dece_trainer.schedule_exponent`).
-        alpha_final: blend weight wanted at the end of training, in (0, 1], or None; ``alpha_base`` is then
-            derived from it and the run length. With neither given,
-            ``DEFAULT_ALPHA_FINAL`` (0.5): the schedule adapts to the run length.
-        model_kind: ``"auto"`` (decided from the model as transformers decides it), or ``"causal"``,
-            ``"seq2seq"``, ``"other"`` to say how the model's logits line up with its labels.
-        fused_linear: causal LMs compute the loss from the last hidden states and the LM head in chunks, without
-            the (tokens x V) logits (falls back, with a warning, where the head is not recognised).
+    One field per entry of `KNOBS`, with its default; each means what the help of its training argument says
+    (the ``--dece_*`` fields of `DeCETrainingArguments`): ``alpha_base`` (``dece_alpha_base``; giving it with
+    ``alpha_final`` is an error), ``label_smoothing``, ``schedule`` (``dece_alpha_schedule``, see
+    `dece_trainer.schedule_exponent`), ``alpha_final`` (with neither alpha given, ``DEFAULT_ALPHA_FINAL``: the
+    schedule adapts to the run length), ``model_kind`` and ``fused_linear``.
     """
 
-    alpha_base: float | None = None
-    label_smoothing: float = DEFAULT_LABEL_SMOOTHING
-    schedule: str = "epoch"
-    alpha_final: float | None = None
-    model_kind: str = AUTO
-    fused_linear: bool = True
+    alpha_base: float | None = KNOBS["alpha_base"].default
+    label_smoothing: float = KNOBS["label_smoothing"].default
+    schedule: str = KNOBS["schedule"].default
+    alpha_final: float | None = KNOBS["alpha_final"].default
+    model_kind: str = KNOBS["model_kind"].default
+    fused_linear: bool = KNOBS["fused_linear"].default
 
     def __post_init__(self):
         set_ = object.__setattr__  # frozen: store the checked, plain-Python values
         if self.alpha_base is None and self.alpha_final is None:
             set_(self, "alpha_final", DEFAULT_ALPHA_FINAL)
         if self.alpha_base is not None:
-            set_(self, "alpha_base", check_alpha(self.alpha_base, "dece_alpha_base"))
-        set_(self, "label_smoothing", check_label_smoothing(self.label_smoothing, "dece_label_smoothing"))
-        check_schedule(self.schedule, "dece_alpha_schedule")
+            set_(self, "alpha_base", check_alpha(self.alpha_base, FLAGS["alpha_base"]))
+        set_(self, "label_smoothing", check_label_smoothing(self.label_smoothing, FLAGS["label_smoothing"]))
+        check_choice(self.schedule, KNOBS["schedule"].choices, FLAGS["schedule"])
         if self.alpha_final is not None:
-            set_(self, "alpha_final", check_alpha(self.alpha_final, "dece_alpha_final"))
-        check_alpha_pair(self.alpha_base, self.alpha_final, ("dece_alpha_base", "dece_alpha_final"))
-        check_choice(self.model_kind, (AUTO, *MODEL_KINDS), "dece_model_kind")
+            set_(self, "alpha_final", check_alpha(self.alpha_final, FLAGS["alpha_final"]))
+        check_alpha_pair(self.alpha_base, self.alpha_final, (FLAGS["alpha_base"], FLAGS["alpha_final"]))
+        check_choice(self.model_kind, KNOBS["model_kind"].choices, FLAGS["model_kind"])
         if not isinstance(self.fused_linear, bool):
-            raise ValueError(f"`dece_fused_linear` must be True or False, got {self.fused_linear!r}.")
+            raise ValueError(f"`{FLAGS['fused_linear']}` must be True or False, got {self.fused_linear!r}.")
 
     @classmethod
     def from_args(cls, args: Any) -> "DeCESettings":
         """Read ``dece_*`` fields from ``args`` (defaults where absent, e.g. plain ``TrainingArguments``)."""
-        settings = cls(
-            alpha_base=getattr(args, "dece_alpha_base", None),
-            label_smoothing=getattr(args, "dece_label_smoothing", DEFAULT_LABEL_SMOOTHING),
-            schedule=getattr(args, "dece_alpha_schedule", "epoch"),
-            alpha_final=getattr(args, "dece_alpha_final", None),
-            model_kind=getattr(args, "dece_model_kind", AUTO),
-            fused_linear=getattr(args, "dece_fused_linear", True),
-        )
+        settings = cls(**{name: getattr(args, knob.flag, knob.default) for name, knob in KNOBS.items()})
         if getattr(args, "label_smoothing_factor", 0.0) > 0:
             raise ValueError(
                 f"`label_smoothing_factor={args.label_smoothing_factor}` cannot be combined with DeCE, which "
@@ -106,44 +139,15 @@ class DeCESettings:
 
 @dataclass
 class DeCEArgumentsMixin:
-    """The ``--dece_*`` fields shared by `DeCETrainingArguments` and its Seq2Seq sibling."""
+    """The ``--dece_*`` fields shared by `DeCETrainingArguments` and its Seq2Seq sibling (and TRL's
+    `DeCESFTConfig`): one per entry of `KNOBS`, named by its ``flag``."""
 
-    dece_alpha_base: float | None = field(
-        default=None,
-        metadata={"help": "DeCE blend weight of epoch 1, in (0, 1]; epoch E uses alpha_base ** E. Lower values "
-                          "defend harder (see docs/choosing_alpha.md). Unset (and no --dece_alpha_final): the "
-                          f"schedule ends training at alpha {DEFAULT_ALPHA_FINAL} whatever the run length."},
-    )
-    dece_label_smoothing: float = field(
-        default=DEFAULT_LABEL_SMOOTHING,
-        metadata={"help": "DeCE label smoothing in [0, 1): the gold token gets 1 - e, each other e / (V - 1)."},
-    )
-    dece_alpha_schedule: str = field(
-        default="epoch",
-        metadata={"help": "Exponent of the schedule: 'epoch' (1-based epoch number, the paper's) or "
-                          "'continuous' (1 + fractional epoch, for 1-2 epoch runs).",
-                  "choices": list(SCHEDULES)},
-    )
-    dece_alpha_final: float | None = field(
-        default=None,
-        metadata={"help": "Blend weight wanted at the end of training, in (0, 1]; when set, alpha_base is "
-                          "derived from it and the run length (giving --dece_alpha_base too is an error). Default: "
-                          f"{DEFAULT_ALPHA_FINAL} when --dece_alpha_base is not given either."},
-    )
-
-    dece_model_kind: str = field(
-        default=AUTO,
-        metadata={"help": "How logits line up with labels: 'auto' (from the model, as transformers decides), "
-                          "'causal' (shifted by one), 'seq2seq' (encoder-decoder) or 'other' (classifiers).",
-                  "choices": [AUTO, *MODEL_KINDS]},
-    )
-
-    dece_fused_linear: bool = field(
-        default=True,
-        metadata={"help": "Causal LMs: compute the loss from the last hidden states and the LM head in chunks, "
-                          "never building the (tokens x vocabulary) logits. Models whose head is not recognised "
-                          "fall back to the logits with a warning."},
-    )
+    dece_alpha_base: float | None = KNOBS["alpha_base"].argument_field()
+    dece_label_smoothing: float = KNOBS["label_smoothing"].argument_field()
+    dece_alpha_schedule: str = KNOBS["schedule"].argument_field()
+    dece_alpha_final: float | None = KNOBS["alpha_final"].argument_field()
+    dece_model_kind: str = KNOBS["model_kind"].argument_field()
+    dece_fused_linear: bool = KNOBS["fused_linear"].argument_field()
 
     def __post_init__(self):
         super().__post_init__()

@@ -42,8 +42,8 @@ ALL_SUPPRESSED_LOGS = 2
 class DeCEMixin:
     """Turns any ``transformers.Trainer`` subclass into a DeCE trainer (put it first in the bases).
 
-    Reads ``dece_alpha_base``, ``dece_label_smoothing``, ``dece_alpha_schedule`` and ``dece_alpha_final``
-    from the training arguments (defaults when they are plain ``TrainingArguments``). The loss is
+    Reads the ``--dece_*`` training arguments (`DeCESettings.from_args`; the defaults when they are plain
+    ``TrainingArguments``). The loss is
     normalised by the Trainer's global ``num_items_in_batch``, so gradient accumulation and several
     processes give the same update as one big batch.
 
@@ -299,21 +299,10 @@ class DeCEMixin:
                         ignore_keys: list[str] | None = None, **gen_kwargs):
         """As the Trainer's (or TRL's), plus this batch's loss statistics added to the evaluation's totals,
         gathered over processes as the Trainer gathers its losses (``gather_for_metrics``: the samples a
-        distributed sampler repeats to even out the last batch are dropped). With ``predict_with_generate``
-        (Seq2Seq), whose step takes the model's own loss, the loss comes from `compute_loss` as on every
-        other path (one more forward pass besides generation)."""
+        distributed sampler repeats to even out the last batch are dropped)."""
         self._dece_eval_batch = None
-        generates = (isinstance(self, Seq2SeqTrainer) and getattr(self.args, "predict_with_generate", False)
-                     and not prediction_loss_only and inputs.get("labels") is not None)
-        if generates:
-            with torch.no_grad(), self.compute_loss_context_manager():
-                loss = self.compute_loss(model, _compat.prepare_inputs(self, inputs)).detach()
-            _, tokens, labels = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys,
-                                                        **gen_kwargs)
-            result = (loss, tokens, labels)
-        else:
-            result = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys,
-                                             **gen_kwargs)
+        result = self._dece_prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys,
+                                            **gen_kwargs)
         batch, self._dece_eval_batch = self._dece_eval_batch, None
         if self._dece_eval_sums is not None:
             if self.accelerator.num_processes > 1:
@@ -323,6 +312,11 @@ class DeCEMixin:
             if batch is not None:
                 self._dece_eval_sums += batch.sum(0).to(self._dece_eval_sums.device)
         return result
+
+    def _dece_prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **gen_kwargs):
+        """The parent trainer's ``prediction_step`` (`DeCESeq2SeqTrainer` takes the loss of a generating step from
+        `compute_loss`)."""
+        return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys, **gen_kwargs)
 
     # ---- logging and model card -----------------------------------------------------------------
 
@@ -394,4 +388,19 @@ class DeCETrainer(DeCEMixin, Trainer):
 
 
 class DeCESeq2SeqTrainer(DeCEMixin, Seq2SeqTrainer):
-    """``transformers.Seq2SeqTrainer`` trained with DeCE (encoder-decoders such as CodeT5)."""
+    """``transformers.Seq2SeqTrainer`` trained with DeCE (encoder-decoders such as CodeT5). With
+    ``predict_with_generate``, whose evaluation step takes the model's own loss, the loss comes from `compute_loss`
+    as on every other path (one more forward pass besides generation)."""
+
+    def _dece_prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **gen_kwargs):
+        """The Seq2Seq step, its loss from `compute_loss` when it generates (see the class docstring)."""
+        generates = (getattr(self.args, "predict_with_generate", False) and not prediction_loss_only
+                     and inputs.get("labels") is not None)
+        if not generates:
+            return super()._dece_prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys,
+                                                 **gen_kwargs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, _compat.prepare_inputs(self, inputs)).detach()
+        _, tokens, labels = super()._dece_prediction_step(model, inputs, prediction_loss_only,
+                                                          ignore_keys=ignore_keys, **gen_kwargs)
+        return loss, tokens, labels

@@ -9,8 +9,8 @@ from transformers import TrainerCallback
 
 from ..ops.dece_loss import deceptive_cross_entropy
 from ..ops.schedule import dece_alpha
-from .alignment import AUTO, align_targets, logits_of, model_kind
-from .dece_config import DEFAULT_LABEL_SMOOTHING, DeCESettings
+from .alignment import align_targets, logits_of, model_kind
+from .dece_config import DeCESettings
 
 
 class DeCELossFunc(TrainerCallback):
@@ -82,18 +82,16 @@ class DeCELossFunc(TrainerCallback):
                                        num_items_in_batch=num_items_in_batch)
 
 
-def make_dece_loss_func(alpha_base: float | None = None, label_smoothing: float = DEFAULT_LABEL_SMOOTHING,
-                        schedule: str = "epoch", alpha_final: float | None = None,
-                        model_kind: str = AUTO) -> DeCELossFunc:
+def make_dece_loss_func(alpha_base: float | None = DeCESettings.alpha_base,
+                        label_smoothing: float = DeCESettings.label_smoothing,
+                        schedule: str = DeCESettings.schedule, alpha_final: float | None = DeCESettings.alpha_final,
+                        model_kind: str = DeCESettings.model_kind) -> DeCELossFunc:
     """A DeCE ``compute_loss_func`` for ``Trainer``; register the returned object as a callback too.
 
-    Args (as the ``--dece_*`` flags):
-        alpha_base: blend weight of epoch 1, in (0, 1]; epoch E uses ``alpha_base ** E``. With neither this
-            nor ``alpha_final``, ``alpha_final`` is 0.5.
-        label_smoothing: in [0, 1).
-        schedule: ``"epoch"`` (1-based epoch number as exponent) or ``"continuous"`` (1 + fractional epoch).
-        alpha_final: blend weight wanted at the end of training, in (0, 1], or None; when set, ``alpha_base``
-            is derived from it and the run length.
-        model_kind: ``"auto"``, ``"causal"``, ``"seq2seq"`` or ``"other"`` (how logits line up with labels).
+    Args:
+        alpha_base, label_smoothing, schedule, alpha_final, model_kind: the `DeCESettings` fields of those names,
+            with their defaults and meanings (the ``--dece_*`` training arguments: ``dece_alpha_base``,
+            ``dece_label_smoothing``, ``dece_alpha_schedule``, ``dece_alpha_final``, ``dece_model_kind``); with
+            neither alpha given, ``alpha_final`` is ``DEFAULT_ALPHA_FINAL``.
     """
     return DeCELossFunc(DeCESettings(alpha_base, label_smoothing, schedule, alpha_final, model_kind))

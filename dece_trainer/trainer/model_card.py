@@ -13,11 +13,11 @@ from __future__ import annotations
 import importlib.metadata
 import math
 import os
-import re
 from dataclasses import dataclass
 from typing import Any
 
 from ..io import write_text
+from .log_keys import ASR, BLEU, SUSPICIOUS_AUROC, parse_probe_key
 
 FALLBACK_PROJECT_URL = "https://github.com/dece-trainer/dece-trainer"
 PAPER_URL = "https://arxiv.org/abs/2407.08956"
@@ -121,14 +121,14 @@ def monitor_metrics(log_history: list[dict]) -> list[tuple[str, str, str, str, f
     keys = sorted({k for entry in log_history for k in entry})
     found = []
     for key in keys:
-        match = re.fullmatch(r"probe_(.+)_(asr|bleu)", key)
+        probe = parse_probe_key(key)
         value = _last(log_history, key)
-        if match is None or value is None:
+        if probe is None or probe[1] not in (ASR, BLEU) or value is None:
             continue
-        name, metric = match.groups()
-        label = "attack success rate" if metric == "asr" else "BLEU"
+        name, metric = probe
+        label = "attack success rate" if metric == ASR else "BLEU"
         found.append((f"probe-{name}", f"{name} probe set", metric, f"{label} ({name} probe)", value))
-    auroc = _last(log_history, "suspicious_auroc")
+    auroc = _last(log_history, SUSPICIOUS_AUROC)
     if auroc is not None:
         found.append(("training-data", "training data (poisoned rows marked)", "roc_auc",
                       "suspicious-example AUROC", auroc))
