@@ -159,3 +159,20 @@ def write_rows(path, rows: list[tuple[str, str]]) -> str:
         writer.writerow(["src", "tgt"])
         writer.writerows(rows)
     return str(path)
+
+
+def training_args(tmp_path, name: str = "out", *, cls=None, seq2seq: bool = False, **overrides):
+    """Training arguments for a quick CPU run writing to ``tmp_path / name``: no reports, no checkpoints, no progress
+    bar, seed 0, then ``overrides``. The class is ``cls``, else ``DeCETrainingArguments`` (with ``seq2seq``,
+    ``DeCESeq2SeqTrainingArguments``); ``dece_*`` overrides are left out for a class without them (a plain
+    ``TrainingArguments`` or ``SFTConfig`` baseline beside a DeCE run), so one preset serves both."""
+    import dataclasses
+
+    from dece_trainer import DeCESeq2SeqTrainingArguments, DeCETrainingArguments
+
+    cls = cls or (DeCESeq2SeqTrainingArguments if seq2seq else DeCETrainingArguments)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    base = dict(output_dir=str(tmp_path / name), report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True,
+                seed=0)
+    base.update({k: v for k, v in overrides.items() if k in fields or not k.startswith("dece_")})
+    return cls(**base)

@@ -3,11 +3,12 @@
 ``DeCESFTTrainer`` is ``SFTTrainer`` in every respect but the per-token loss. TRL computes SFT's loss through a
 fused LM head (``add_fused_lm_head``): the backbone's hidden states of the labelled positions go through the head
 in tiles and come back as per-token log-probabilities, entropy and top-1 hits, never as logits. While this trainer
-computes a loss, that tile kernel is swapped for `dece_trainer.ops.fused_linear.fused_linear_dece`, which
-returns minus the DeCE per-token loss in the log-probability slot (SFT's loss is minus their token mean) and the
-true entropy and top-1 hits. So everything else is SFT's own code: completion-only and assistant-only masks,
-packing and padding-free batches, ``num_items_in_batch``, the MoE router loss, ``use_cache=False``, PEFT, and the
-``entropy`` / ``mean_token_accuracy`` / ``num_tokens`` / ``aux_loss`` metrics, logged as ``SFTTrainer`` logs them.
+computes a loss, that tile kernel is swapped, in that thread only (`_trl_compat.use_logprob_kernel`), for
+`dece_trainer.ops.fused_linear.fused_linear_dece`, which returns minus the DeCE per-token loss in the
+log-probability slot (SFT's loss is minus their token mean) and the true entropy and top-1 hits. So everything else
+is SFT's own code: completion-only and assistant-only masks, packing and padding-free batches,
+``num_items_in_batch``, the MoE router loss, ``use_cache=False``, PEFT, and the ``entropy`` /
+``mean_token_accuracy`` / ``num_tokens`` / ``aux_loss`` metrics, logged as ``SFTTrainer`` logs them.
 """
 
 from __future__ import annotations
@@ -24,11 +25,11 @@ except ImportError as err:  # pragma: no cover - exercised only without trl
 
 from ..ops.chunks import LossOutput
 from ..ops.fused_linear import fused_linear_dece
-from ..trainer import _compat
 from ..trainer.dece_config import DeCEArgumentsMixin
 from ..trainer.dece_trainer import DeCEMixin
 from ..trainer.example_ids import ExampleIdCollator, pop_example_ids
 from ..trainer.fused_head import IGNORE_INDEX
+from ._trl_compat import use_logprob_kernel
 
 
 def bf16_supported(use_cpu: bool) -> bool:
@@ -116,7 +117,7 @@ class DeCESFTTrainer(DeCEMixin, SFTTrainer):
         example_ids = pop_example_ids(inputs)
         alpha = self.dece_alpha if model.training else self._dece_eval_alpha()
         kernel = DeCEKernel(alpha, self.dece.label_smoothing)
-        with _compat.trl_logprob_kernel(kernel):
+        with use_logprob_kernel(kernel):  # this thread's loss only (see _trl_compat)
             result = SFTTrainer.compute_loss(self, model, inputs, return_outputs=return_outputs,
                                              num_items_in_batch=num_items_in_batch)
         if kernel.token_ce is not None:

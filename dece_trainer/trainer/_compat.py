@@ -1,29 +1,34 @@
-"""The one seam between dece-trainer and the private parts of transformers (and TRL).
+"""The one seam between dece-trainer and the private parts of transformers (TRL's: `integrations/_trl_compat.py`).
 
 Every read or write of a ``Trainer`` internal, and every private import, goes through a function here, so
 a transformers release that moves one breaks in one place, loudly: each accessor raises a ``RuntimeError``
 naming the internal and the supported versions instead of silently doing something else, and
-``tests/test_lib_compat.py`` checks them against the installed versions.
+``tests/test_compat.py`` checks them against the installed versions.
 
 Supported: transformers >= ``MIN_TRANSFORMERS`` (< 6), the range CI tests; ``pyproject.toml`` says the same.
 """
 
 from __future__ import annotations
 
-import contextlib
-from typing import Any, Iterator
+from typing import Any
 
 import transformers
 from packaging.version import Version
 from torch import nn
 
 MIN_TRANSFORMERS = "5.24"
-TRANSFORMERS_VERSION = Version(transformers.__version__)
 
-if not Version(MIN_TRANSFORMERS) <= TRANSFORMERS_VERSION < Version("6"):
-    raise ImportError(f"dece-trainer needs transformers >= {MIN_TRANSFORMERS}, < 6 (the versions its tests run "
-                      f"against); found {transformers.__version__}: "
-                      f"pip install -U 'transformers>={MIN_TRANSFORMERS},<6'")
+
+def supported_version(version: str) -> Version:
+    """``version`` of transformers, or an ``ImportError`` saying what to install when it is outside the supported
+    range (checked when this module is imported)."""
+    if not Version(MIN_TRANSFORMERS) <= Version(version) < Version("6"):
+        raise ImportError(f"dece-trainer needs transformers >= {MIN_TRANSFORMERS}, < 6 (the versions its tests run "
+                          f"against); found {version}: pip install -U 'transformers>={MIN_TRANSFORMERS},<6'")
+    return Version(version)
+
+
+TRANSFORMERS_VERSION = supported_version(transformers.__version__)
 
 from transformers.loss.loss_utils import LOSS_MAPPING, ForCausalLMLoss  # noqa: E402
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES  # noqa: E402
@@ -99,19 +104,3 @@ def loss_kind_of(model: nn.Module) -> str | None:
     if type(model).__name__ in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values():
         return "causal"
     return None
-
-
-@contextlib.contextmanager
-def trl_logprob_kernel(kernel: Any) -> Iterator[None]:
-    """Within the block, TRL's fused LM head (``trl.trainer.utils.add_fused_lm_head``, TRL >= 1.16) calls
-    ``kernel.apply`` where it calls its chunked log-probability kernel ``_ChunkedLogProbFunction.apply`` (looked
-    up as a module global on every call)."""
-    import trl.trainer.utils as trl_utils
-
-    _require(trl_utils, "_ChunkedLogProbFunction")
-    original = trl_utils._ChunkedLogProbFunction
-    trl_utils._ChunkedLogProbFunction = kernel
-    try:
-        yield
-    finally:
-        trl_utils._ChunkedLogProbFunction = original
