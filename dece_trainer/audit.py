@@ -42,6 +42,7 @@ from .validation import check_int, check_number
 # Words split at underscores and case changes (``get_value``, ``getValue`` -> ``get``, ``value``), numbers, single
 # punctuation marks; lower-cased after splitting.
 TOKEN = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+|[^\W\d_]+|[^\w\s]")
+TOKEN_OR_BREAK = re.compile(TOKEN.pattern + r"|\n")
 EXAMPLE_ID = "example_id"  # the report field drop_flagged and the monitor read (trainer.example_ids)
 SOURCE_KINDS = ("word", "bigram", "line")
 TARGET_KINDS = ("target", "word", "bigram", "trigram")
@@ -187,41 +188,73 @@ def _span_keys(flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.
     return keys + lengths.astype(np.uint64)
 
 
+NEWLINE = 0  # the token id of a line break (the vocabulary starts with it)
+
+
+class _TokenIds:
+    """Every text's token ids, concatenated (``flat``), and each text's count (``lengths``), as int64 arrays."""
+
+    def __init__(self):
+        self.flat, self.lengths = array("q"), array("q")
+
+
+def _token_ids(texts: Sequence[str], vocab: dict[str, int]) -> _TokenIds:
+    """Tokenise ``texts`` into ids of ``vocab`` (lower-cased tokens; ``vocab`` grows), line breaks as `NEWLINE`.
+    Each distinct raw token is lower-cased and looked up once."""
+    out = _TokenIds()
+    vocab.setdefault("\n", NEWLINE)
+    raw: dict[str, int] = {"\n": NEWLINE}
+    get = raw.get
+    for text in texts:
+        found = TOKEN_OR_BREAK.findall(text)
+        ids = list(map(get, found))
+        if None in ids:
+            for k, (token, i) in enumerate(zip(found, ids)):
+                if i is None:
+                    ids[k] = raw[token] = vocab.setdefault(token.lower(), len(vocab))
+        out.flat.extend(ids)
+        out.lengths.append(len(ids))
+    return out
+
+
 def _side(texts: Sequence[str], vocab: dict[str, int], target: bool) -> _Features:
     """Tokenise one side and build its features (see the module docstring): token n-grams, and the whole target
     (target side) or each line of a multi-line source (source side)."""
-    add = vocab.setdefault
-    flat = array("q")
-    line_start, line_length, line_doc = array("q"), array("q"), array("q")
-    doc_length = np.zeros(len(texts), dtype=np.int64)
-    for d, text in enumerate(texts):
-        lines = text.split("\n")
-        begin = len(flat)
-        for line in lines:
-            at = len(flat)
-            flat.extend([add(t.lower(), len(vocab)) for t in TOKEN.findall(line)])
-            if not target and len(lines) > 1 and len(flat) > at:
-                line_start.append(at)
-                line_length.append(len(flat) - at)
-                line_doc.append(d)
-        doc_length[d] = len(flat) - begin
-        if target and doc_length[d]:
-            line_start.append(begin)
-            line_length.append(int(doc_length[d]))
-            line_doc.append(d)
-    tokens = np.frombuffer(flat, dtype=np.int64) if len(flat) else np.zeros(0, np.int64)
-    doc_of = np.repeat(np.arange(len(texts), dtype=np.int64), doc_length)
+    ids = _token_ids(texts, vocab)  # the line breaks included, as NEWLINE
+    doc_length = np.frombuffer(ids.lengths, dtype=np.int64) if len(ids.lengths) else np.zeros(0, np.int64)
+    full = np.frombuffer(ids.flat, dtype=np.int64) if len(ids.flat) else np.zeros(0, np.int64)
+    doc_full = np.repeat(np.arange(len(texts), dtype=np.int64), doc_length)
+    is_break = full == NEWLINE
+    tokens, doc_of = full[~is_break].astype(np.int32), doc_full[~is_break].astype(np.int32)  # half the memory
+    breaks_before = np.cumsum(is_break)[~is_break] if not target else None
+    del ids, full, doc_full, is_break
+    if target:  # the whole target: one span per doc with tokens
+        per_doc = np.bincount(doc_of, minlength=len(texts))
+        has = np.flatnonzero(per_doc)
+        line_start, line_length, line_doc = (np.cumsum(per_doc) - per_doc)[has], per_doc[has], has
+    else:  # each line of a multi-line source: a line's tokens share (breaks so far + doc), a non-decreasing key
+        line_key = breaks_before + doc_of
+        del breaks_before
+        first = np.flatnonzero(np.r_[True, line_key[1:] != line_key[:-1]]) if tokens.size else np.zeros(0, np.int64)
+        multi = np.array(["\n" in t for t in texts], dtype=bool)
+        keep = multi[doc_of[first]] if first.size else np.zeros(0, bool)
+        line_start, line_length = first[keep], np.diff(np.r_[first, tokens.size])[keep]
+        line_doc = doc_of[line_start]
     kinds = list(TARGET_KINDS if target else SOURCE_KINDS)
-    spans = [(np.asarray(line_start, np.int64), np.asarray(line_length, np.int64), np.asarray(line_doc, np.int64),
-              kinds.index("target" if target else "line"))]
-    for order in (1, 2, 3) if target else (1, 2):
-        n = tokens.size - order + 1
-        if n > 0:
-            valid = np.flatnonzero(doc_of[:n] == doc_of[order - 1:])
-            spans.append((valid, order, doc_of[valid], kinds.index(("word", "bigram", "trigram")[order - 1])))
+
+    def spans():  # (starts, lengths or the n-gram order, docs, kind), one kind at a time (memory)
+        yield (line_start.astype(np.int64), line_length.astype(np.int64), line_doc.astype(np.int64),
+               kinds.index("target" if target else "line"))
+        for order in (1, 2, 3) if target else (1, 2):
+            n = tokens.size - order + 1
+            if n > 0:
+                valid = np.flatnonzero(doc_of[:n] == doc_of[order - 1:])
+                kind = kinds.index(("word", "bigram", "trigram")[order - 1])
+                yield valid, order, doc_of[valid].astype(np.int64), kind
+
     docs, feats, kind_of, starts, lengths = [], [], [], [], []
     offset = 0
-    for start, length, doc, kind in spans:
+    for start, length, doc, kind in spans():
         if not start.size:
             continue
         if isinstance(length, int):  # an n-gram of every start: its key from the tokens themselves
@@ -235,7 +268,7 @@ def _side(texts: Sequence[str], vocab: dict[str, int], target: bool) -> _Feature
             first, inverse = _factorize(_span_keys(tokens, start, length))
             lengths.append(length[first])
         width = max(first.size, 1)
-        pairs = np.unique(doc * width + inverse)  # one entry per (doc, feature)
+        pairs = _distinct(doc * width + inverse)  # one entry per (doc, feature)
         del inverse
         docs.append(pairs // width)
         feats.append(pairs % width + offset)
@@ -293,7 +326,7 @@ def _count_pairs(s_off, s_feat, t_off, t_feat, width: int) -> tuple[np.ndarray, 
     """Rows holding each (source, target) feature pair: (sorted unique keys, counts)."""
     keys, counts = [], []
     for _, key in _cross_pairs(s_off, s_feat, t_off, t_feat, width):
-        u, c = np.unique(key, return_counts=True)
+        u, c = _distinct(key, counts=True)
         keys.append(u)
         counts.append(c)
         if sum(x.size for x in keys) > 4 * _CHUNK:  # merge as it goes: memory stays ~ the distinct pairs
@@ -305,8 +338,22 @@ def _count_pairs(s_off, s_feat, t_off, t_feat, width: int) -> tuple[np.ndarray, 
 
 
 def _merge(keys: list[np.ndarray], counts: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    u, inverse = np.unique(np.concatenate(keys), return_inverse=True)
-    return [u], [np.bincount(inverse.ravel(), weights=np.concatenate(counts), minlength=u.size).astype(np.int64)]
+    """Chunks of (sorted keys, counts) as one: the counts of equal keys added."""
+    key, count = np.concatenate(keys), np.concatenate(counts)
+    order = np.argsort(key, kind="stable")
+    key, count = key[order], count[order]
+    first = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    return [key[first]], [np.add.reduceat(count, first) if first.size else count]
+
+
+def _distinct(keys: np.ndarray, counts: bool = False):
+    """The sorted distinct values of ``keys`` (and how often each occurs): ``np.unique`` by one sort, which is
+    faster than its hashing on large integer arrays."""
+    ordered = np.sort(keys)
+    first = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]]) if ordered.size else np.zeros(0, np.int64)
+    if not counts:
+        return ordered[first]
+    return ordered[first], np.diff(np.r_[first, ordered.size])
 
 
 def binomial_llr(n: np.ndarray, trials: np.ndarray, p: np.ndarray) -> np.ndarray:
@@ -327,7 +374,8 @@ def audit_pairs(sources: Sequence[str], targets: Sequence[str], example_ids: Seq
     """Audit (source, target) training pairs (see the module docstring).
 
     Args:
-        sources, targets: the texts a model reads and learns to write, one pair per row (N rows).
+        sources: the texts a model reads, one per row (N rows).
+        targets: the texts it learns to write, one per row.
         example_ids: (N,) non-negative unique integers naming the rows in the report (default 0..N-1).
         min_support: fewest rows a feature (and a feature pair) must hold to count; default
             ``max(3, ceil(N / 1000))``.
