@@ -39,6 +39,7 @@ _EXPORTS = {
     "make_dece_loss_func": "trainer",
     "EXAMPLE_ID_COLUMN": "trainer.example_ids",
     "add_example_ids": "trainer.example_ids",
+    "ContinueWithCE": "callbacks",
     "EarlyLearningCallback": "callbacks",
     "drop_flagged": "callbacks",
 }
@@ -69,7 +70,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # static analysers and IDEs see the real imports
-    from .callbacks import EarlyLearningCallback, drop_flagged
+    from .callbacks import ContinueWithCE, EarlyLearningCallback, drop_flagged
     from .modules import DeCELoss
     from .ops import (
         LossOutput,

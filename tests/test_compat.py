@@ -53,6 +53,27 @@ def test_token_counting_internals(trainer):
     assert int(trainer._get_num_items_in_batch([{"labels": labels}], torch.device("cpu"))) == 3
 
 
+def test_batches_are_masked_before_the_trainer_counts_them(trainer):
+    """get_batch_samples draws with next() and then counts: what the masking iterator does to the labels is counted
+    (the seam of DeCEMixin.set_row_filter)."""
+    import inspect
+
+    source = inspect.getsource(Trainer.get_batch_samples)
+    assert source.index("next(epoch_iterator)") < source.index("self._get_num_items_in_batch(batch_samples")
+    _compat.count_tokens_as_dece_does(trainer, shifts_labels=False)
+    batches = [{"labels": torch.tensor([[5, 6, 7]])}, {"labels": torch.tensor([[8, -100, 9]])}]
+
+    def mask_first_column(batch):
+        return {**batch, "labels": torch.cat([torch.full_like(batch["labels"][:, :1], -100),
+                                              batch["labels"][:, 1:]], dim=1)}
+
+    cpu = torch.device("cpu")
+    assert int(trainer.get_batch_samples(iter(batches), 2, cpu)[1]) == 5
+    drawn, count = trainer.get_batch_samples(_compat.mask_before_counting(trainer, iter(batches), mask_first_column),
+                                             2, cpu)
+    assert int(count) == 3 and drawn[1]["labels"].tolist() == [[-100, -100, 9]]
+
+
 def test_accumulation_steps_and_tensor_parallel_size(trainer):
     trainer.current_gradient_accumulation_steps = 3  # the Trainer sets it for each optimizer step
     assert _compat.gradient_accumulation_steps(trainer) == 3
@@ -97,6 +118,9 @@ def test_a_missing_internal_is_a_loud_error():
     (lambda t: _compat.tensor_parallel_size(t), "get_tp_size"),
     (lambda t: _compat.count_tokens_as_dece_does(t, True), "model_accepts_loss_kwargs"),
     (lambda t: _compat.keep_signature_column(t, "x"), "_set_signature_columns_if_needed"),
+    (lambda t: _compat.mask_before_counting(t, iter([]), None), "get_batch_samples"),
+    (lambda t: (setattr(t, "get_batch_samples", None), _compat.mask_before_counting(t, iter([]), None)),
+     "_get_num_items_in_batch"),
     (lambda t: (setattr(t, "_set_signature_columns_if_needed", lambda: None),  # fills nothing
                 _compat.keep_signature_column(t, "x")), "_signature_columns"),
 ])

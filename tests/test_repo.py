@@ -60,7 +60,7 @@ def test_library_never_imports_the_harness_or_the_command_line():
 SEAMS = {
     "trainer/_compat.py": ("_loss_shifts_labels", "_signature_columns", "model_accepts_loss_kwargs",
                            "current_gradient_accumulation_steps", "get_tp_size", "skip_logits", "LOSS_MAPPING",
-                           "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES"),
+                           "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES", "_get_num_items_in_batch"),
     "integrations/_trl_compat.py": ("_ChunkedLogProbFunction", "trl.trainer.utils"),
 }
 

@@ -10,7 +10,7 @@ Supported: transformers >= ``MIN_TRANSFORMERS`` (< 6), the range CI tests; ``pyp
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import transformers
 from packaging.version import Version
@@ -78,6 +78,18 @@ def tensor_parallel_size(trainer: Any) -> int:
     """Ranks that share one batch under tensor parallelism (``Trainer.get_tp_size``)."""
     _require(trainer, "get_tp_size")
     return trainer.get_tp_size()
+
+
+def mask_before_counting(trainer: Any, epoch_iterator: Iterator[Any],
+                         mask: Callable[[Any], Any]) -> Iterator[Any]:
+    """``epoch_iterator`` with ``mask`` applied to each training batch as the Trainer draws it, for the Trainer's own
+    ``get_batch_samples(epoch_iterator, num_batches, device)``: that method takes an optimizer step's micro-batches
+    with ``next(epoch_iterator)`` and only then counts ``num_items_in_batch`` over their labels
+    (``Trainer._get_num_items_in_batch``, gathered over processes), and the training step gets those same batches.
+    So the labels ``mask`` sets to -100 leave the loss and its normaliser alike (`DeCEMixin.set_row_filter`)."""
+    _require(trainer, "get_batch_samples")
+    _require(trainer, "_get_num_items_in_batch")
+    return (mask(batch) for batch in epoch_iterator)
 
 
 def keep_signature_column(trainer: Any, column: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -14,6 +14,7 @@ from transformers import Seq2SeqTrainer, Trainer
 from ..ops.chunks import LossOutput
 from ..ops.dece_loss import dece_loss_and_token_ce
 from ..ops.schedule import dece_alpha, grad_bound
+from ..validation import check_alpha, check_example_ids, check_label_smoothing
 from . import _compat, fused_head
 from .alignment import CAUSAL, SEQ2SEQ, align_targets, decoder_input_ids_from_labels, logits_of, model_kind
 from .dece_config import DeCESettings
@@ -66,6 +67,11 @@ class DeCEMixin:
     the batch's ``example_id`` tensor or None, and the `LossOutput`): the early-learning
     monitor reads per-example dynamics there at no extra forward pass. Callbacks with an ``attach(trainer)``
     method are attached when the trainer is built or the callback added.
+
+    Two generic hooks let a callback change the objective mid-run without touching the optimizer or the LR
+    schedule (``ContinueWithCE`` uses both): `set_row_filter` leaves rows out by example id, labels and normaliser
+    alike, and `set_loss_override` trains at a fixed blend weight and label smoothing (1 and 0: plain CE).
+    ``training_notes`` (a list of strings) is printed in the model card's section.
     """
 
     # The loss is divided by the token count of the whole accumulated (and gathered) batch.
@@ -94,6 +100,9 @@ class DeCEMixin:
         self._dece_warned: set[str] = set()
         self._dece_suppressed_logs = 0
         self.token_stats_listeners: list[Callable[[torch.Tensor | None, LossOutput], None]] = []
+        self._dece_dropped: torch.Tensor | None = None  # sorted example ids left out of training (set_row_filter)
+        self._dece_override: tuple[float, float] | None = None  # (alpha, label smoothing) (set_loss_override)
+        self.training_notes: list[str] = []  # lines for the model card (a callback's account of what it did)
         for callback in self.callback_handler.callbacks:
             self._attach_if_wanted(callback)
 
@@ -135,8 +144,75 @@ class DeCEMixin:
 
     @property
     def dece_alpha(self) -> float:
-        """Blend weight at the trainer's current (fractional) epoch: what the next training step uses."""
+        """Blend weight at the trainer's current (fractional) epoch: what the next training step uses (the
+        override's while `set_loss_override` is in force)."""
+        if self._dece_override is not None:
+            return self._dece_override[0]
         return dece_alpha(self.dece_alpha_base, self.state.epoch or 0.0, self.dece.schedule)
+
+    @property
+    def dece_label_smoothing(self) -> float:
+        """Label smoothing in force: the settings' ``dece_label_smoothing``, or the override's."""
+        return self._dece_override[1] if self._dece_override is not None else self.dece.label_smoothing
+
+    # ---- hooks for callbacks: leave rows out, override the loss ---------------------------------
+
+    def set_loss_override(self, alpha: float | None, label_smoothing: float = 0.0) -> None:
+        """Train every following step at blend weight ``alpha`` with ``label_smoothing`` instead of the schedule's
+        (``alpha=1, label_smoothing=0``: plain cross-entropy); ``None`` goes back to the settings. The optimizer, the
+        LR schedule and the DeCE settings (what the model card reports) are untouched; the logs show the weight the
+        steps used (``dece_alpha``), and evaluation takes the last step's."""
+        if alpha is None:
+            self._dece_override = None
+            return
+        self._dece_override = (check_alpha(alpha, "alpha"), check_label_smoothing(label_smoothing, "label_smoothing"))
+
+    @property
+    def dece_row_filter(self) -> list[int]:
+        """Example ids left out of training by `set_row_filter`, ascending (empty when none)."""
+        return [] if self._dece_dropped is None else self._dece_dropped.tolist()
+
+    def set_row_filter(self, dropped_ids: Iterable[int] | None) -> None:
+        """Leave the training rows whose ``example_id`` is in ``dropped_ids`` out of every following optimizer step;
+        ``None`` or no ids: train on every row again.
+
+        The rows stay in the batches (the sampler's order and the batch layout do not change, and their forward pass
+        is still spent) but their labels become -100 as the Trainer draws each batch, before it counts
+        ``num_items_in_batch`` (`_compat.mask_before_counting`): they leave the loss and its normaliser alike, so the
+        update is the one of a dataset without them, with gradient accumulation and over processes. Evaluation is not
+        filtered. Training batches must carry ``example_id`` (`add_example_ids`; kept through
+        ``remove_unused_columns`` by this trainer), one example per row."""
+        ids = [] if dropped_ids is None else list(dropped_ids)
+        ids = check_example_ids(ids, "dropped_ids", "set_row_filter")
+        self._dece_dropped = torch.from_numpy(ids).sort().values if ids.size else None
+
+    def get_batch_samples(self, epoch_iterator: Iterator[Any], num_batches: int, device: torch.device):
+        """The Trainer's, with the rows of `set_row_filter` masked in each batch before it is counted."""
+        if self._dece_dropped is not None:
+            epoch_iterator = _compat.mask_before_counting(self, epoch_iterator, self._dece_mask_dropped)
+        return super().get_batch_samples(epoch_iterator, num_batches, device)
+
+    def _dece_mask_dropped(self, batch: Any) -> Any:
+        """A copy of ``batch`` whose dropped rows (`set_row_filter`) have every label (and shift label) at -100."""
+        ids = batch.get(EXAMPLE_ID_COLUMN) if hasattr(batch, "get") else None
+        if ids is None:
+            raise ValueError(f"set_row_filter leaves rows out by their `{EXAMPLE_ID_COLUMN}`, and this training batch "
+                             f"carries none: train_dataset = dece_trainer.add_example_ids(train_dataset), with a "
+                             "collator that keeps the column")
+        ids = torch.as_tensor(ids).reshape(-1)
+        dropped = torch.isin(ids, self._dece_dropped.to(ids.device))
+        batch = copy.copy(batch)
+        for key in ("labels", "shift_labels"):
+            labels = batch.get(key)
+            if labels is None:
+                continue
+            if not torch.is_tensor(labels) or labels.dim() == 0 or labels.shape[0] != ids.numel():
+                raise ValueError(f"a training batch carries {ids.numel()} example ids for `{key}` of shape "
+                                 f"{tuple(getattr(labels, 'shape', ()))}: set_row_filter needs one example per row "
+                                 "(no packing, no padding-free batches)")
+            rows = dropped.to(labels.device).view(-1, *([1] * (labels.dim() - 1)))
+            batch[key] = labels.masked_fill(rows, fused_head.IGNORE_INDEX)
+        return batch
 
     @property
     def dece_last_alpha(self) -> float | None:
@@ -219,7 +295,7 @@ class DeCEMixin:
     def _dece_fused_loss(self, model, inputs, labels, shift_labels, alpha, num_items_in_batch) -> LossOutput | None:
         """The loss through the fused LM head; the first batch is checked against the model's own logits (one row),
         and on a mismatch the trainer warns once and goes back to the unfused path (None)."""
-        head = fused_head.head_for(model, alpha, self.dece.label_smoothing, num_items_in_batch)
+        head = fused_head.head_for(model, alpha, self.dece_label_smoothing, num_items_in_batch)
         if not self._dece_fused_checked:
             self._dece_fused_checked = True
             reason = fused_head.matches_unfused(model, inputs, labels, shift_labels, head)
@@ -233,7 +309,7 @@ class DeCEMixin:
     def _dece_record(self, example_ids: torch.Tensor | None, out: LossOutput, alpha: float) -> None:
         """Keep a training micro-batch's per-token statistics: for the logged metrics and the listeners."""
         self._dece_last_alpha = alpha
-        self._dece_token_metrics.update(out.token_ce, out.mask, alpha, self.dece.label_smoothing)
+        self._dece_token_metrics.update(out.token_ce, out.mask, alpha, self.dece_label_smoothing)
         for listener in self.token_stats_listeners:
             listener(example_ids, out)
 
@@ -243,7 +319,7 @@ class DeCEMixin:
         `prediction_step` to gather."""
         alpha = self._dece_eval_alpha()
         if self.dece_loss_kind == DECE:  # one pass gives the per-token DeCE loss and the plain CE
-            out = dece_loss_and_token_ce(logits, targets, alpha=alpha, label_smoothing=self.dece.label_smoothing,
+            out = dece_loss_and_token_ce(logits, targets, alpha=alpha, label_smoothing=self.dece_label_smoothing,
                                          reduction="none")
             count = out.mask.sum()
             loss = out.loss.sum() / count.clamp(min=1)
@@ -271,7 +347,7 @@ class DeCEMixin:
                    num_items_in_batch: torch.Tensor | int | None) -> LossOutput:
         """The loss of aligned logits (..., V) and targets (...), with per-token CE. DeCE here; subclasses
         swap in other losses (the benchmark's baselines) and keep everything else."""
-        return dece_loss_and_token_ce(logits, targets, alpha=alpha, label_smoothing=self.dece.label_smoothing,
+        return dece_loss_and_token_ce(logits, targets, alpha=alpha, label_smoothing=self.dece_label_smoothing,
                                       num_items_in_batch=num_items_in_batch)
 
     # ---- evaluation -----------------------------------------------------------------------------
@@ -378,7 +454,8 @@ class DeCEMixin:
             return
         loss = TrainingLoss(kind=kind, settings=self.dece, alpha_base=self.dece_alpha_base,
                             last_alpha=self.dece_last_alpha, trained_steps=self.state.global_step,
-                            custom_name=f"{type(self).__name__}.token_loss" if kind == CUSTOM else None)
+                            custom_name=f"{type(self).__name__}.token_loss" if kind == CUSTOM else None,
+                            notes=tuple(self.training_notes))
         update_model_card(os.path.join(self.args.output_dir, "README.md"), loss, self.state.log_history,
                           TASK_TYPES[self.dece_model_kind], model_name_for(self.args.output_dir))
 

@@ -69,6 +69,8 @@ class TrainingLoss:
         custom_name: ``Class.token_loss`` for a custom loss.
         trained_steps: optimizer steps the model was trained for (``TrainerState.global_step``); 0: none, so the
             card claims nothing of the loss; None: unknown (taken as trained).
+        notes: lines a callback adds to say what it did to the run (the trainer's ``training_notes``, e.g.
+            ``ContinueWithCE``'s switch to cross-entropy), printed under "Training notes".
     """
 
     kind: str
@@ -77,6 +79,7 @@ class TrainingLoss:
     last_alpha: float | None
     custom_name: str | None = None
     trained_steps: int | None = None
+    notes: tuple[str, ...] = ()
 
     @property
     def untrained(self) -> bool:
@@ -156,6 +159,12 @@ def _table(rows: list[tuple[str, str]]) -> str:
     return "| setting | value |\n| --- | --- |\n" + "".join(f"| {k} | {v} |\n" for k, v in rows)
 
 
+def _notes(loss: TrainingLoss) -> str:
+    if not loss.notes:
+        return ""
+    return "\n### Training notes\n\n" + "".join(f"- {note}\n" for note in loss.notes)
+
+
 def section(loss: TrainingLoss, log_history: list[dict]) -> str:
     """The card section (between the markers) for a run trained with ``loss``."""
     url = project_url()
@@ -214,7 +223,7 @@ def section(loss: TrainingLoss, log_history: list[dict]) -> str:
             "same logits; `eval_loss` (= `eval_ce_loss`) is plain cross-entropy on the evaluation label tokens.\n"
         )
         cite = ""
-    return f"{BEGIN}\n{body}{_monitor_table(monitor_metrics(log_history))}{cite}{END}\n"
+    return f"{BEGIN}\n{body}{_notes(loss)}{_monitor_table(monitor_metrics(log_history))}{cite}{END}\n"
 
 
 def update_model_card(path: str, loss: TrainingLoss, log_history: list[dict], task_type: str,

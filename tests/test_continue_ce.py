@@ -1,0 +1,279 @@
+"""ContinueWithCE (``dece+continue``): DeCE, then plain CE without the flagged rows, in one run.
+
+The run below (SGD, constant LR, 32 rows of varied target lengths, 3 epochs, switch after epoch 1) flags 2 rows by
+``example_score`` at the default fence, each at least 0.1 from the threshold: far beyond the float noise between
+batch layouts, so every layout flags the same rows.
+"""
+
+import functools
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from transformers import Trainer
+
+from dece_trainer import ContinueWithCE, DeCETrainer, EarlyLearningCallback, add_example_ids
+from dece_trainer.callbacks import continue_ce
+from dece_trainer.callbacks.continue_ce import DECISION_FILE, DROPPED, OUTPUT_DIR, STATE_KEY, SWITCH_STEP
+from tests import tiny
+from tests.conftest import REPO_ROOT
+
+SCORE_KEY = "example_score"
+FENCE = 2.5
+NOTHING = 1e6  # a fence no score passes
+
+sgd_args = functools.partial(tiny.training_args, num_train_epochs=3, learning_rate=1.0, optim="sgd",
+                             lr_scheduler_type="constant", logging_steps=1, dece_alpha_base=0.99,
+                             per_device_train_batch_size=8)
+
+
+def make_data(tokenizer):
+    rows = tiny.poison(tiny.make_pairs(32, seed=4), 0.1, seed=4)
+    for i, row in enumerate(rows):  # different target lengths: micro-batches hold different token counts
+        row["target"] = " ".join(row["target"].split()[: 8 + (i * 7) % 19])
+    return add_example_ids(tiny.causal_dataset(tokenizer, rows))
+
+
+@pytest.fixture(scope="module")
+def data(tokenizer):
+    return make_data(tokenizer)
+
+
+def run(tokenizer, data, args, fence=FENCE, resume=None, trainer_cls=DeCETrainer, monitor_first=True, **kwargs):
+    monitor = EarlyLearningCallback(ground_truth_column="is_poisoned", plots=False)
+    callback = ContinueWithCE(monitor, fence=fence, score_key=SCORE_KEY, **kwargs)
+    trainer = trainer_cls(model=tiny.make_model("llama", tokenizer), args=args, train_dataset=data,
+                          data_collator=tiny.pad_collator(tokenizer),
+                          callbacks=[monitor, callback] if monitor_first else [callback])
+    trainer.train(resume_from_checkpoint=resume)
+    return trainer, callback
+
+
+def logs_with(trainer, key):
+    return [e for e in trainer.state.log_history if key in e]
+
+
+def assert_same_weights(a, b, atol):
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=atol, msg=lambda m: f"{name}: {m}")
+
+
+class ReferenceTrainer(DeCETrainer):
+    """Checks every training micro-batch after the switch against a hand-built reference: labels from the dataset,
+    the flagged rows masked here, the normaliser counted here, the loss as torch's plain CE sum over the kept tokens
+    divided by it."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.rows = {r["example_id"]: r["labels"] for r in self.train_dataset}
+        self.checked = 0
+        self._kept_tokens = None
+
+    def _dropped(self):
+        callback = next(c for c in self.callback_handler.callbacks if isinstance(c, ContinueWithCE))
+        return set(callback.dropped_ids)
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
+        dropped = self._dropped()
+        ids = [int(i) for b in batches for i in b["example_id"]]
+        kept = sum(sum(t != -100 for t in self.rows[i][1:]) for i in ids if i not in dropped)
+        if dropped:
+            assert int(num_items) == kept  # the normaliser counts the kept rows' tokens only
+        self._kept_tokens = kept
+        return batches, num_items
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        dropped = self._dropped()
+        if model.training and dropped:
+            ids = inputs["example_id"].tolist()
+            width = inputs["labels"].shape[1]
+            labels = torch.tensor([(self.rows[i] if i not in dropped else [-100] * len(self.rows[i]))
+                                   + [-100] * (width - len(self.rows[i])) for i in ids])
+            assert torch.equal(inputs["labels"].cpu(), labels)
+            with torch.no_grad():
+                logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
+            ce = F.cross_entropy(logits[:, :-1].flatten(0, 1).double(), labels[:, 1:].flatten(), ignore_index=-100,
+                                 reduction="sum")
+            torch.testing.assert_close(loss.double(), ce / self._kept_tokens, rtol=1e-5, atol=1e-7)
+            self.checked += 1
+        return loss
+
+
+def test_after_the_switch_the_loss_is_cross_entropy_over_the_kept_rows(tmp_path, tokenizer, data):
+    trainer, callback = run(tokenizer, data, sgd_args(tmp_path, "ref", per_device_train_batch_size=4,
+                                                      gradient_accumulation_steps=2),
+                            trainer_cls=ReferenceTrainer)
+    assert 0 < len(callback.dropped_ids) < len(data)
+    assert trainer.checked == 16  # epochs 2 and 3: 8 micro-batches each
+    assert callback.switch_step == 4 and trainer.dece_row_filter == callback.dropped_ids
+    alphas = [e["dece_alpha"] for e in logs_with(trainer, "loss")]
+    assert alphas == [0.99] * 4 + [1.0] * 8  # epoch 1 DeCE, then alpha 1 (and no label smoothing: plain CE)
+    switch = logs_with(trainer, DROPPED)
+    assert switch == [{DROPPED: len(callback.dropped_ids), SWITCH_STEP: 4, "epoch": 1.0, "step": 4}]
+    # the decision in a JSON file beside the report it read, and in the model card
+    saved = json.loads((tmp_path / "ref" / OUTPUT_DIR / DECISION_FILE).read_text())
+    assert saved["dropped"] == callback.dropped_ids and saved["switch_step"] == 4
+    assert saved["summary"]["flagged"] == len(callback.dropped_ids) and "kept_poisoned" in saved["summary"]
+    assert (tmp_path / "ref" / OUTPUT_DIR / "suspicious.jsonl").is_file()
+    trainer.create_model_card(model_name="tiny-continue")
+    card = (tmp_path / "ref" / "README.md").read_text()
+    assert "### Training notes" in card and "then with plain cross-entropy" in card
+    assert f"without the {len(callback.dropped_ids)} training rows" in card
+
+
+def test_gradient_accumulation_matches_one_big_batch(tmp_path, tokenizer, data):
+    one, one_cb = run(tokenizer, data, sgd_args(tmp_path, "ga1"))
+    four, four_cb = run(tokenizer, data, sgd_args(tmp_path, "ga4", per_device_train_batch_size=2,
+                                                  gradient_accumulation_steps=4))
+    assert one_cb.dropped_ids and one_cb.dropped_ids == four_cb.dropped_ids
+    assert_same_weights(one.model, four.model, atol=1e-5)
+    losses = lambda t: [e["loss"] for e in logs_with(t, "loss")]  # noqa: E731
+    assert losses(one) == pytest.approx(losses(four), rel=1e-5)
+
+
+def test_nothing_flagged_stays_on_dece(tmp_path, tokenizer, data):
+    trainer, callback = run(tokenizer, data, sgd_args(tmp_path, "none"), fence=NOTHING)
+    assert callback.decision["switched"] is False and callback.dropped_ids == [] and callback.switch_step is None
+    assert trainer.dece_row_filter == [] and logs_with(trainer, DROPPED) == [{DROPPED: 0, "epoch": 1.0, "step": 4}]
+    assert not logs_with(trainer, SWITCH_STEP)
+    alphas = [e["dece_alpha"] for e in logs_with(trainer, "loss")]
+    assert alphas == pytest.approx([0.99] * 4 + [0.99 ** 2] * 4 + [0.99 ** 3] * 4)  # the schedule, not re-based
+    # the very run plain DeCE with the monitor trains
+    monitor = EarlyLearningCallback(ground_truth_column="is_poisoned", plots=False)
+    plain = DeCETrainer(model=tiny.make_model("llama", tokenizer), args=sgd_args(tmp_path, "plain"),
+                        train_dataset=data, data_collator=tiny.pad_collator(tokenizer), callbacks=[monitor])
+    plain.train()
+    assert_same_weights(trainer.model, plain.model, atol=0)
+    trainer.create_model_card(model_name="tiny-continue")
+    assert "flagged no training row" in (tmp_path / "none" / "README.md").read_text()
+
+
+@pytest.mark.parametrize("save,checkpoint,decides", [
+    (dict(save_strategy="epoch"), 8, False),  # after the switch (end of epoch 2)
+    (dict(save_strategy="epoch"), 4, False),  # at the switch: saved after the epoch end, decision inside
+    (dict(save_strategy="steps", save_steps=4), 4, True),  # the switch epoch's last step, before its epoch end
+], ids=["after", "at-epoch-end", "last-step"])
+def test_a_resumed_run_reuses_the_decision(tmp_path, tokenizer, data, monkeypatch, save, checkpoint, decides):
+    whole, whole_cb = run(tokenizer, data, sgd_args(tmp_path, "whole", **save))
+    saved = json.loads((tmp_path / "whole" / f"checkpoint-{checkpoint}" / "trainer_state.json").read_text())
+    assert (STATE_KEY in saved["stateful_callbacks"]) is not decides
+    calls = []
+    real_decide = continue_ce.decide
+    monkeypatch.setattr(continue_ce, "decide", lambda *a, **k: calls.append(1) or real_decide(*a, **k))
+    resumed, resumed_cb = run(tokenizer, data, sgd_args(tmp_path, "resumed", **save),
+                              resume=str(tmp_path / "whole" / f"checkpoint-{checkpoint}"))
+    assert len(calls) == int(decides)  # a saved decision is reused, never taken again
+    assert whole_cb.dropped_ids and resumed_cb.dropped_ids == whole_cb.dropped_ids
+    assert resumed_cb.switch_step == whole_cb.switch_step == 4
+    assert resumed.dece_row_filter == whole.dece_row_filter
+    assert_same_weights(resumed.model, whole.model, atol=0)
+    assert logs_with(resumed, DROPPED) == logs_with(whole, DROPPED)
+    saved = json.loads((tmp_path / "resumed" / OUTPUT_DIR / DECISION_FILE).read_text())
+    assert saved["dropped"] == whole_cb.dropped_ids
+
+
+def test_a_malformed_saved_decision_is_refused_naming_the_checkpoint(tmp_path, tokenizer, data):
+    run(tokenizer, data, sgd_args(tmp_path, "whole", save_strategy="epoch"))
+    path = tmp_path / "whole" / "checkpoint-8" / "trainer_state.json"
+    state = json.loads(path.read_text())
+    state["stateful_callbacks"][STATE_KEY]["dropped"] = [3, 3]
+    path.write_text(json.dumps(state))
+    with pytest.raises(ValueError, match=r"ContinueWithCE's decision in the checkpoint at step 8.*duplicated"):
+        run(tokenizer, data, sgd_args(tmp_path, "resumed", save_strategy="epoch"), resume=str(path.parent))
+
+
+def test_max_steps_and_streaming_data_are_refused(tmp_path, tokenizer, data):
+    with pytest.raises(ValueError, match=r"measured in steps \(max_steps=6\): set num_train_epochs"):
+        run(tokenizer, data, sgd_args(tmp_path, "steps", max_steps=6))
+    with pytest.raises(ValueError, match=r"map-style training dataset .*not a streaming IterableDataset"):
+        run(tokenizer, data.to_iterable_dataset(), sgd_args(tmp_path, "stream", max_steps=6))
+    # and when training begins, for arguments changed after the trainer was built
+    monitor = EarlyLearningCallback(plots=False)
+    trainer = DeCETrainer(model=tiny.make_model("llama", tokenizer), args=sgd_args(tmp_path, "later"),
+                          train_dataset=data, data_collator=tiny.pad_collator(tokenizer),
+                          callbacks=[monitor, ContinueWithCE(monitor)])
+    trainer.args.max_steps = 6
+    with pytest.raises(ValueError, match=r"max_steps=6"):
+        trainer.train()
+
+
+def test_wiring_and_arguments(tmp_path, tokenizer, data):
+    monitor = EarlyLearningCallback(plots=False)
+    callback = ContinueWithCE(monitor)
+    trainer = DeCETrainer(model=tiny.make_model("llama", tokenizer), args=sgd_args(tmp_path, "w"),
+                          train_dataset=data, data_collator=tiny.pad_collator(tokenizer), callbacks=[callback])
+    mine = [c for c in trainer.callback_handler.callbacks if c in (monitor, callback)]
+    assert mine == [monitor, callback] and monitor._trainer is trainer  # the monitor is put first
+    plain = Trainer(model=tiny.make_model("llama", tokenizer), args=tiny.training_args(tmp_path, "plain"))
+    with pytest.raises(TypeError, match="needs a DeCE trainer"):
+        ContinueWithCE(EarlyLearningCallback()).attach(plain)
+    with pytest.raises(TypeError, match="EarlyLearningCallback"):
+        ContinueWithCE(object())
+    with pytest.raises(ValueError, match="switch_epoch"):
+        ContinueWithCE(monitor, switch_epoch=0)
+    with pytest.raises(ValueError, match="fence"):
+        ContinueWithCE(monitor, fence=0)
+    with pytest.raises(ValueError, match=r"switch_epoch=3 leaves no epoch to train with CE"):
+        run(tokenizer, data, sgd_args(tmp_path, "late"), switch_epoch=3)
+
+
+def test_row_filter_and_loss_override_hooks(tmp_path, tokenizer, data):
+    """The trainer's generic hooks alone: masked labels and a smaller count, checked arguments, and back."""
+    trainer = DeCETrainer(model=tiny.make_model("llama", tokenizer), args=sgd_args(tmp_path, "hooks"),
+                          train_dataset=data, data_collator=tiny.pad_collator(tokenizer))
+    collate = tiny.pad_collator(tokenizer)
+    batches = [collate([data[i] for i in range(0, 4)]), collate([data[i] for i in range(4, 8)])]
+    tokens = [sum(t != -100 for t in data[i]["labels"][1:]) for i in range(8)]
+    _, count = trainer.get_batch_samples(iter(batches), 2, torch.device("cpu"))
+    assert int(count) == sum(tokens)
+    trainer.set_row_filter([5, 1, 30])
+    assert trainer.dece_row_filter == [1, 5, 30]
+    drawn, count = trainer.get_batch_samples(iter(batches), 2, torch.device("cpu"))
+    assert int(count) == sum(tokens) - tokens[1] - tokens[5]
+    assert (drawn[0]["labels"][1] == -100).all() and (drawn[1]["labels"][1] == -100).all()
+    assert torch.equal(drawn[0]["labels"][0], batches[0]["labels"][0])
+    assert not (batches[0]["labels"][1] == -100).all()  # the batch handed in is not edited
+    with pytest.raises(ValueError, match="carries none"):
+        trainer.get_batch_samples(iter([{k: v for k, v in batches[0].items() if k != "example_id"}]), 1, "cpu")
+    with pytest.raises(ValueError, match="unique non-negative"):
+        trainer.set_row_filter([-1])
+    trainer.set_row_filter(None)
+    assert trainer.dece_row_filter == []
+    trainer.set_loss_override(1.0, 0.0)
+    assert trainer.dece_alpha == 1.0 and trainer.dece_label_smoothing == 0.0
+    with pytest.raises(ValueError, match="alpha"):
+        trainer.set_loss_override(0.0)
+    trainer.set_loss_override(None)
+    assert trainer.dece_alpha == 0.99 and trainer.dece_label_smoothing == trainer.dece.label_smoothing
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process(tmp_path):
+    """torchrun --nproc_per_node 2 (gloo, CPU) with batch 4 each == one process with batch 8: the same rows dropped
+    (decided on rank 0, broadcast) and the same final weights."""
+    torchrun = shutil.which("torchrun")
+    if torchrun is None:
+        pytest.skip("torchrun is not on PATH")
+    script = str(REPO_ROOT / "tests" / "dist_continue.py")
+    single, double = tmp_path / "single", tmp_path / "double"
+    env_cmd = dict(cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    run1 = subprocess.run([sys.executable, script, str(single), "8"], **env_cmd)
+    assert run1.returncode == 0, run1.stderr[-3000:]
+    run2 = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29537", script, str(double), "4"],
+                          **env_cmd)
+    assert run2.returncode == 0, run2.stderr[-3000:]
+    one, two = (json.loads((d / "run.json").read_text()) for d in (single, double))
+    assert one["dropped"] and two["dropped"] == one["dropped"] == one["row_filter"]
+    assert two["switch_step"] == one["switch_step"]
+    assert two["dece_alpha"] == one["dece_alpha"]
+    assert two["loss"] == pytest.approx(one["loss"], rel=1e-5, abs=1e-7)
+    w1, w2 = load_file(single / "weights.safetensors"), load_file(double / "weights.safetensors")
+    for name in w1:
+        torch.testing.assert_close(w1[name], w2[name], rtol=0, atol=1e-5)
