@@ -7,6 +7,7 @@ batch layouts, so every layout flags the same rows.
 
 import functools
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -277,3 +278,34 @@ def test_two_processes_match_one_process(tmp_path):
     w1, w2 = load_file(single / "weights.safetensors"), load_file(double / "weights.safetensors")
     for name in w1:
         torch.testing.assert_close(w1[name], w2[name], rtol=0, atol=1e-5)
+
+
+BENCH = ["bench", "--max_per_split", "48", "--losses", "dece+continue", "--alpha_bases", "0.5", "--seeds", "0",
+         "--model", "tiny", "--warmup_epochs", "1", "--epochs", "2", "--max_test", "8", "--probe_size", "4",
+         "--max_new_tokens", "4", "--max_source_tokens", "64", "--max_target_tokens", "8", "--batch_size", "8",
+         "--codebleu_lang", "none"]
+
+
+@pytest.mark.usefixtures("isolated_cache")
+def test_bench_cell_records_the_switch(tmp_path, capsys):
+    from dece_trainer.cli.main import main
+
+    out = tmp_path / "bench"
+    assert main([*BENCH, "--output_dir", str(out)]) == 0
+    (record,) = json.loads((out / "results.json").read_text())["cells"]
+    assert record["loss"] == "dece+continue" and record["key"].endswith("dece+continue-a0.5-s0")
+    cont = record["continue"]
+    assert cont["switch_epoch"] == 1 and cont["fence"] == 2.5
+    assert cont["flagged"] + cont["kept"] == 48  # every training row (--max_per_split 48)
+    assert cont["kept_poisoned"] <= cont["poisoned"] and cont["dropped_clean"] <= cont["flagged"]
+    assert cont["switched"] == (cont["flagged"] > 0) and (cont["switch_step"] is not None) == cont["switched"]
+    assert 0 <= record["report_auroc"] <= 1  # the report the decision read
+    cell = out / "cells" / record["key"]
+    assert json.loads((cell / OUTPUT_DIR / DECISION_FILE).read_text())["summary"]["flagged"] == cont["flagged"]
+    assert "dece+continue (alpha_base 0.5), fence 2.5" in (out / "table.md").read_text()
+    short = [*BENCH, "--output_dir", str(tmp_path / "short")]
+    short[short.index("--epochs") + 1] = "1"
+    with pytest.raises(SystemExit) as exit_info:
+        main(short)
+    assert exit_info.value.code == 2
+    assert re.search(r"dece\+continue switches to CE at the end of epoch 1.*--epochs above 1", capsys.readouterr().err)

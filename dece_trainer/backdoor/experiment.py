@@ -7,6 +7,7 @@ with the clean and backdoor metrics on the test sets and the per-epoch probe cur
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -19,7 +20,10 @@ import torch
 from datasets import Dataset
 from transformers import DataCollatorForSeq2Seq
 
-from ..callbacks import EarlyLearningCallback
+from ..callbacks import ContinueWithCE, EarlyLearningCallback
+from ..callbacks.continue_ce import DECISION_FILE
+from ..callbacks.continue_ce import OUTPUT_DIR as CONTINUE_DIR
+from ..callbacks.continue_ce import REPORT_FILE as CONTINUE_REPORT
 from ..callbacks.early_learning import REPORT_DIR
 from ..callbacks.example_history import auroc, precision_at_k
 from ..callbacks.poison_filter import Report, as_report, drop_flagged, read_report
@@ -30,7 +34,7 @@ from ..trainer import DeCETrainer, DeCETrainingArguments
 from ..trainer.example_ids import add_example_ids
 from .attacks import IS_POISONED
 from .baselines import GCETrainer
-from .grid import FILTER, LOSSES, ONION, Cell
+from .grid import CONTINUE, FILTER, LOSSES, ONION, Cell
 from .onion import choose_onion_threshold, onion_clean, removed_share
 from .resume import newest_complete_checkpoint
 
@@ -69,15 +73,16 @@ def collator(tokenizer: Any) -> DataCollatorForSeq2Seq:
 
 def loss_settings(loss: str, alpha_base: float | None, cfg: TrainConfig) -> dict[str, Any]:
     """Trainer class, DeCE settings and learning rate for a named loss (CE is DeCE with a = 1, e = 0; ``onion``
-    trains as CE, its defense acts at test time). ``alpha_base`` is needed by ``dece`` alone."""
+    trains as CE, its defense acts at test time; ``dece+continue`` trains as DeCE, and `train` adds the switch to
+    CE). ``alpha_base`` is needed by ``dece`` and ``dece+continue`` alone."""
     if loss not in LOSSES or loss == FILTER:
         raise ValueError(f"unknown loss {loss!r}; valid losses: {', '.join(x for x in LOSSES if x != FILTER)} "
                          f"({FILTER} is a two-stage cell: run_cell trains dece, then ce)")
     settings = {"trainer": DeCETrainer, "dece_alpha_base": 1.0, "dece_label_smoothing": 0.0,
                 "learning_rate": cfg.learning_rate}
-    if loss == "dece":
+    if loss in ("dece", CONTINUE):
         if alpha_base is None:
-            raise ValueError("loss 'dece' needs alpha_base (the cell's alpha_base, or the one derived from its "
+            raise ValueError(f"loss {loss!r} needs alpha_base (the cell's alpha_base, or the one derived from its "
                              "alpha_final)")
         settings.update(dece_alpha_base=alpha_base, dece_label_smoothing=cfg.label_smoothing)
     elif loss == "ls":
@@ -95,7 +100,9 @@ def train(model: Any, tokenizer: Any, train_data: Dataset, out_dir: str, cfg: Tr
     """Train ``model`` on encoded ``train_data`` with ``loss``; resumes from a checkpoint in ``out_dir``.
 
     With ``probes`` (encoded clean/triggered validation sets) an EarlyLearningCallback records per-epoch
-    probe NLL/BLEU/ASR and, when ``train_data`` has ``is_poisoned``, the suspicious-example ranking.
+    probe NLL/BLEU/ASR and, when ``train_data`` has ``is_poisoned``, the suspicious-example ranking. ``dece+continue``
+    always runs the monitor, and `ContinueWithCE` after it: DeCE to the end of epoch 1, then plain CE without the
+    rows the monitor's report flags then, in this one run (its decision in ``out_dir/dece_continue/``).
     Returns the trained model and the trainer's log history.
     """
     settings = loss_settings(loss, alpha_base, cfg)
@@ -104,11 +111,13 @@ def train(model: Any, tokenizer: Any, train_data: Dataset, out_dir: str, cfg: Tr
     data = add_example_ids(train_data)
     callbacks = []
     monitor = None
-    if probes:
+    if probes or loss == CONTINUE:
         monitor = EarlyLearningCallback(
             probes=probes, payload_fn=payload_fn, max_generate=cfg.probe_size, max_new_tokens=cfg.max_new_tokens,
             ground_truth_column=IS_POISONED if IS_POISONED in data.column_names else None, plots=True)
         callbacks.append(monitor)
+    if loss == CONTINUE:
+        callbacks.append(ContinueWithCE(monitor))
     # resume from the newest checkpoint that has everything (a half-written one is moved aside, with a warning)
     checkpoint = newest_complete_checkpoint(out_dir, monitor=monitor is not None)
     args = DeCETrainingArguments(
@@ -236,7 +245,9 @@ def run_cell(cell: Cell, model_factory: Callable[[int], tuple[Any, Any]], train_
     A ``dece+filter`` cell trains DeCE in ``out_dir/dece`` (or reuses the report of ``first_stage_dir``, a
     finished dece cell of the same grid point), drops the rows the report flags and trains CE on the rest from
     the same starting model in ``out_dir/retrain`` (DeCE again when nothing was flagged: the filter never
-    leaves a run less defended than DeCE); its record adds the filter's counts. An ``onion`` cell
+    leaves a run less defended than DeCE); its record adds the filter's counts. A ``dece+continue`` cell trains one
+    run, DeCE then CE without the rows flagged at the end of epoch 1 (`ContinueWithCE`); its record adds the switch
+    and the counts (``continue``) and the quality of the report the decision read. An ``onion`` cell
     trains CE and cleans the test sources with ONION before generating (``onion_test_sets``); its record adds
     the threshold and the shares of words deleted.
     """
@@ -266,12 +277,25 @@ def run_cell(cell: Cell, model_factory: Callable[[int], tuple[Any, Any]], train_
         clean_test, triggered_test, onion = onion_test_sets(model, tokenizer, probes, clean_test, triggered_test, cfg)
         extra.update(onion)
     metrics = evaluate(model, tokenizer, clean_test, triggered_test, payload_fn, cfg)
+    if cell.loss == CONTINUE:
+        report = os.path.join(train_dir, CONTINUE_DIR, CONTINUE_REPORT)  # the ranking the switch acted on
+        extra["continue"] = continue_record(os.path.join(train_dir, CONTINUE_DIR, DECISION_FILE))
     if cell.loss != FILTER and os.path.isfile(report):
         extra.update(report_quality(read_report(report)))
     record = {**cell.record(), "key": cell.key, **{k: v for k, v in metrics.items() if k != "examples"},
               "train_seconds": round(train_seconds, 1), "curves": epoch_curves(history), **extra,
               "examples": metrics["examples"]}
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in record.items()}
+
+
+def continue_record(path: str) -> dict[str, Any]:
+    """A ``dece+continue`` cell's ``continue`` field from its ``decision.json``: the switch (epoch, step, whether it
+    switched) and the decision's counts (flagged, kept, and against the ground truth dropped_clean, kept_poisoned,
+    poisoned), like a filter cell's ``filter``."""
+    with open(path, encoding="utf-8") as f:
+        decision = json.load(f)
+    return {**decision["summary"], "switch_epoch": decision["switch_epoch"], "switch_step": decision["switch_step"],
+            "switched": decision["switched"]}
 
 
 def _train_cell(model_factory, train_data, probes, payload_fn, cfg, out_dir, loss, alpha_base, seed):

@@ -6,17 +6,20 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 FILTER = "dece+filter"
+CONTINUE = "dece+continue"
 ONION = "onion"  # a test-time defense: trains as ce
-LOSSES = ("ce", "dece", FILTER, "ls", "gce", "lowlr", ONION)
+LOSSES = ("ce", "dece", FILTER, "ls", "gce", "lowlr", ONION, CONTINUE)
 LOSS_HELP = {"ce": "cross-entropy", "dece": "DeCE",
              FILTER: "DeCE, drop the rows its report flags, CE again on the rest (reuses a finished dece cell)",
+             CONTINUE: "DeCE to the end of epoch 1, then plain CE without the rows the report flags then, in the same "
+                       "run (ContinueWithCE; needs --epochs of 2 or more)",
              "ls": "label smoothing 0.1 alone", "gce": "generalized cross-entropy (q=0.7)",
              "lowlr": "CE at a tenth of the learning rate",
              ONION: "CE, then the ONION test-time defense: the words whose removal lowers the source's perplexity "
                     "under the cell's own fine-tuned model by more than a threshold (set to delete at most 2% of "
                     "the clean validation sources' words) are deleted from the clean and triggered test sources "
                     "before generating"}
-ALPHA_LOSSES = ("dece", FILTER)  # the losses a cell sweeps alpha for
+ALPHA_LOSSES = ("dece", FILTER, CONTINUE)  # the losses a cell sweeps alpha for
 
 
 @dataclass

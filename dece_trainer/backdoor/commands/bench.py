@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from ..attacks import ATTACKS
 from ..checks import check_model, check_name, check_positive_ints, check_regex, check_training_numbers, dataset_name
 from ..data import EMBEDDED_TASKS
-from ..grid import ALPHA_LOSSES, FILTER, LOSS_HELP, LOSSES, ONION, Cell
+from ..grid import ALPHA_LOSSES, CONTINUE, FILTER, LOSS_HELP, LOSSES, ONION, Cell
 
 if TYPE_CHECKING:
     from ..experiment import TrainConfig
@@ -188,6 +188,9 @@ def validate(args: argparse.Namespace) -> None:
         raise ValueError("--losses has dece but --alpha_bases and --alpha_finals are both empty")
     if not args.seeds or any(seed < 0 for seed in args.seeds):
         raise ValueError(f"--seeds must be one or more integers >= 0, got {args.seeds}")
+    if CONTINUE in args.losses and not args.epochs > 1:
+        raise ValueError(f"--losses {CONTINUE} switches to CE at the end of epoch 1, so it needs --epochs above 1, "
+                         f"got {args.epochs:g}")
     check_training_numbers(args)
     check_positive_ints(args, ("max_per_split", "max_train", "warmup_rows"), optional=True)
     if args.train_file:
