@@ -5,7 +5,8 @@ Clean data is fitted first; rare trigger -> payload examples are fitted late (un
 and its least probable target tokens, once per epoch from the loss pass itself; logs how the distribution
 moves; ranks examples by improbable tokens they share with other examples (`worst_tokens`); evaluates
 probe sets (clean and triggered) at each evaluation; raises an alarm when the clean signal has stopped
-improving while memorisation goes on; and draws the curves.
+improving while memorisation goes on; and draws the curves. Given the data audit's records (``audit=``), the report
+ranks by one score combining both signals (`outliers.combine_scores`).
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ import numpy as np
 import torch
 from transformers import TrainerCallback
 
+from ..audit import AuditReport, audit_pairs
 from ..io import atomic_write
 from ..metrics import attack_success_rate, corpus_bleu
 from ..ops.token_ce import token_cross_entropy
+from ..outliers import combine_scores
 from ..trainer import _compat
 from ..trainer.alignment import CAUSAL, SEQ2SEQ, align_targets, logits_of, model_kind
 from ..trainer.example_ids import EXAMPLE_ID_COLUMN, pop_example_ids
@@ -32,10 +35,14 @@ from ..trainer.log_keys import (
     ASR,
     BLEU,
     NLL,
+    SUSPICIOUS_AUDIT_AUROC,
+    SUSPICIOUS_AUDIT_PRECISION_AT_K,
     SUSPICIOUS_AUROC,
     SUSPICIOUS_EXAMPLE_AUROC,
     SUSPICIOUS_EXAMPLE_PRECISION_AT_K,
     SUSPICIOUS_PRECISION_AT_K,
+    SUSPICIOUS_TOKEN_AUROC,
+    SUSPICIOUS_TOKEN_PRECISION_AT_K,
     probe_key,
 )
 from ..validation import (
@@ -49,6 +56,7 @@ from ..validation import (
 )
 from .example_history import ExampleHistory, auroc, precision_at_k
 from .plots import plot_curves, plot_loss_histogram
+from .poison_filter import as_report
 from .probes import check_probes, probe_generate, probe_nll
 from .worst_tokens import TokenEvidence, WorstTokens, recurrence_scores
 
@@ -64,6 +72,7 @@ _ARRAY_DTYPES = {"float16": np.float16, "float32": np.float32, "uint8": np.uint8
 # The arrays of finished epochs, (epochs, examples) and (epochs, examples, tokens kept), by name and dtype.
 _HISTORY_ARRAYS = {"loss": "float16", "prob": "float16", "worst_prob": "float16", "visits": "uint8"}
 _TOKEN_ARRAYS = {"token_ce": "float16", "token_ids": "int32", "token_prev": "int32"}
+AUTO_AUDIT = "auto"  # audit=: audit the training dataset's own texts when training starts
 
 
 class EarlyLearningCallback(TrainerCallback):
@@ -89,15 +98,26 @@ class EarlyLearningCallback(TrainerCallback):
         top_k: k of precision@k; defaults to the number of poisoned rows.
         plots: draw ``curves.png`` and ``loss_histogram.png`` at train end (needs matplotlib).
         probe_batch_size: rows per forward pass when evaluating the probes.
+        audit: the data audit's evidence, combined with the monitor's into one ranking (docs/early_learning.md,
+            "Combining the data audit"): an `dece_trainer.audit.AuditReport`, its ``records()``, or the path of the
+            ``suspicious.jsonl`` that ``dece-trainer audit`` writes, naming the training rows by the ids the
+            trainer sees (``example_id``; audit after `add_example_ids`); or ``"auto"`` (``True``) to audit the
+            training dataset's own texts (`dece_trainer.data.pair_texts`: source/target, prompt/completion or
+            chat ``messages`` columns, which must still be there) when training starts. Records whose ids are not
+            exactly the training rows' ids are refused, naming them. The report's ``score`` is then the combined
+            score, ``token_score``, ``audit_score`` and ``audit_evidence`` are each signal's own; with a ground
+            truth column each signal's ranking is logged too (``suspicious_token_*``, ``suspicious_audit_*``).
+            ``None`` (default): the monitor's evidence alone.
 
-    Every argument is checked here, when the callback is built.
+    Every argument is checked here, when the callback is built (a report path is read here too).
 
     Checkpoints: its state (every finished epoch's per-example arrays, the accumulators of an epoch in
     progress, the clean signal and the alarm) goes into the trainer state (``TrainerState.stateful_callbacks``,
     i.e. each checkpoint's ``trainer_state.json``; arrays as base64 of their zlib-compressed little-endian bytes,
     read back with ``numpy.frombuffer``, never unpickled) whenever the trainer is about to save, and comes back in
     ``on_train_begin`` of a run resumed with ``trainer.train(resume_from_checkpoint=...)``: the callback you passed
-    keeps its probes and ``payload_fn`` and reports what an uninterrupted run reports. It needs no
+    keeps its probes and ``payload_fn`` and reports what an uninterrupted run reports (an ``"auto"`` audit is
+    computed again, the same from the same rows; records or a path given are used as given). It needs no
     ``restore_callback_states_from_checkpoint``. A saved state is read within what this run expects (its number of
     rows, the tokens kept per row, at most its number of epochs) before anything is inflated; anything else is
     refused with one error naming the checkpoint.
@@ -106,7 +126,7 @@ class EarlyLearningCallback(TrainerCallback):
     def __init__(self, probes: dict[str, Any] | None = None, payload_fn: Callable[[str], bool] | None = None,
                  ground_truth_column: str | None = None, fit_threshold: float = 0.5, max_generate: int = 32,
                  max_new_tokens: int = 64, patience: int = 2, stop_on_memorisation: bool = False,
-                 top_k: int | None = None, plots: bool = True, probe_batch_size: int = 16):
+                 top_k: int | None = None, plots: bool = True, probe_batch_size: int = 16, audit: Any = None):
         self.probes = check_probes(probes)
         self.payload_fn = check_callable(payload_fn, "payload_fn", "text -> bool", allow_none=True)
         self.ground_truth_column = check_name(ground_truth_column, "ground_truth_column", allow_none=True)
@@ -118,6 +138,9 @@ class EarlyLearningCallback(TrainerCallback):
         self.top_k = check_int(top_k, "top_k", minimum=1, allow_none=True)
         self.plots = check_bool(plots, "plots")
         self.probe_batch_size = check_int(probe_batch_size, "probe_batch_size", minimum=1)
+        self._audit_input = _audit_input(audit)
+        self.audit_scores: np.ndarray | None = None  # (n,) the audit's score of each history row
+        self.audit_evidence: list[Any] | None = None  # its evidence (None where it has none)
         self.history: ExampleHistory | None = None
         self.tokens: WorstTokens | None = None
         self.poisoned: np.ndarray | None = None
@@ -228,6 +251,8 @@ class EarlyLearningCallback(TrainerCallback):
             rows = ids if self._row_ids is None else np.searchsorted(self._row_ids, ids)
             self.poisoned = np.zeros(self.history.num_examples, dtype=bool)
             self.poisoned[rows] = np.asarray(data[self.ground_truth_column], dtype=bool)
+        if self._audit_input is not None:
+            self._align_audit(data, ids)
         if not self._uses_listener and not self._hooks:
             self._install_hooks(trainer.model)
         if state.global_step > 0:  # resumed from a checkpoint: go on from the monitor's state saved in it
@@ -263,20 +288,76 @@ class EarlyLearningCallback(TrainerCallback):
         if self.poisoned is None or not self.poisoned.any():
             return {}
         k = self.top_k or int(self.poisoned.sum())
-        score, _, example = self._scores()
-        return {SUSPICIOUS_AUROC: auroc(score, self.poisoned),
-                SUSPICIOUS_PRECISION_AT_K: precision_at_k(score, self.poisoned, k),
-                SUSPICIOUS_EXAMPLE_AUROC: auroc(example["score"], self.poisoned),
-                SUSPICIOUS_EXAMPLE_PRECISION_AT_K: precision_at_k(example["score"], self.poisoned, k)}
+        monitor, _, example = self._monitor_scores()
+        score = self._combined(monitor)
+        out = {SUSPICIOUS_AUROC: auroc(score, self.poisoned),
+               SUSPICIOUS_PRECISION_AT_K: precision_at_k(score, self.poisoned, k),
+               SUSPICIOUS_EXAMPLE_AUROC: auroc(example["score"], self.poisoned),
+               SUSPICIOUS_EXAMPLE_PRECISION_AT_K: precision_at_k(example["score"], self.poisoned, k)}
+        if self.audit_scores is not None:
+            out.update({SUSPICIOUS_TOKEN_AUROC: auroc(monitor, self.poisoned),
+                        SUSPICIOUS_TOKEN_PRECISION_AT_K: precision_at_k(monitor, self.poisoned, k),
+                        SUSPICIOUS_AUDIT_AUROC: auroc(self.audit_scores, self.poisoned),
+                        SUSPICIOUS_AUDIT_PRECISION_AT_K: precision_at_k(self.audit_scores, self.poisoned, k)})
+        return out
 
     def _scores(self) -> tuple[np.ndarray, TokenEvidence | None, dict[str, np.ndarray]]:
-        """(ranking score (n,), token evidence, per-example scores), NaN for examples never seen. The ranking is
-        the token score (`recurrence_scores`) where the loss pass handed over target ids (evidence is None
+        """(ranking score (n,), token evidence, per-example scores), NaN for examples never seen: the monitor's
+        own score (`_monitor_scores`), combined with the audit's where the callback has one (`_combined`)."""
+        monitor, evidence, example = self._monitor_scores()
+        return self._combined(monitor), evidence, example
+
+    def _monitor_scores(self) -> tuple[np.ndarray, TokenEvidence | None, dict[str, np.ndarray]]:
+        """(the monitor's score (n,), token evidence, per-example scores), NaN for examples never seen. The score
+        is the token score (`recurrence_scores`) where the loss pass handed over target ids (evidence is None
         otherwise), else the per-example worst-token score (`ExampleHistory.suspicion_scores`)."""
         example = self.history.suspicion_scores()
         has_tokens = self.tokens.num_epochs > 0 and any((ids >= 0).any() for ids in self.tokens.ids)
         evidence = recurrence_scores(self.tokens) if has_tokens else None
         return (evidence.score if evidence is not None else example["score"]), evidence, example
+
+    def _combined(self, monitor: np.ndarray) -> np.ndarray:
+        """The ranking score: ``monitor`` alone without an audit, else `outliers.combine_scores` of it and the
+        audit's score (NaN where the monitor never saw the row, as without the audit)."""
+        return monitor if self.audit_scores is None else combine_scores([monitor, self.audit_scores])
+
+    def _align_audit(self, data: Any, ids: np.ndarray) -> None:
+        """The audit's score and evidence of each history row (`audit_scores`, `audit_evidence`), from the records
+        given or, for ``"auto"``, from auditing the training rows' texts now; refused when the records' ids are not
+        exactly the training rows' ids."""
+        if isinstance(self._audit_input, str):  # AUTO_AUDIT
+            from ..data import pair_texts
+
+            try:
+                sources, targets = pair_texts(data)
+            except ValueError as err:
+                raise ValueError(f"audit='auto' audits the training rows' texts, but the training dataset holds none "
+                                 f"that dece_trainer.data.pair_texts reads ({err}). Keep its source/target, "
+                                 "prompt/completion or messages columns, or audit the rows before tokenising them and "
+                                 "pass the records: audit=dece_trainer.audit.audit_dataset(raw_train, "
+                                 "id_column='example_id'), raw_train carrying the ids add_example_ids gave the "
+                                 "training rows") from None
+            audit_ids, scores, evidence = _records_columns(audit_pairs(sources, targets, ids.tolist()).records())
+        else:
+            audit_ids, scores, evidence = self._audit_input
+        foreign = audit_ids[~np.isin(audit_ids, ids)]
+        missing = ids[~np.isin(ids, audit_ids)]
+        if foreign.size or missing.size:
+            faults = []
+            if foreign.size:
+                faults.append(f"{foreign.size} of their {audit_ids.size} example ids are not training rows' ids"
+                              f"{_some(foreign)}")
+            if missing.size:
+                faults.append(f"{missing.size} of the {ids.size} training rows have no record{_some(missing)}")
+            raise ValueError(f"the audit's records do not name the training rows: {' and '.join(faults)}. Audit the "
+                             "training dataset itself, after add_example_ids (dece_trainer.audit.audit_dataset(train, "
+                             "id_column='example_id'), or audit='auto')")
+        rows = audit_ids if self._row_ids is None else np.searchsorted(self._row_ids, audit_ids)
+        self.audit_scores = np.full(self.history.num_examples, np.nan)
+        self.audit_scores[rows] = scores
+        self.audit_evidence = [None] * self.history.num_examples
+        for row, item in zip(rows.tolist(), evidence):
+            self.audit_evidence[row] = item
 
     def on_evaluate(self, args, state, control, metrics=None, model=None, processing_class=None, **kwargs):
         if self._trainer is None or self.history is None:
@@ -471,21 +552,29 @@ class EarlyLearningCallback(TrainerCallback):
     # ---- report -----------------------------------------------------------------------------------
 
     def write_report(self, path: str) -> list[dict]:
-        """Write the suspicious-example ranking as JSON Lines (atomically) and return its records."""
-        score, evidence, scores = self._scores()
+        """Write the suspicious-example ranking as JSON Lines (atomically) and return its records. With an audit,
+        ``score`` is the combined score and each record also holds ``token_score`` (the monitor's own),
+        ``audit_score`` and, where the audit has one, ``audit_evidence`` (the audit record's ``evidence``)."""
+        monitor, evidence, scores = self._monitor_scores()
+        score = self._combined(monitor)
         tokenizer = getattr(self._trainer, "processing_class", None) if self._trainer is not None else None
         order = [i for i in np.argsort(-np.nan_to_num(score, nan=-np.inf), kind="mergesort")
                  if not math.isnan(score[i])]
         records = []
         for rank, i in enumerate(order, start=1):
-            record = {"rank": rank, EXAMPLE_ID_COLUMN: self.example_id(i), "score": round(float(score[i]), 6),
-                      "tokens": _token_records(evidence, i, tokenizer) if evidence is not None else [],
-                      "example_score": round(float(scores["score"][i]), 6),
-                      "mean_worst_nll": round(float(scores["mean_worst_nll"][i]), 6),
-                      "max_drop": round(float(scores["max_drop"][i]), 6),
-                      "late_drop": round(float(scores["late_drop"][i]), 6), "fit_epoch": int(scores["fit_epoch"][i]),
-                      "final_worst_token_prob": round(float(scores["final_prob"][i]), 6),
-                      "final_mean_gold_prob": round(float(self.history.prob[-1][i]), 6)}
+            record = {"rank": rank, EXAMPLE_ID_COLUMN: self.example_id(i), "score": round(float(score[i]), 6)}
+            if self.audit_scores is not None:
+                record.update(token_score=round(float(monitor[i]), 6), audit_score=float(self.audit_scores[i]))
+                if self.audit_evidence[i] is not None:  # absent, not null: a report's first rows type its fields
+                    record["audit_evidence"] = self.audit_evidence[i]
+            record.update({"tokens": _token_records(evidence, i, tokenizer) if evidence is not None else [],
+                           "example_score": round(float(scores["score"][i]), 6),
+                           "mean_worst_nll": round(float(scores["mean_worst_nll"][i]), 6),
+                           "max_drop": round(float(scores["max_drop"][i]), 6),
+                           "late_drop": round(float(scores["late_drop"][i]), 6),
+                           "fit_epoch": int(scores["fit_epoch"][i]),
+                           "final_worst_token_prob": round(float(scores["final_prob"][i]), 6),
+                           "final_mean_gold_prob": round(float(self.history.prob[-1][i]), 6)})
             if self.poisoned is not None:
                 record[self.ground_truth_column] = bool(self.poisoned[i])
             records.append(record)
@@ -505,6 +594,58 @@ class EarlyLearningCallback(TrainerCallback):
                              if self._row_ids is None else self._row_ids)
             atomic_write(os.path.join(os.path.dirname(path), "worst_tokens.npz"), write_arrays)
         return records
+
+
+def _audit_input(audit: Any) -> str | tuple[np.ndarray, np.ndarray, list[Any]] | None:
+    """The ``audit`` argument checked: None, `AUTO_AUDIT`, or the records' (example ids, scores, evidence)."""
+    if audit is None or audit is False:
+        return None
+    if audit is True or (isinstance(audit, str) and audit == AUTO_AUDIT):
+        return AUTO_AUDIT
+    if isinstance(audit, AuditReport):
+        return _records_columns(audit.records())
+    if isinstance(audit, (str, os.PathLike)):
+        path = os.fspath(audit)
+        if not os.path.isfile(path):
+            raise ValueError(f"`audit` {path!r} is not a file: give the suspicious.jsonl that `dece-trainer audit` "
+                             "writes, its records, an AuditReport, or 'auto'")
+        from .poison_filter import read_report
+
+        report = read_report(path)  # checked line by line, naming the line at fault
+        with open(path, encoding="utf-8") as f:
+            evidence = [json.loads(line).get("evidence") for line in f if line.strip()]
+        return _checked_columns(report.example_id, report, evidence)
+    if isinstance(audit, (list, tuple)):
+        return _records_columns(list(audit))
+    raise ValueError(f"`audit` must be an AuditReport, its records (a list of dicts), the path of its "
+                     f"suspicious.jsonl, 'auto' (True) or None, got {type(audit).__name__}")
+
+
+def _records_columns(records: list[Any]) -> tuple[np.ndarray, np.ndarray, list[Any]]:
+    """(example ids, scores, evidence) of audit records (dicts with ``example_id``, ``score``, ``evidence``)."""
+    report = as_report(records, "audit")
+    return _checked_columns(report.example_id, report, [r.get("evidence") for r in records])
+
+
+def _checked_columns(ids: np.ndarray, report: Any, evidence: list[Any]) -> tuple[np.ndarray, np.ndarray, list[Any]]:
+    if not len(report):
+        raise ValueError(f"`audit`: the audit's records {report.name} hold no rows")
+    scores = report.column("score", "audit")
+    if scores.dtype == bool:
+        raise ValueError(f"`audit`: `score` of the audit's records {report.name} is true/false, not a score")
+    bad = np.flatnonzero(~np.isfinite(scores))
+    if bad.size:
+        raise ValueError(f"`audit`: {report.where(int(bad[0]))}: `score` must be a finite number, got "
+                         f"{report.value(int(bad[0]), 'score')!r} ({bad.size} rows without a finite score)")
+    return ids, scores.astype(np.float64), evidence
+
+
+def _some(ids: np.ndarray) -> str:
+    """`` (e.g. 3, 7, ...)`` for messages: the first five ``ids``, ascending; empty for none."""
+    if not ids.size:
+        return ""
+    first = ", ".join(str(i) for i in np.sort(ids)[:5].tolist())
+    return f" (e.g. {first}{', ...' if ids.size > 5 else ''})"
 
 
 def _token_records(evidence, i: int, tokenizer) -> list[dict]:

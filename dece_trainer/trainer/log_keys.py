@@ -42,3 +42,11 @@ SUSPICIOUS_AUROC = "suspicious_auroc"  # AUROC of the ranking score; the model c
 SUSPICIOUS_PRECISION_AT_K = "suspicious_precision_at_k"  # precision@k of the ranking score
 SUSPICIOUS_EXAMPLE_AUROC = "suspicious_example_auroc"  # AUROC of the per-example score
 SUSPICIOUS_EXAMPLE_PRECISION_AT_K = "suspicious_example_precision_at_k"  # precision@k of that score
+
+# With the data audit (``EarlyLearningCallback(audit=...)``) the ranking score is the combined one (the monitor's
+# score and the audit's, `outliers.combine_scores`), and each signal's own ranking is logged beside it: ``token``
+# is the monitor's ranking score without the audit (the token score, else ``example_score``), ``audit`` the audit's.
+SUSPICIOUS_TOKEN_AUROC = "suspicious_token_auroc"  # AUROC of the monitor's own score (with an audit only)
+SUSPICIOUS_TOKEN_PRECISION_AT_K = "suspicious_token_precision_at_k"  # precision@k of that score
+SUSPICIOUS_AUDIT_AUROC = "suspicious_audit_auroc"  # AUROC of the data audit's score (with an audit only)
+SUSPICIOUS_AUDIT_PRECISION_AT_K = "suspicious_audit_precision_at_k"  # precision@k of that score
