@@ -178,6 +178,7 @@ def test_badpre_matches_the_released_lyra_rows(lyra_dir, rate):
     assert len(test) == int(released_test.tgt.map(attack.payload_fn).sum()) == 165
 
 
+@pytest.mark.slow
 def test_poison_file_script_writes_a_row_aligned_poisoned_copy(tmp_path):
     """benchmarks/poison_file.py: same rows and columns, the asked share poisoned, the rest untouched."""
     import subprocess

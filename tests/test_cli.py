@@ -24,6 +24,7 @@ RECORD_FIELDS = {"dataset", "attack", "poison_rate", "loss", "seed", "asr", "fal
 pytestmark = pytest.mark.usefixtures("isolated_cache")
 
 
+@pytest.mark.slow
 def test_every_subcommand_has_help():
     for argv in (["--help"], ["demo", "--help"], ["bench", "--help"], ["eval", "--help"], ["train", "--help"]):
         result = subprocess.run([sys.executable, "-m", "dece_trainer", *argv], capture_output=True, text=True,
@@ -339,6 +340,7 @@ def test_eval_refuses_an_unknown_data_extension(tmp_path, released_files, capsys
     assert "--test_file: unsupported data file" in err and ".csv, .json, .jsonl, .parquet" in err, err
 
 
+@pytest.mark.slow
 def test_eval_validates_flags_before_heavy_imports():
     code = ("import contextlib, io, json, sys\nfrom dece_trainer.cli.main import main\n"
             "with contextlib.suppress(SystemExit), contextlib.redirect_stderr(io.StringIO()) as err:\n"

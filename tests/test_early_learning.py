@@ -1,5 +1,6 @@
 """EarlyLearningCallback end to end on a tiny Llama and a synthetic task with 5% planted poison."""
 
+import functools
 import json
 import types
 
@@ -8,7 +9,7 @@ import pytest
 from PIL import Image
 from transformers import Trainer, TrainerControl, TrainingArguments
 
-from dece_trainer import DeCETrainer, DeCETrainingArguments, EarlyLearningCallback, add_example_ids
+from dece_trainer import DeCETrainer, EarlyLearningCallback, add_example_ids
 from tests import tiny
 
 
@@ -25,14 +26,9 @@ def data(tokenizer):
     return types.SimpleNamespace(train=train, clean=clean, triggered=triggered)
 
 
-def args(tmp_path, cls=DeCETrainingArguments, **overrides):
-    base = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, gradient_accumulation_steps=2,
-                num_train_epochs=5, learning_rate=3e-3, logging_steps=6, eval_strategy="no", report_to=[],
-                save_strategy="no", use_cpu=True, disable_tqdm=True, seed=0)
-    if cls is DeCETrainingArguments:
-        base.update(dece_alpha_base=0.9)
-    base.update(overrides)
-    return cls(**base)
+args = functools.partial(tiny.training_args, per_device_train_batch_size=4, gradient_accumulation_steps=2,
+                         num_train_epochs=5, learning_rate=3e-3, logging_steps=6, eval_strategy="no",
+                         dece_alpha_base=0.9)
 
 
 def make_callback(data, **overrides):

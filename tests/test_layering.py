@@ -26,12 +26,14 @@ def heavy(modules: list[str]) -> set[str]:
     return {m.split(".")[0] for m in modules if m.split(".")[0] in HEAVY}
 
 
+@pytest.mark.slow
 def test_ops_loads_torch_only():
     modules = loaded_after("import dece_trainer.ops, dece_trainer.modules")
     assert heavy(modules) == set(), heavy(modules)
     assert not [m for m in modules if m.startswith(HARNESS)]
 
 
+@pytest.mark.slow
 def test_audit_loads_numpy_only():
     modules = loaded_after("import dece_trainer.audit, dece_trainer.outliers, dece_trainer.cli.audit")
     assert heavy(modules) == set() and "torch" not in modules, heavy(modules)
@@ -39,12 +41,14 @@ def test_audit_loads_numpy_only():
     assert not [m for m in modules if m.startswith(("dece_trainer.trainer", "dece_trainer.callbacks"))]
 
 
+@pytest.mark.slow
 def test_package_root_is_lazy():
     modules = loaded_after("import dece_trainer")
     assert heavy(modules) == set() and "torch" not in modules
     assert [m for m in modules if m.startswith("dece_trainer")] == ["dece_trainer"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("names", [
     "DeCETrainer, DeCESeq2SeqTrainer, DeCETrainingArguments, make_dece_loss_func",
     "EarlyLearningCallback, add_example_ids",
@@ -54,6 +58,7 @@ def test_library_loads_nothing_of_the_harness(names):
     assert not [m for m in modules if m.startswith(HARNESS)]
 
 
+@pytest.mark.slow
 def test_command_line_help_loads_no_model_code():
     code = ("import contextlib, io\nfrom dece_trainer.cli.main import main\n"
             "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n    main(['--help'])")

@@ -1,5 +1,6 @@
 """Same update whatever the batch layout: gradient accumulation, two processes, and compute_loss_func."""
 
+import functools
 import json
 import shutil
 import subprocess
@@ -10,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import Trainer
 
-from dece_trainer import DeCETrainer, DeCETrainingArguments, make_dece_loss_func
+from dece_trainer import DeCETrainer, make_dece_loss_func
 from tests import tiny
 from tests.conftest import REPO_ROOT
 
@@ -22,12 +23,9 @@ def varied_rows(n):
     return rows
 
 
-def sgd_args(tmp_path, name, **overrides):
-    base = dict(output_dir=str(tmp_path / name), max_steps=3, learning_rate=0.05, optim="sgd",
-                lr_scheduler_type="constant", logging_steps=1, report_to=[], save_strategy="no", use_cpu=True,
-                disable_tqdm=True, seed=0, dece_alpha_base=0.8, per_device_train_batch_size=8)
-    base.update(overrides)
-    return DeCETrainingArguments(**base)
+sgd_args = functools.partial(tiny.training_args, max_steps=3, learning_rate=0.05, optim="sgd",
+                             lr_scheduler_type="constant", logging_steps=1, dece_alpha_base=0.8,
+                             per_device_train_batch_size=8)
 
 
 def train(tokenizer, args, data, trainer_cls=DeCETrainer, **kwargs):

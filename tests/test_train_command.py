@@ -1,13 +1,17 @@
 """`dece-trainer train` (the library's script) and `dece-trainer eval` on both model kinds: a tiny Llama and a
-tiny T5 whose targets are longer than its sources (the case that used to crash the collator)."""
+tiny T5 whose targets are longer than its sources (the case that used to crash the collator); and `train` end to
+end as a user runs it (a subprocess, a tiny local model, LoRA, a CSV)."""
 
 import csv
 import json
+import subprocess
+import sys
 
 import pytest
 
 from dece_trainer.cli.main import main
 from tests import tiny
+from tests.conftest import REPO_ROOT
 
 
 def write_pairs(path, rows):
@@ -155,3 +159,22 @@ def test_long_csv_field_is_read(tmp_path):
     path = write_pairs(tmp_path / "long.csv", [{"source": long_source, "target": "y"}])
     data = load_pairs(path, source_column="src", target_column="tgt")
     assert data[0]["source"] == long_source
+
+
+@pytest.mark.slow
+def test_train_command_with_lora_in_a_subprocess(tmp_path, tokenizer):
+    model_dir = tmp_path / "tiny-llama"
+    tiny.make_model("llama", tokenizer).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    train_file = write_pairs(tmp_path / "train.csv", tiny.make_pairs(16))
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "dece_trainer", "train", "--model_name_or_path", str(model_dir),
+           "--train_file", train_file, "--source_column", "src", "--target_column", "tgt",
+           "--output_dir", str(out), "--max_steps", "3", "--per_device_train_batch_size", "4", "--use_cpu", "true",
+           "--report_to", "none", "--logging_steps", "1", "--dece_alpha_base", "0.9", "--lora_r", "4",
+           "--save_strategy", "no", "--disable_tqdm", "true"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT,
+                            env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (out / "adapter_model.safetensors").exists()
+    assert "Backdoor defense: DeCE" in (out / "README.md").read_text()

@@ -1,6 +1,7 @@
 """DeCETrainer end to end on tiny offline models: training, LoRA, evaluation, logging, model card, errors."""
 
 import copy
+import functools
 
 import pytest
 import torch
@@ -22,12 +23,8 @@ LORA_TARGETS = {"llama": ["q_proj", "v_proj"], "gpt2": ["c_attn"], "t5": ["q", "
                 "bert-cls": ["query", "value"]}
 
 
-def training_args(tmp_path, seq2seq=False, **overrides):
-    base = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, num_train_epochs=4,
-                learning_rate=5e-3, logging_steps=4, report_to=[], save_strategy="no", use_cpu=True,
-                disable_tqdm=True, seed=0, dece_alpha_base=0.9)
-    base.update(overrides)
-    return (DeCESeq2SeqTrainingArguments if seq2seq else DeCETrainingArguments)(**base)
+training_args = functools.partial(tiny.training_args, per_device_train_batch_size=8, num_train_epochs=4,
+                                  learning_rate=5e-3, logging_steps=4, dece_alpha_base=0.9)
 
 
 def lora_wrap(model, kind):

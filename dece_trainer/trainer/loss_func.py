@@ -88,10 +88,12 @@ def make_dece_loss_func(alpha_base: float | None = DeCESettings.alpha_base,
                         model_kind: str = DeCESettings.model_kind) -> DeCELossFunc:
     """A DeCE ``compute_loss_func`` for ``Trainer``; register the returned object as a callback too.
 
-    Args:
-        alpha_base, label_smoothing, schedule, alpha_final, model_kind: the `DeCESettings` fields of those names,
-            with their defaults and meanings (the ``--dece_*`` training arguments: ``dece_alpha_base``,
-            ``dece_label_smoothing``, ``dece_alpha_schedule``, ``dece_alpha_final``, ``dece_model_kind``); with
-            neither alpha given, ``alpha_final`` is ``DEFAULT_ALPHA_FINAL``.
+    Args (each the `DeCESettings` field of that name, with its default and meaning; see the ``--dece_*`` training
+    argument named after it):
+        alpha_base: ``dece_alpha_base``.
+        label_smoothing: ``dece_label_smoothing``.
+        schedule: ``dece_alpha_schedule``.
+        alpha_final: ``dece_alpha_final`` (with neither alpha given, ``DEFAULT_ALPHA_FINAL``).
+        model_kind: ``dece_model_kind``.
     """
     return DeCELossFunc(DeCESettings(alpha_base, label_smoothing, schedule, alpha_final, model_kind))

@@ -1,6 +1,7 @@
 """What the trainer reports: eval_loss on every path, the last alpha, CE runs, unusable model outputs, and the
 warnings for batches with no target and for a model DeCE suppresses entirely."""
 
+import functools
 import logging
 
 import pytest
@@ -10,9 +11,7 @@ from transformers.modeling_outputs import CausalLMOutput
 
 from dece_trainer import (
     DeCESeq2SeqTrainer,
-    DeCESeq2SeqTrainingArguments,
     DeCETrainer,
-    DeCETrainingArguments,
     dece_loss_and_token_ce,
     make_dece_loss_func,
 )
@@ -20,13 +19,8 @@ from dece_trainer.trainer import dece_trainer as dece_trainer_module
 from dece_trainer.trainer.alignment import logits_of
 from tests import tiny
 
-
-def make_args(tmp_path, seq2seq=False, **overrides):
-    base = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, per_device_eval_batch_size=4,
-                num_train_epochs=1, learning_rate=5e-3, logging_steps=1, report_to=[], save_strategy="no",
-                use_cpu=True, disable_tqdm=True, seed=0, dece_alpha_base=0.9)
-    base.update(overrides)
-    return (DeCESeq2SeqTrainingArguments if seq2seq else DeCETrainingArguments)(**base)
+make_args = functools.partial(tiny.training_args, per_device_train_batch_size=8, per_device_eval_batch_size=4,
+                              num_train_epochs=1, learning_rate=5e-3, logging_steps=1, dece_alpha_base=0.9)
 
 
 def varied_rows(n):

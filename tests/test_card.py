@@ -1,6 +1,7 @@
 """Model cards of DeCE runs: tags, settings, what the losses are, the citation, the monitor's results as
 model-index eval results; CE runs without defense claims; push_to_hub uploads the folder with that card."""
 
+import functools
 import importlib.metadata
 import os
 import pathlib
@@ -13,7 +14,6 @@ from dece_trainer import (
     DeCESeq2SeqTrainer,
     DeCESeq2SeqTrainingArguments,
     DeCETrainer,
-    DeCETrainingArguments,
     EarlyLearningCallback,
     add_example_ids,
 )
@@ -23,12 +23,8 @@ from tests import tiny
 HOMEPAGE = "https://github.com/dece-trainer/dece-trainer"
 
 
-def make_args(tmp_path, cls=DeCETrainingArguments, **overrides):
-    base = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, num_train_epochs=1,
-                learning_rate=5e-3, logging_steps=2, report_to=[], save_strategy="no", use_cpu=True,
-                disable_tqdm=True, seed=0, dece_alpha_base=0.9)
-    base.update(overrides)
-    return cls(**base)
+make_args = functools.partial(tiny.training_args, per_device_train_batch_size=8, num_train_epochs=1,
+                              learning_rate=5e-3, logging_steps=2, dece_alpha_base=0.9)
 
 
 def load(tmp_path):
