@@ -222,6 +222,7 @@ def test_audit_dataset_reads_a_dataset_with_ids():
         audit_dataset(data, id_column="nope")
 
 
+@pytest.mark.slow
 def test_command_writes_a_report_drop_flagged_reads(tmp_path):
     from datasets import Dataset
 
@@ -248,6 +249,7 @@ def test_command_writes_a_report_drop_flagged_reads(tmp_path):
     assert len(kept) == 200 - summary["flagged"]
 
 
+@pytest.mark.slow
 def test_command_refuses_bad_flags_in_one_line(tmp_path):
     train = tmp_path / "train.csv"
     train.write_text("source,target\na,b\n")
