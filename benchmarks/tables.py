@@ -78,8 +78,65 @@ def train_step(d: dict) -> str:
     return "\n".join(lines)
 
 
+def _spread(r: dict, digits: int = 4) -> str:
+    """``median [min, max]``."""
+    return f"{r['median']:.{digits}f} [{r['min']:.{digits}f}, {r['max']:.{digits}f}]"
+
+
 def callback_overhead(d: dict) -> str:
-    """benchmarks/callback_overhead.py's table; the record's ``note`` (when it has one) says what it predates."""
+    """benchmarks/callback_overhead.py's tables: per step, per epoch, per checkpoint (median, min, max over the
+    rounds). A record of the script's first version (before the measurement was split; no ``per_step``) renders
+    as it did, with its ``note``."""
+    if "per_step" not in d:
+        return _callback_overhead_v1(d)
+    m = d["machine"]
+    load_end = ", ".join(f"{x:.2f}" for x in m.get("load_average_end", []))
+    lines = [f"{d['description']}; {d['parameters'] / 1e6:.2f}M parameters, batch {d['batch']}, "
+             f"{d['warmup_steps']} warm-up + {d['steps']} timed steps a run, {d['repeats']} interleaved rounds "
+             "(median [min, max] over the rounds)",
+             f"{machine_line(m)}; after: {load_end}; transformers {m.get('transformers', '?')}, AVX512-BF16: "
+             f"{'yes' if m.get('avx512_bf16') else 'no'}", f"`{d['command']}` ({d['seconds'] / 60:.1f} min)", "",
+             "| per training step | s/step without: median [min, max] | s/step with: median [min, max] | "
+             "overhead (ratio of medians) |", "| --- | --- | --- | ---: |"]
+    for name, r in d["per_step"].items():
+        path = {True: " (fused)", False: " (unfused)"}.get(r.get("fused"), "")
+        tokens = ", worst tokens tracked" if r.get("worst_tokens") else ""
+        lines.append(f"| {name}{path}{tokens} | {_spread(r['without'])} | {_spread(r['with'])} | "
+                     f"{100 * r['overhead']:+.1f}% |")
+    e = d["per_epoch"]
+    lines += ["", f"| per epoch ({e['rows_seen']} of {e['rows']} rows seen; an epoch is {e['steps_per_epoch']} "
+                  "steps) | seconds: median [min, max] | share of an epoch's training |", "| --- | --- | ---: |"]
+    share = e.get("share_of_epoch", {})
+    for name, r in e["epoch_end"].items():
+        cell = f"{100 * share['epoch_end']:.2f}%" if name == "DeCETrainer" and "epoch_end" in share else "-"
+        lines.append(f"| epoch end (on_epoch_end), {name} | {_spread(r)} | {cell} |")
+    if "probe_evaluation" in e:
+        rows = " + ".join(f"{n} {k}" for n, k in e["probe_rows"].items())
+        lines.append(f"| probe evaluation (on_evaluate: {rows} rows, max_new_tokens {e['max_new_tokens']}) | "
+                     f"{_spread(e['probe_evaluation'])} | {100 * share['probe_evaluation']:.2f}% |")
+    for name, r in e["train_end_report"].items():
+        lines.append(f"| train end: the report (on_train_end, no plots), {name} | {_spread(r)} | - |")
+    c = d.get("checkpoint")
+    if c:
+        lines += ["", "| per checkpoint (DeCETrainer) | seconds: median [min, max] | trainer_state.json | "
+                      "checkpoint |", "| --- | --- | ---: | ---: |",
+                  f"| the callback's state encoding (on_step_end before a save) | {_spread(c['state_encode'])} | - "
+                  "| - |"]
+        for side in ("without", "with"):
+            lines.append(f"| _save_checkpoint {side} the callback's state | {_spread(c[f'write_{side}'])} | "
+                         f"{c[f'trainer_state_bytes_{side}'] / 1024:.1f} KiB | "
+                         f"{c[f'checkpoint_bytes_{side}'] / 2**20:.1f} MiB |")
+        lines.append(f"| with / without (ratio of medians) | {c['ratio']:.3f}x | - | - |")
+        for side in ("without", "with"):
+            if f"state_json_{side}" in c:
+                lines.append(f"| trainer_state.json alone, {side} the callback's state | "
+                             f"{_spread(c[f'state_json_{side}'])} | - | - |")
+    if d.get("note"):
+        lines += ["", f"Note: {d['note']}"]
+    return "\n".join(lines)
+
+
+def _callback_overhead_v1(d: dict) -> str:
     lines = [f"tiny Llama ({d['parameters'] / 1e6:.2f}M parameters, hidden {d['hidden']}, 4 layers), batch 8, "
              f"{d['steps']} steps x {d['repeats']} alternating repeats (median); torch {d['torch']}, {d['cpus']} CPUs",
              "", "| trainer | s/step without | s/step with EarlyLearningCallback | overhead |",

@@ -114,10 +114,50 @@ def test_the_combined_report_table_is_what_its_results_give():
 def test_performance_tables_render_from_the_committed_json(tmp_path, tables, capsys):
     assert tables.main(["callback_overhead", "early_learning", "--output", str(tmp_path / "t.md")]) == 0
     text = (tmp_path / "t.md").read_text()
-    assert "| DeCETrainer | 0.0431 | 0.0441 | +2.3% |" in text
-    assert "re-measurement pending" in text  # callback_overhead.json predates the worst-token tracking
+    assert "### callback_overhead" in text
+    if "per_step" not in json.loads((RESULTS / "callback_overhead.json").read_text()):  # the first version's record
+        assert "| DeCETrainer | 0.0431 | 0.0441 | +2.3% |" in text
+        assert "re-measurement pending" in text  # it predates the worst-token tracking
     assert "suspicious_auroc (per-example score)" in text  # early_learning_run.json predates the token score
     assert text.strip() == capsys.readouterr().out.strip()
+
+
+def test_the_callback_overhead_table_renders_what_the_script_records(tables, monkeypatch):
+    """benchmarks/callback_overhead.py's record (its summary of made-up rounds) through tables.callback_overhead:
+    per step (median [min, max], ratio of medians), per epoch, per checkpoint."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # the script imports its sibling modules
+    script = load("callback_overhead")
+    args = script.parse(["--steps", "3", "--warmup_steps", "1", "--repeats", "2"])
+    rounds = []
+    for r in range(2):
+        samples = {}
+        for name in script.TRAINERS:
+            samples[(name, False)] = {"seconds_per_step": 0.10 + r / 100, "fused": True}
+            samples[(name, True)] = {"seconds_per_step": 0.11 + r / 100, "epoch_end": 0.02, "train_end": 0.01,
+                                     "worst_tokens": True}
+        samples[("DeCETrainer", True)].update(
+            probe_evaluation=1.0 + r, probe_metrics={"probe_clean_nll": 2.0}, state_encode=0.001, write_without=0.5,
+            write_with=0.6, state_json_without=0.002, state_json_with=0.003, trainer_state_bytes_without=1000,
+            trainer_state_bytes_with=5000, checkpoint_bytes_without=2**20, checkpoint_bytes_with=2**20 + 4000)
+        rounds.append(samples)
+    setup = {"description": "tiny Llama", "train": [None] * 480, "probes": {"clean": [None] * 24,
+                                                                          "triggered": [None] * 24}}
+    machine = {"cpu_model": "cpu", "cpu_cores": 2, "avx512": ["avx512_bf16"], "load_average": [0.1, 0.1, 0.1],
+               "load_average_end": [0.2, 0.2, 0.2], "torch": "2", "device": "cpu", "transformers": "5",
+               "avx512_bf16": True}
+    record = json.loads(json.dumps(script.make_record(args, setup, 2_400_000, machine, rounds, 60.0, 55.0,
+                                                      "python benchmarks/callback_overhead.py")))
+    text = tables.callback_overhead(record)
+    assert record["per_step"]["DeCETrainer"]["without"]["samples"] == [0.10, 0.11]
+    assert "| DeCETrainer (fused), worst tokens tracked | 0.1050 [0.1000, 0.1100] | 0.1150 [0.1100, 0.1200] | " \
+           "+9.5% |" in text
+    assert "| Trainer, worst tokens tracked |" in text
+    assert "per epoch (32 of 480 rows seen; an epoch is 60 steps)" in text
+    assert "| probe evaluation (on_evaluate: clean 24 + triggered 24 rows, max_new_tokens 8) | 1.5000 [1.0000, " \
+           "2.0000] | 23.81% |" in text  # 1.5 s of 60 steps x 0.105 s
+    assert "| _save_checkpoint with the callback's state | 0.6000 [0.6000, 0.6000] | 4.9 KiB | 1.0 MiB |" in text
+    assert "| with / without (ratio of medians) | 1.200x |" in text
+    assert "AVX512-BF16: yes" in text and "`python benchmarks/callback_overhead.py` (1.0 min)" in text
 
 
 def test_the_early_learning_table_refuses_a_record_that_names_no_score(tables):
