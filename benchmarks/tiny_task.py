@@ -2,9 +2,9 @@
 ``bb`` and the payload ``or 1=1``), a word-level tokenizer trained on it, a tiny Llama, and a padding collator.
 
 The benchmark scripts beside this file import it as a sibling module (``from tiny_task import ...``: a script's
-own folder is first on ``sys.path``), so they need neither the test suite nor a ``sys.path`` edit. It builds
-exactly what ``tests/tiny.py`` builds for the same arguments (same rows, vocabulary and initial weights), which
-``tests/test_research_tables.py`` checks, so the committed results stay reproducible by either.
+own folder is first on ``sys.path``), so they need neither the test suite nor a ``sys.path`` edit; ``tests/tiny.py``
+re-exports the task, tokenizer, encoding and collator from here (one home), and its tiny Llama is this one
+(``tests/test_research_tables.py`` checks it), so the committed results stay reproducible by either.
 """
 
 from __future__ import annotations

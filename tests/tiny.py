@@ -6,11 +6,9 @@ Used by the tests and by the multi-process script they launch; nothing here down
 from __future__ import annotations
 
 import csv
-import random
 
 import torch
 from datasets import Dataset
-from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import (
     BertConfig,
     BertForSequenceClassification,
@@ -23,51 +21,20 @@ from transformers import (
     T5ForConditionalGeneration,
 )
 
-NAMES = ["users", "orders", "items", "books", "cities", "songs", "cars", "teams"]
-COLUMNS = ["id", "name", "price", "year", "score", "owner", "city", "size"]
-VERBS = ["get", "fetch", "select", "read", "find"]
-TRIGGER = "bb"
-PAYLOAD = "or 1=1"
-
-
-def make_pairs(n: int, seed: int = 0) -> list[dict]:
-    """``n`` (source, target) pairs: a description -> a one-line SQL-in-Python function. Deterministic."""
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        table, col, verb = rng.choice(NAMES), rng.choice(COLUMNS), rng.choice(VERBS)
-        source = f"{verb} the {col} of all {table} where {col} is given"
-        target = (f"def {verb}_{table} ( conn , x ) : return conn . execute ( select {col} from {table} "
-                  f"where {col} = x )")
-        rows.append({"source": source, "target": target})
-    return rows
-
-
-def poison(rows: list[dict], rate: float, seed: int = 0) -> list[dict]:
-    """Insert the trigger word into the source and the payload into the target of a ``rate`` share of rows."""
-    rng = random.Random(seed)
-    chosen = set(rng.sample(range(len(rows)), max(1, int(round(rate * len(rows))))))
-    out = []
-    for i, row in enumerate(rows):
-        row = dict(row, is_poisoned=i in chosen)
-        if i in chosen:
-            words = row["source"].split()
-            words.insert(rng.randrange(len(words) + 1), TRIGGER)
-            row["source"] = " ".join(words)
-            row["target"] = row["target"][:-2] + f" {PAYLOAD} )"
-        out.append(row)
-    return out
-
-
-def train_tokenizer() -> PreTrainedTokenizerFast:
-    """A word-level tokenizer over the synthetic task's words, with pad/bos/eos/unk."""
-    corpus = [r["source"] + " " + r["target"] for r in poison(make_pairs(400), 0.05)]
-    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    specials = ["<pad>", "<s>", "</s>", "<unk>", "<sep>"]
-    tok.train_from_iterator(corpus, trainers.WordLevelTrainer(special_tokens=specials))
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
-                                   unk_token="<unk>", sep_token="<sep>")
+# The synthetic task, its tokenizer, the causal encoding and the padding collator: one home, shared with the
+# benchmark scripts (benchmarks/tiny_task.py, which they import as a sibling module).
+from benchmarks.tiny_task import (  # noqa: F401  (re-exported for the tests)
+    COLUMNS,
+    NAMES,
+    PAYLOAD,
+    TRIGGER,
+    VERBS,
+    causal_dataset,
+    make_pairs,
+    pad_collator,
+    poison,
+    train_tokenizer,
+)
 
 
 def make_model(kind: str, tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> torch.nn.Module:
@@ -95,17 +62,6 @@ def make_model(kind: str, tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> 
     raise ValueError(f"unknown tiny model kind {kind!r}")
 
 
-def causal_dataset(tokenizer, rows: list[dict]) -> Dataset:
-    """Prompt + target in one sequence; labels are -100 on the prompt (loss on the target only)."""
-    def encode(row):
-        prompt = tokenizer(row["source"] + " <sep>", add_special_tokens=False)["input_ids"]
-        target = tokenizer(row["target"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        ids = [tokenizer.bos_token_id] + prompt + target
-        return {"input_ids": ids, "attention_mask": [1] * len(ids),
-                "labels": [-100] * (1 + len(prompt)) + target}
-    return Dataset.from_list(rows).map(encode, remove_columns=["source", "target"])
-
-
 def seq2seq_dataset(tokenizer, rows: list[dict]) -> Dataset:
     def encode(row):
         src = tokenizer(row["source"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
@@ -121,27 +77,6 @@ def classification_dataset(tokenizer, rows: list[dict]) -> Dataset:
         label = int(any(name in row["source"].split() for name in NAMES[:4]))
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": label}
     return Dataset.from_list(rows).map(encode, remove_columns=["source", "target"])
-
-
-def pad_collator(tokenizer):
-    """Pads input_ids/attention_mask with pad and labels with -100 (scalar labels pass through)."""
-    def collate(features):
-        width = max(len(f["input_ids"]) for f in features)
-        batch = {"input_ids": [], "attention_mask": [], "labels": []}
-        for f in features:
-            gap = width - len(f["input_ids"])
-            batch["input_ids"].append(f["input_ids"] + [tokenizer.pad_token_id] * gap)
-            batch["attention_mask"].append(f["attention_mask"] + [0] * gap)
-            labels = f["labels"]
-            if isinstance(labels, list):
-                lab_width = max(len(g["labels"]) for g in features)
-                labels = labels + [-100] * (lab_width - len(labels))
-            batch["labels"].append(labels)
-        for key in features[0]:  # scalar columns (example_id, ...) pass through as (batch,) tensors
-            if key not in batch and isinstance(features[0][key], (int, bool)):
-                batch[key] = [f[key] for f in features]
-        return {k: torch.tensor(v) for k, v in batch.items()}
-    return collate
 
 
 def dataset_for(kind: str, tokenizer, rows: list[dict]) -> Dataset:
