@@ -8,9 +8,6 @@ batch layouts, so every layout flags the same rows.
 import functools
 import json
 import re
-import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -22,7 +19,7 @@ from dece_trainer import ContinueWithCE, DeCETrainer, EarlyLearningCallback, add
 from dece_trainer.callbacks import continue_ce
 from dece_trainer.callbacks.continue_ce import DECISION_FILE, DROPPED, OUTPUT_DIR, STATE_KEY, SWITCH_STEP
 from tests import tiny
-from tests.conftest import REPO_ROOT
+from tests.conftest import run_one_and_two_processes
 
 SCORE_KEY = "example_score"
 FENCE = 2.5
@@ -259,17 +256,7 @@ def test_row_filter_and_loss_override_hooks(tmp_path, tokenizer, data):
 def test_two_processes_match_one_process(tmp_path):
     """torchrun --nproc_per_node 2 (gloo, CPU) with batch 4 each == one process with batch 8: the same rows dropped
     (decided on rank 0, broadcast) and the same final weights."""
-    torchrun = shutil.which("torchrun")
-    if torchrun is None:
-        pytest.skip("torchrun is not on PATH")
-    script = str(REPO_ROOT / "tests" / "dist_continue.py")
-    single, double = tmp_path / "single", tmp_path / "double"
-    env_cmd = dict(cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
-    run1 = subprocess.run([sys.executable, script, str(single), "8"], **env_cmd)
-    assert run1.returncode == 0, run1.stderr[-3000:]
-    run2 = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29537", script, str(double), "4"],
-                          **env_cmd)
-    assert run2.returncode == 0, run2.stderr[-3000:]
+    single, double = run_one_and_two_processes(tmp_path, "dist_continue.py", port="29537")
     one, two = (json.loads((d / "run.json").read_text()) for d in (single, double))
     assert one["dropped"] and two["dropped"] == one["dropped"] == one["row_filter"]
     assert two["switch_step"] == one["switch_step"]

@@ -2,9 +2,6 @@
 
 import functools
 import json
-import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -13,7 +10,7 @@ from transformers import Trainer
 
 from dece_trainer import DeCETrainer, make_dece_loss_func
 from tests import tiny
-from tests.conftest import REPO_ROOT
+from tests.conftest import run_one_and_two_processes
 
 
 def varied_rows(n):
@@ -76,26 +73,10 @@ def test_loss_func_without_callback_is_a_clear_error(tmp_path, tokenizer):
         train(tokenizer, sgd_args(tmp_path, "nocb"), data, trainer_cls=Trainer, compute_loss_func=loss_fn)
 
 
-def run_one_and_two_processes(tmp_path, *extra, port="29533"):
-    """Run tests/dist_train.py once alone with batch 8 and once under torchrun with 2 x batch 4."""
-    torchrun = shutil.which("torchrun")
-    if torchrun is None:
-        pytest.skip("torchrun is not on PATH")
-    script = str(REPO_ROOT / "tests" / "dist_train.py")
-    single, double = tmp_path / "single", tmp_path / "double"
-    env_cmd = dict(cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
-    run1 = subprocess.run([sys.executable, script, str(single), "8", *extra], **env_cmd)
-    assert run1.returncode == 0, run1.stderr[-3000:]
-    run2 = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", port, script, str(double), "4",
-                           *extra], **env_cmd)
-    assert run2.returncode == 0, run2.stderr[-3000:]
-    return single, double
-
-
 @pytest.mark.slow
 def test_two_processes_match_one_process(tmp_path):
     """torchrun --nproc_per_node 2 (gloo, CPU) with batch 4 each == one process with batch 8."""
-    single, double = run_one_and_two_processes(tmp_path)
+    single, double = run_one_and_two_processes(tmp_path, "dist_train.py")
     curve1 = json.loads((single / "curve.json").read_text())
     curve2 = json.loads((double / "curve.json").read_text())
     assert len(curve1["loss"]) == 6
@@ -112,7 +93,7 @@ def test_two_processes_match_one_process(tmp_path):
 @pytest.mark.slow
 def test_two_processes_record_every_example_once_per_epoch(tmp_path):
     """The early-learning monitor gathers per-example history across processes: each example once per epoch."""
-    single, double = run_one_and_two_processes(tmp_path, "1", "monitor", port="29534")
+    single, double = run_one_and_two_processes(tmp_path, "dist_train.py", "1", "monitor", port="29534")
     one = json.loads((single / "monitor.json").read_text())
     two = json.loads((double / "monitor.json").read_text())
     assert len(two["visits"]) == 2 and all(v == [1] * 48 for v in two["visits"])
