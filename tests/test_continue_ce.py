@@ -286,7 +286,9 @@ def test_bench_cell_records_the_switch(tmp_path, capsys):
     assert cont["flagged"] + cont["kept"] == 48  # every training row (--max_per_split 48)
     assert cont["kept_poisoned"] <= cont["poisoned"] and cont["dropped_clean"] <= cont["flagged"]
     assert cont["switched"] == (cont["flagged"] > 0) and (cont["switch_step"] is not None) == cont["switched"]
-    assert 0 <= record["report_auroc"] <= 1  # the report the decision read
+    assert 0 <= record["report_auroc"] <= 1  # the report the decision read: the audit's and the training signal's
+    assert 0 <= record["token_report_auroc"] <= 1 and 0 <= record["audit_report_auroc"] <= 1
+    assert record["config"]["training"]["audit"] is True
     cell = out / "cells" / record["key"]
     assert json.loads((cell / OUTPUT_DIR / DECISION_FILE).read_text())["summary"]["flagged"] == cont["flagged"]
     assert "dece+continue (alpha_base 0.5), fence 2.5" in (out / "table.md").read_text()

@@ -20,6 +20,7 @@ import torch
 from datasets import Dataset
 from transformers import DataCollatorForSeq2Seq
 
+from ..audit import audit_pairs
 from ..callbacks import ContinueWithCE, EarlyLearningCallback
 from ..callbacks.continue_ce import DECISION_FILE
 from ..callbacks.continue_ce import OUTPUT_DIR as CONTINUE_DIR
@@ -41,7 +42,9 @@ from .resume import newest_complete_checkpoint
 
 @dataclass
 class TrainConfig:
-    """How one model is trained and evaluated (shared by every cell of a grid)."""
+    """How one model is trained and evaluated (shared by every cell of a grid). ``audit``: the monitor's
+    suspicious-example report combines the data audit of the training texts with the training signal (the report
+    ``dece+filter`` and ``dece+continue`` act on); False: the training signal alone."""
 
     epochs: float = 3.0
     learning_rate: float = 1e-3
@@ -58,6 +61,7 @@ class TrainConfig:
     codebleu_lang: str | None = "python"
     logging_steps: int = 10
     max_test: int | None = None
+    audit: bool = True
     report_to: list[str] = field(default_factory=list)
 
 
@@ -96,11 +100,13 @@ def loss_settings(loss: str, alpha_base: float | None, cfg: TrainConfig) -> dict
 
 def train(model: Any, tokenizer: Any, train_data: Dataset, out_dir: str, cfg: TrainConfig, loss: str = "ce",
           alpha_base: float | None = None, seed: int = 0, probes: dict[str, Dataset] | None = None,
-          payload_fn: Callable[[str], bool] | None = None, save_final: bool = False) -> tuple[Any, list[dict]]:
+          payload_fn: Callable[[str], bool] | None = None, save_final: bool = False,
+          audit: Any = None) -> tuple[Any, list[dict]]:
     """Train ``model`` on encoded ``train_data`` with ``loss``; resumes from a checkpoint in ``out_dir``.
 
     With ``probes`` (encoded clean/triggered validation sets) an EarlyLearningCallback records per-epoch
-    probe NLL/BLEU/ASR and, when ``train_data`` has ``is_poisoned``, the suspicious-example ranking. ``dece+continue``
+    probe NLL/BLEU/ASR and, when ``train_data`` has ``is_poisoned``, the suspicious-example ranking, combined with
+    ``audit`` (the data audit's records of the same rows, ids 0..n-1 in row order) when given. ``dece+continue``
     always runs the monitor, and `ContinueWithCE` after it: DeCE to the end of epoch 1, then plain CE without the
     rows the monitor's report flags then, in this one run (its decision in ``out_dir/dece_continue/``).
     Returns the trained model and the trainer's log history.
@@ -114,7 +120,7 @@ def train(model: Any, tokenizer: Any, train_data: Dataset, out_dir: str, cfg: Tr
     if probes or loss == CONTINUE:
         monitor = EarlyLearningCallback(
             probes=probes, payload_fn=payload_fn, max_generate=cfg.probe_size, max_new_tokens=cfg.max_new_tokens,
-            ground_truth_column=IS_POISONED if IS_POISONED in data.column_names else None, plots=True)
+            ground_truth_column=IS_POISONED if IS_POISONED in data.column_names else None, plots=True, audit=audit)
         callbacks.append(monitor)
     if loss == CONTINUE:
         callbacks.append(ContinueWithCE(monitor))
@@ -299,13 +305,16 @@ def continue_record(path: str) -> dict[str, Any]:
 
 
 def _train_cell(model_factory, train_data, probes, payload_fn, cfg, out_dir, loss, alpha_base, seed):
-    """A fresh model for ``seed``, trained with ``loss`` in ``out_dir``; checkpoints are dropped afterwards
+    """A fresh model for ``seed``, trained with ``loss`` in ``out_dir`` (its report combined with the data audit of
+    ``train_data`` when ``cfg.audit``); checkpoints are dropped afterwards
     (the early-learning report and pictures stay). Returns (model, tokenizer, log history)."""
     model, tokenizer = model_factory(seed)
     encoded = encode(train_data, tokenizer, cfg)
     encoded_probes = {name: encode(data, tokenizer, cfg) for name, data in probes.items()}
+    # the audit reads the texts, which encoding drops; add_example_ids numbers the rows 0..n-1 in this order
+    audit = audit_pairs(train_data[SOURCE], train_data[TARGET]).records() if cfg.audit else None
     model, history = train(model, tokenizer, encoded, out_dir, cfg, loss=loss, alpha_base=alpha_base,
-                           seed=seed, probes=encoded_probes, payload_fn=payload_fn)
+                           seed=seed, probes=encoded_probes, payload_fn=payload_fn, audit=audit)
     for name in os.listdir(out_dir):
         if name.startswith(("checkpoint-", "incomplete-checkpoint-")):
             shutil.rmtree(os.path.join(out_dir, name), ignore_errors=True)
@@ -324,7 +333,8 @@ def train_data_poisoned(records: Report | list[dict]) -> np.ndarray | None:
 
 def report_quality(records: Report | list[dict]) -> dict[str, float]:
     """AUROC and precision at k (k = poisoned rows) of a suspicious-example report against its ground truth: the
-    ranking score (``report_*``, the token score) and the per-example worst-token score (``example_report_*``);
+    ranking score (``report_*``: combined when the report holds the audit's), each signal's own where the report
+    keeps it (``token_report_*``, ``audit_report_*``) and the per-example worst-token score (``example_report_*``);
     empty without poisoned rows."""
     report = as_report(records)
     if not len(report) or IS_POISONED not in report.fields:
@@ -334,7 +344,10 @@ def report_quality(records: Report | list[dict]) -> dict[str, float]:
         return {}
     k = int(truth.sum())
     out = {}
-    for prefix, key in (("report", "score"), ("example_report", "example_score")):
+    for prefix, key in (("report", "score"), ("token_report", "token_score"), ("audit_report", "audit_score"),
+                        ("example_report", "example_score")):
+        if key not in report.fields and prefix in ("token_report", "audit_report"):
+            continue
         scores = report.fields.get(key, np.full(len(report), np.nan))
         out[f"{prefix}_auroc"] = auroc(scores, truth)
         out[f"{prefix}_precision_at_k"] = precision_at_k(scores, truth, k)

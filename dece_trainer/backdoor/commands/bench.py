@@ -90,6 +90,9 @@ def add_train_arguments(parser: argparse.ArgumentParser, epochs: float = 3.0) ->
                    help="DeCE's alpha = alpha_base ** epoch, per whole epoch or continuous")
     g.add_argument("--lora_r", type=int, default=0, help="LoRA rank for pretrained models (0: full fine-tune)")
     g.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=False, help="bf16 mixed precision")
+    g.add_argument("--audit", action=argparse.BooleanOptionalAction, default=True,
+                   help="the suspicious-example report (which dece+filter and dece+continue act on) combines the data "
+                        "audit of the training texts with the training signal; --no-audit: the training signal alone")
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
@@ -101,7 +104,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
                        probe_size=args.probe_size, label_smoothing=args.label_smoothing,
                        alpha_schedule=args.alpha_schedule, bf16=args.bf16,
                        codebleu_lang=None if args.codebleu_lang == "none" else args.codebleu_lang,
-                       max_test=args.max_test)
+                       max_test=args.max_test, audit=args.audit)
 
 
 def load_benchmark(args: argparse.Namespace, attack: str, rate: float, seed: int) -> Benchmark:
