@@ -69,12 +69,25 @@ def refused(argv, capsys):
     ("--label_smoothing", "1.0", r"`--label_smoothing` must be a finite number in \[0, 1\), got 1.0"),
     ("--lora_r", "-1", "`--lora_r` must be an integer >= 0"),
     ("--seeds", "-1", r"--seeds must be one or more integers >= 0"),
+    ("--switch_epoch", "-1", "`--switch_epoch` must be an integer >= 0"),
 ])
 def test_bench_refuses_nonsensical_numbers_before_any_setup(tmp_path, capsys, flag, value, message):
     out = tmp_path / "out"
     err, seconds = refused(["bench", flag, value, "--output_dir", str(out)], capsys)
     assert re.search(message, err), err
     assert not out.exists() and seconds < 10  # refused before the task, the models or the output folder
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--switch_epoch", "0", "--no-audit"], "--switch_epoch 0 decides on the data audit alone"),
+    (["--losses", "dece+continue", "--switch_epoch", "2", "--epochs", "2"],
+     r"switches to CE at the end of epoch 2, so it needs --epochs above 2"),
+])
+def test_bench_refuses_a_switch_it_cannot_make(tmp_path, capsys, extra, message):
+    out = tmp_path / "out"
+    err, _ = refused(["bench", *extra, "--output_dir", str(out)], capsys)
+    assert re.search(message, err), err
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -215,7 +215,7 @@ def test_wiring_and_arguments(tmp_path, tokenizer, data):
     with pytest.raises(TypeError, match="EarlyLearningCallback"):
         ContinueWithCE(object())
     with pytest.raises(ValueError, match="switch_epoch"):
-        ContinueWithCE(monitor, switch_epoch=0)
+        ContinueWithCE(monitor, switch_epoch=-1)
     with pytest.raises(ValueError, match="fence"):
         ContinueWithCE(monitor, fence=0)
     with pytest.raises(ValueError, match=r"switch_epoch=3 leaves no epoch to train with CE"):
@@ -298,3 +298,54 @@ def test_bench_cell_records_the_switch(tmp_path, capsys):
         main(short)
     assert exit_info.value.code == 2
     assert re.search(r"dece\+continue switches to CE at the end of epoch 1.*--epochs above 1", capsys.readouterr().err)
+
+
+def audited_run(tokenizer, args, rows, **kwargs):
+    """A run whose monitor holds the data audit of ``rows`` (the training rows' texts, ids 0..n-1)."""
+    from dece_trainer.audit import audit_pairs
+
+    audit = audit_pairs([r["source"] for r in rows], [r["target"] for r in rows]).records()
+    monitor = EarlyLearningCallback(ground_truth_column="is_poisoned", plots=False, audit=audit)
+    callback = ContinueWithCE(monitor, **kwargs)
+    trainer = ReferenceTrainer(model=tiny.make_model("llama", tokenizer), args=args,
+                               train_dataset=add_example_ids(tiny.causal_dataset(tokenizer, rows)),
+                               data_collator=tiny.pad_collator(tokenizer), callbacks=[monitor, callback])
+    return trainer, callback, audit
+
+
+def test_switch_epoch_0_trains_cross_entropy_from_the_first_step_without_the_rows_the_audit_flags(tmp_path,
+                                                                                                    tokenizer):
+    from dece_trainer.callbacks.poison_filter import decide
+
+    rows = tiny.poison(tiny.make_pairs(40, seed=5), 0.1, seed=5)
+    trainer, callback, audit = audited_run(tokenizer, sgd_args(tmp_path, "zero", num_train_epochs=2), rows,
+                                           switch_epoch=0)
+    trainer.train()
+    expected = sorted(decide(audit, "score", FENCE).flagged)  # the audit's own decision, apart from the callback
+    poisoned = sorted(i for i, r in enumerate(rows) if r["is_poisoned"])
+    assert expected and set(poisoned) <= set(expected)  # the audit finds every planted row here
+    assert callback.dropped_ids == expected and callback.switch_step == 0
+    assert trainer.checked == 10  # every micro-batch of both epochs is plain CE over the kept rows
+    assert {e["dece_alpha"] for e in logs_with(trainer, "loss")} == {1.0}
+    saved = json.loads((tmp_path / "zero" / OUTPUT_DIR / DECISION_FILE).read_text())
+    assert saved["switch_epoch"] == 0 and saved["decision_step"] == 0 and saved["summary"]["kept_poisoned"] == 0
+    report = [json.loads(line) for line in (tmp_path / "zero" / OUTPUT_DIR / "suspicious.jsonl").open()]
+    assert [r["example_id"] for r in report[:len(expected)]] == [r["example_id"] for r in audit[:len(expected)]]
+    trainer.create_model_card(model_name="tiny-continue-0")
+    assert "from the first step, without the" in (tmp_path / "zero" / "README.md").read_text()
+
+
+def test_switch_epoch_0_needs_the_audit_and_a_resumed_run_reuses_its_decision(tmp_path, tokenizer):
+    with pytest.raises(ValueError, match="switch_epoch=0 decides before training on the data audit alone"):
+        ContinueWithCE(EarlyLearningCallback(), switch_epoch=0)
+    rows = tiny.poison(tiny.make_pairs(40, seed=5), 0.1, seed=5)
+    args = sgd_args(tmp_path, "zr", num_train_epochs=2, save_strategy="epoch")
+    first, first_cb, _ = audited_run(tokenizer, args, rows, switch_epoch=0)
+    first.train()
+    again, again_cb, _ = audited_run(tokenizer, args, rows, switch_epoch=0)
+    again._decide_calls = 0
+    original = again_cb._decide
+    again_cb._decide = lambda a: (setattr(again, "_decide_calls", again._decide_calls + 1), original(a))[1]
+    again.train(resume_from_checkpoint=str(tmp_path / "zr" / "checkpoint-5"))
+    assert again._decide_calls == 0 and again_cb.dropped_ids == first_cb.dropped_ids
+    assert_same_weights(first.model, again.model, atol=1e-6)

@@ -62,6 +62,7 @@ class TrainConfig:
     logging_steps: int = 10
     max_test: int | None = None
     audit: bool = True
+    switch_epoch: int = 1
     report_to: list[str] = field(default_factory=list)
 
 
@@ -107,7 +108,8 @@ def train(model: Any, tokenizer: Any, train_data: Dataset, out_dir: str, cfg: Tr
     With ``probes`` (encoded clean/triggered validation sets) an EarlyLearningCallback records per-epoch
     probe NLL/BLEU/ASR and, when ``train_data`` has ``is_poisoned``, the suspicious-example ranking, combined with
     ``audit`` (the data audit's records of the same rows, ids 0..n-1 in row order) when given. ``dece+continue``
-    always runs the monitor, and `ContinueWithCE` after it: DeCE to the end of epoch 1, then plain CE without the
+    always runs the monitor, and `ContinueWithCE` after it: DeCE to the end of epoch ``cfg.switch_epoch`` (before
+    training on the audit alone for 0), then plain CE without the
     rows the monitor's report flags then, in this one run (its decision in ``out_dir/dece_continue/``).
     Returns the trained model and the trainer's log history.
     """
@@ -123,7 +125,7 @@ def train(model: Any, tokenizer: Any, train_data: Dataset, out_dir: str, cfg: Tr
             ground_truth_column=IS_POISONED if IS_POISONED in data.column_names else None, plots=True, audit=audit)
         callbacks.append(monitor)
     if loss == CONTINUE:
-        callbacks.append(ContinueWithCE(monitor))
+        callbacks.append(ContinueWithCE(monitor, switch_epoch=cfg.switch_epoch))
     # resume from the newest checkpoint that has everything (a half-written one is moved aside, with a warning)
     checkpoint = newest_complete_checkpoint(out_dir, monitor=monitor is not None)
     args = DeCETrainingArguments(
@@ -252,7 +254,8 @@ def run_cell(cell: Cell, model_factory: Callable[[int], tuple[Any, Any]], train_
     finished dece cell of the same grid point), drops the rows the report flags and trains CE on the rest from
     the same starting model in ``out_dir/retrain`` (DeCE again when nothing was flagged: the filter never
     leaves a run less defended than DeCE); its record adds the filter's counts. A ``dece+continue`` cell trains one
-    run, DeCE then CE without the rows flagged at the end of epoch 1 (`ContinueWithCE`); its record adds the switch
+    run, DeCE then CE without the rows flagged at the end of epoch ``cfg.switch_epoch`` (`ContinueWithCE`); its record
+    adds the switch
     and the counts (``continue``) and the quality of the report the decision read. An ``onion`` cell
     trains CE and cleans the test sources with ONION before generating (``onion_test_sets``); its record adds
     the threshold and the shares of words deleted.

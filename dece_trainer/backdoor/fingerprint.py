@@ -20,7 +20,8 @@ FINGERPRINT_VERSION = 1
 DATA_FILES = ("train_file", "validation_file", "test_file", "triggered_test_file", "triggered_validation_file",
               "warmup_file")
 TRAINING = ("epochs", "learning_rate", "batch_size", "grad_accum", "max_source_tokens", "max_target_tokens",
-            "label_smoothing", "alpha_schedule", "warmup_epochs", "bf16", "lora_r", "audit")
+            "label_smoothing", "alpha_schedule", "warmup_epochs", "bf16", "lora_r", "audit",
+            "switch_epoch")
 EVALUATION = ("max_new_tokens", "max_test", "probe_size", "codebleu_lang")
 # What the tokenizer and the warm-up model are built from (the cache key): not the fine-tune's own settings.
 WARMUP_TRAINING = ("warmup_epochs", "learning_rate", "batch_size", "grad_accum", "max_source_tokens",

@@ -50,6 +50,8 @@ def row_label(record: dict) -> str:
     """A table row's name: the loss, its alpha, and a filter or continue cell's fence (where its record has one)."""
     fence = (record.get("filter") or record.get("continue") or {}).get("fence")
     fence = f", fence {fence:g}" if fence is not None else ""
+    if (record.get("continue") or {}).get("switch_epoch") is not None:
+        fence += f", switch at epoch {record['continue']['switch_epoch']}"
     if record["loss"] in ALPHA_LOSSES and record.get("alpha_final") is not None:
         return (f"{record['loss']} (alpha_final {record['alpha_final']:g}, alpha_base {record['alpha_base']:.3g})"
                 f"{fence}")

@@ -10,6 +10,7 @@ the CE epochs the DeCE run would have spent at a bounded gradient.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 from transformers import TrainerCallback
 
-from ..io import write_json
+from ..io import write_json, write_text
 from ..outliers import FENCE
 from ..trainer.example_ids import EXAMPLE_ID_COLUMN
 from ..validation import check_example_ids, check_int, check_name, check_number
@@ -71,8 +72,10 @@ class ContinueWithCE(TrainerCallback):
 
     Args:
         monitor: the run's `EarlyLearningCallback`, whose report the decision reads.
-        switch_epoch: the epoch at whose end the run switches to CE (1: after the first epoch). The default is
-            provisional: which epoch's report is best to act on has not been measured yet (docs/continue.md).
+        switch_epoch: the epoch at whose end the run switches to CE (1: after the first epoch). 0 decides before
+            the first step on the data audit alone (the monitor's ``audit``; its rows written to
+            ``dece_continue/suspicious.jsonl``): no DeCE epoch, plain CE on the rows the audit does not flag, at
+            CE's cost; nothing flagged leaves the whole run on DeCE. docs/continue.md compares the switch points.
         fence: the modified z-score above which a row is flagged (`outliers.FENCE`; lower flags more rows).
         score_key: the report field the decision reads (``score``: the token score).
     """
@@ -82,7 +85,10 @@ class ContinueWithCE(TrainerCallback):
         if not isinstance(monitor, EarlyLearningCallback):
             raise TypeError(f"`monitor` must be the run's EarlyLearningCallback, got {type(monitor).__name__}")
         self.monitor = monitor
-        self.switch_epoch = check_int(switch_epoch, "switch_epoch", minimum=1)
+        self.switch_epoch = check_int(switch_epoch, "switch_epoch", minimum=0)
+        if self.switch_epoch == 0 and not monitor.has_audit:
+            raise ValueError("switch_epoch=0 decides before training on the data audit alone, and the monitor has "
+                             "none: build it with EarlyLearningCallback(audit=...) (the audit's records, or 'auto')")
         self.fence = check_number(fence, "fence", low=0.0, low_open=True)
         self.score_key = check_name(score_key, "score_key")
         self.decision: dict[str, Any] | None = None  # the record of the decision, once taken (or restored)
@@ -140,6 +146,8 @@ class ContinueWithCE(TrainerCallback):
         trainer.set_row_filter(None)
         trainer.set_loss_override(None)
         if state.global_step <= 0:
+            if self.switch_epoch == 0:  # before the first step, on the audit the monitor aligned in its own begin
+                self._switch(args, state)
             return
         record = (getattr(state, "stateful_callbacks", None) or {}).get(STATE_KEY)
         epoch = float(state.epoch or 0.0)
@@ -196,10 +204,14 @@ class ContinueWithCE(TrainerCallback):
         self._trainer.log(logs)
 
     def _decide(self, args) -> dict[str, Any]:
-        if self.monitor.history is None or self.monitor.history.num_epochs == 0:
-            raise ValueError("the early-learning monitor has no finished epoch to report on")
         path = os.path.join(args.output_dir, OUTPUT_DIR, REPORT_FILE)
-        records = self.monitor.write_report(path)
+        if self.switch_epoch == 0:
+            records = self.monitor.audit_records()
+            write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+        elif self.monitor.history is None or self.monitor.history.num_epochs == 0:
+            raise ValueError("the early-learning monitor has no finished epoch to report on")
+        else:
+            records = self.monitor.write_report(path)
         decision = decide(records, self.score_key, self.fence)
         summary = decision.summary(_poisoned_by_id(records, self.monitor.ground_truth_column))
         return {"flagged": [int(i) for i in decision.flagged], "summary": summary}
@@ -212,11 +224,20 @@ class ContinueWithCE(TrainerCallback):
         if dropped:
             trainer.set_row_filter(dropped)
             trainer.set_loss_override(1.0, 0.0)
-            self._set_note(f"dece+continue: trained with DeCE to the end of epoch {record['switch_epoch']} (step "
-                           f"{record['switch_step']}), then with plain cross-entropy (alpha 1, no label smoothing) "
-                           f"without the {len(dropped)} training rows the early-learning report flagged (fence "
-                           f"{_fmt(record['summary'].get('fence'))}); their example ids are in "
-                           f"`{OUTPUT_DIR}/{DECISION_FILE}`.")
+            fence = _fmt(record["summary"].get("fence"))
+            if record["switch_epoch"] == 0:
+                self._set_note(f"dece+continue: trained with plain cross-entropy (alpha 1, no label smoothing) from "
+                               f"the first step, without the {len(dropped)} training rows the data audit flagged "
+                               f"before training (fence {fence}); their example ids are in "
+                               f"`{OUTPUT_DIR}/{DECISION_FILE}`.")
+            else:
+                self._set_note(f"dece+continue: trained with DeCE to the end of epoch {record['switch_epoch']} (step "
+                               f"{record['switch_step']}), then with plain cross-entropy (alpha 1, no label "
+                               f"smoothing) without the {len(dropped)} training rows the early-learning report "
+                               f"flagged (fence {fence}); their example ids are in `{OUTPUT_DIR}/{DECISION_FILE}`.")
+        elif record["switch_epoch"] == 0:
+            self._set_note("dece+continue: the data audit flagged no training row before training, so training "
+                           "stayed on DeCE.")
         else:
             self._set_note(f"dece+continue: the early-learning report flagged no training row at the end of epoch "
                            f"{record['switch_epoch']}, so training stayed on DeCE.")

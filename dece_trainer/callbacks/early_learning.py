@@ -551,6 +551,31 @@ class EarlyLearningCallback(TrainerCallback):
 
     # ---- report -----------------------------------------------------------------------------------
 
+    @property
+    def has_audit(self) -> bool:
+        """Whether the monitor combines the data audit with its own evidence (``audit=`` given)."""
+        return self._audit_input is not None
+
+    def audit_records(self) -> list[dict]:
+        """The data audit's ranking of the training rows before any training: one record per row, highest
+        ``score`` (the audit's) first, with ``rank``, ``example_id``, ``audit_score``, ``audit_evidence`` where the
+        audit has one, and the ground truth where the monitor has one: what `ContinueWithCE` decides on at
+        ``switch_epoch=0``. Needs the audit (``audit=``) and the training rows (after ``on_train_begin``)."""
+        if self.audit_scores is None:
+            raise ValueError("the monitor has no data audit to rank the rows by before training: build it with "
+                             "EarlyLearningCallback(audit=...) (the audit's records, or 'auto')")
+        records = []
+        order = np.argsort(-self.audit_scores, kind="mergesort")
+        for rank, i in enumerate(order.tolist(), start=1):
+            record = {"rank": rank, EXAMPLE_ID_COLUMN: self.example_id(i), "score": float(self.audit_scores[i]),
+                      "audit_score": float(self.audit_scores[i])}
+            if self.audit_evidence[i] is not None:
+                record["audit_evidence"] = self.audit_evidence[i]
+            if self.poisoned is not None:
+                record[self.ground_truth_column] = bool(self.poisoned[i])
+            records.append(record)
+        return records
+
     def write_report(self, path: str) -> list[dict]:
         """Write the suspicious-example ranking as JSON Lines (atomically) and return its records. With an audit,
         ``score`` is the combined score and each record also holds ``token_score`` (the monitor's own),

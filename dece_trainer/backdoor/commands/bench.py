@@ -93,6 +93,9 @@ def add_train_arguments(parser: argparse.ArgumentParser, epochs: float = 3.0) ->
     g.add_argument("--audit", action=argparse.BooleanOptionalAction, default=True,
                    help="the suspicious-example report (which dece+filter and dece+continue act on) combines the data "
                         "audit of the training texts with the training signal; --no-audit: the training signal alone")
+    g.add_argument("--switch_epoch", type=int, default=1,
+                   help="dece+continue: the epoch at whose end the cell switches to CE without the flagged rows (0: "
+                        "before training, on the data audit alone; needs --audit)")
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
@@ -104,7 +107,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
                        probe_size=args.probe_size, label_smoothing=args.label_smoothing,
                        alpha_schedule=args.alpha_schedule, bf16=args.bf16,
                        codebleu_lang=None if args.codebleu_lang == "none" else args.codebleu_lang,
-                       max_test=args.max_test, audit=args.audit)
+                       max_test=args.max_test, audit=args.audit, switch_epoch=args.switch_epoch)
 
 
 def load_benchmark(args: argparse.Namespace, attack: str, rate: float, seed: int) -> Benchmark:
@@ -191,8 +194,13 @@ def validate(args: argparse.Namespace) -> None:
         raise ValueError("--losses has dece but --alpha_bases and --alpha_finals are both empty")
     if not args.seeds or any(seed < 0 for seed in args.seeds):
         raise ValueError(f"--seeds must be one or more integers >= 0, got {args.seeds}")
-    if CONTINUE in args.losses and not args.epochs > 1:
-        raise ValueError(f"--losses {CONTINUE} switches to CE at the end of epoch 1, so it needs --epochs above 1, "
+    check_positive_ints(args, ("switch_epoch",), minimum=0)
+    if args.switch_epoch == 0 and not args.audit:
+        raise ValueError("--switch_epoch 0 decides on the data audit alone before training, and --no-audit turns the "
+                         "audit off: drop --no-audit")
+    if CONTINUE in args.losses and not args.epochs > args.switch_epoch:
+        raise ValueError(f"--losses {CONTINUE} switches to CE at the end of epoch {args.switch_epoch}, so it needs "
+                         f"--epochs above {args.switch_epoch}, "
                          f"got {args.epochs:g}")
     check_training_numbers(args)
     check_positive_ints(args, ("max_per_split", "max_train", "warmup_rows"), optional=True)
