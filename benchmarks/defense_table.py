@@ -38,8 +38,8 @@ METRICS = (("asr", 100, "ASR %"), ("false_trigger_rate", 100, "FTR %"), ("bleu",
            ("token_report_auroc", 1, "token AUROC"), ("token_report_precision_at_k", 1, "token P@k"),
            ("audit_report_auroc", 1, "audit AUROC"), ("audit_report_precision_at_k", 1, "audit P@k"))
 QUALITY = (("bleu", 1), ("codebleu", 1), ("subtoken_f1", 100), ("exact_match", 100))  # within 1 point of CE
-REPORTS = ("fingerprint.json", "early_learning/suspicious.jsonl", "dece_continue/suspicious.jsonl",
-           "dece_continue/decision.json")
+REPORTS = ("fingerprint.json", "early_learning/suspicious.jsonl", "early_learning/worst_tokens.npz",
+           "dece_continue/suspicious.jsonl", "dece_continue/decision.json")
 MAX_ASR, MAX_QUALITY_DROP, MAX_TIME_RATIO, MIN_AUROC, MIN_PRECISION = 0.02, 1.0, 1.15, 0.95, 0.8
 
 

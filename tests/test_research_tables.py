@@ -216,3 +216,44 @@ def test_collect_adds_a_second_sessions_reports_to_the_first(tmp_path, research_
     scores = json.loads((out / "report_scores.json").read_text())
     assert sorted(scores) == ["d-a-p0.05-dece-s0", "d-a-p0.05-dece-s1"]
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["cell-s0", "cell-s1"]
+
+
+@pytest.fixture(scope="module")
+def defense_table():
+    import sys
+
+    sys.path.insert(0, str(BENCHMARKS))  # defense_table imports research_tables as its sibling
+    try:
+        return load("defense_table")
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+def defense_record(loss, bleu, asr, seconds, switch=None, **extra):
+    r = {"dataset": "d", "attack": "a", "poison_rate": 0.1, "loss": loss, "seed": 1, "key": f"d-a-{loss}-{switch}",
+         "asr": asr, "false_trigger_rate": 0.0, "bleu": bleu, "codebleu": 40.0, "subtoken_f1": 0.3,
+         "exact_match": 0.1, "report_auroc": 0.99, "report_precision_at_k": 0.9, "train_seconds": seconds,
+         "config": {"training": {"audit": True}}, **extra}
+    if switch is not None:
+        r["continue"] = {"switch_epoch": switch, "flagged": 12, "kept": 88, "poisoned": 10, "kept_poisoned": 0}
+    return r
+
+
+def test_the_goals_compare_each_one_run_cell_with_ce_and_never_call_a_missing_one_met(tmp_path, defense_table):
+    write_folder(tmp_path, "a_p10", [defense_record("ce", 12.0, 0.8, 100.0),
+                                     defense_record("dece+continue", 11.5, 0.0, 110.0, switch=0)])
+    write_folder(tmp_path, "a_p10_switch1", [defense_record("dece+continue", 9.0, 0.05, 130.0, switch=1)])
+    write_folder(tmp_path, "b_p5", [{**defense_record("dece+continue", 9.0, 0.0, 90.0, switch=0), "attack": "b"}])
+    defense_table.tables(str(tmp_path))
+    goals = {(g["setting"], g["loss"]): g for g in json.loads((tmp_path / "defense.json").read_text())["goals"]}
+    zero, one = goals[("d / a / 0.1", "dece+continue (switch 0)")], goals[("d / a / 0.1", "dece+continue (switch 1)")]
+    assert zero["asr"][0] and zero["bleu"] == [True, pytest.approx(-0.5)] and zero["time"] == [True, pytest.approx(1.1)]
+    assert not one["asr"][0] and one["bleu"] == [False, pytest.approx(-3.0)] and not one["time"][0]
+    alone = goals[("d / b / 0.1", "dece+continue (switch 0)")]
+    assert alone["bleu"] is None and alone["time"] is None  # no CE cell: not measured, not met
+    assert "| d / b / 0.1 | 1 | dece+continue (switch 0) | yes (0.00) | - |" in (tmp_path / "defense.md").read_text()
+
+
+def test_the_committed_defense_tables_are_what_the_results_give(tmp_path, defense_table):
+    defense_table.tables(str(RESULTS / "cpu_defense"), str(tmp_path))
+    assert (tmp_path / "defense.md").read_text() == (RESULTS / "cpu_defense" / "defense.md").read_text()
