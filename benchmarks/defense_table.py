@@ -3,18 +3,23 @@
 
   python benchmarks/defense_table.py collect RUN_ROOT RESULTS_DIR   # results.json, table.md and every cell's
                                                                      # reports and decision (no checkpoints)
-  python benchmarks/defense_table.py tables RESULTS_DIR [--output_dir DIR]
-      # markdown to stdout; defense.md and defense.json into DIR (default: RESULTS_DIR)
+  python benchmarks/defense_table.py tables RESULTS_DIR [--output_dir DIR] [--chart PNG]
+      # markdown to stdout; defense.md and defense.json into DIR (default: RESULTS_DIR); the chart draws each
+      # setting's ASR and clean BLEU per cell
 
 Per setting (dataset / attack / poison rate) and loss: test ASR, FTR, BLEU, CodeBLEU, subtoken F1, exact match,
 the suspicious-example report's AUROC and precision at k (the ranking the cell's defense reads: combined, and each
 signal's own where the report kept it), the rows a ``dece+continue`` cell dropped and kept, and its training
 time against the CE cell of the same setting. The goals table compares ``dece+continue`` with CE of the same
-setting: ASR <= 2%; BLEU, CodeBLEU, F1 and exact match within 1 point; training time <= 1.15x; the combined report
-at AUROC >= 0.95 and precision at k >= 0.8. A goal whose cells have not run reads "-", never "met".
+setting: ASR <= 2%; BLEU, CodeBLEU, F1 and exact match within 1 point; training time <= 1.15x; the report the
+switch read at AUROC >= 0.95 and precision at k >= 0.8 (combined with the audit; the audit's alone for a switch
+before training). A goal whose cells have not run, or cannot be compared, reads "-", never "met".
 
-Training time is the cell's own wall clock (``train_seconds``: training, the monitor and its probes, in both
-cells), so its ratio is only as good as the machine was idle during both cells; the records say when they ran.
+Training time is the cell's own wall clock (``train_seconds``: the audit, training, the monitor and its probes, in
+both cells; not the warm-up model a seed's first cell builds), so its ratio is only as good as the machine was idle
+during both cells. It is left out ("-") for a cell that resumed (its clock counts from the resume) and for records
+written before the bench recorded that (``resumed`` absent: their clock may hold the warm-up). CE and the cell it is
+compared with must share every setting but ``audit`` and ``switch_epoch`` (else "-").
 """
 
 from __future__ import annotations
@@ -70,6 +75,20 @@ def load(results_dir: str) -> list[dict]:
     return records
 
 
+def timed(r: dict) -> bool:
+    """Whether the record's ``train_seconds`` is the training's alone, uninterrupted."""
+    return r.get("resumed") is False
+
+
+def comparable(a: dict, b: dict) -> bool:
+    """Whether two cells ran with the same settings but the defense's own (``audit``, ``switch_epoch``)."""
+    def core(r: dict) -> dict:
+        config = r.get("config") or {}
+        training = {k: v for k, v in (config.get("training") or {}).items() if k not in ("audit", "switch_epoch")}
+        return {**config, "training": training}
+    return core(a) == core(b)
+
+
 def setting_of(r: dict) -> str:
     return f"{r['dataset']} / {r['attack']} / {r['poison_rate']:g}"
 
@@ -86,19 +105,21 @@ def fmt(value: float | None, scale: float = 1) -> str:
 
 def cell_table(records: list[dict]) -> tuple[str, list[dict]]:
     """One row per cell (one seed each here): the metrics, the drop counts and the time against CE."""
-    ce_time = {(setting_of(r), r["seed"]): r["train_seconds"] for r in records if r["loss"] == "ce"}
+    ce = {(setting_of(r), r["seed"]): r for r in records if r["loss"] == "ce"}
     head = ["setting", "seed", "loss", *(h for _, _, h in METRICS), "dropped (poisoned of)", "train min", "x CE"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * 3 + " ---: |" * (len(head) - 3)]
     rows = []
     for r in sorted(records, key=lambda r: (setting_of(r), r["seed"], loss_of(r))):
         cont = r.get("continue") or {}
-        ce = ce_time.get((setting_of(r), r["seed"]))
+        base = ce.get((setting_of(r), r["seed"]))
+        ratio = (r["train_seconds"] / base["train_seconds"] if base is not None and timed(r) and timed(base)
+                 and comparable(r, base) else None)
         audit = r["config"]["training"].get("audit", False)  # without the audit, the report is the token signal's
         metrics = {k: r.get(k if audit or not k.startswith("token_") else k.removeprefix("token_"))
                    for k, _, _ in METRICS}
         row = {"setting": setting_of(r), "seed": r["seed"], "loss": loss_of(r), "key": r["key"], "audit": audit,
                **metrics, "continue": cont or None,
-               "train_seconds": r["train_seconds"], "time_vs_ce": r["train_seconds"] / ce if ce else None,
+               "train_seconds": r["train_seconds"], "resumed": r.get("resumed"), "time_vs_ce": ratio,
                "finished": r.get("finished")}
         rows.append(row)
         dropped = (f"{cont['flagged']} ({cont['poisoned'] - cont['kept_poisoned']} of {cont['poisoned']})"
@@ -112,7 +133,13 @@ def cell_table(records: list[dict]) -> tuple[str, list[dict]]:
 def goals_table(records: list[dict]) -> tuple[str, list[dict]]:
     """``dece+continue`` against CE of the same setting and seed: each goal met (yes), missed (no, with the
     number) or not yet measured (-)."""
-    by = {(setting_of(r), r["seed"], loss_of(r)): r for r in records}
+    by: dict[tuple, dict] = {}
+    for r in records:
+        key = (setting_of(r), r["seed"], loss_of(r))
+        if key in by:
+            raise SystemExit(f"two cells of {' / '.join(map(str, key))}: {by[key]['folder']}/{by[key]['key']} and "
+                             f"{r['folder']}/{r['key']}; keep one, or name the difference in the loss")
+        by[key] = r
     head = ["setting", "seed", "cell", "ASR <= 2%", *(f"{k} within 1 of CE" for k, _ in QUALITY), "time <= 1.15x CE",
             "report AUROC >= 0.95", "report P@k >= 0.8"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
@@ -121,20 +148,27 @@ def goals_table(records: list[dict]) -> tuple[str, list[dict]]:
         if not loss.startswith(CONTINUE):
             continue
         ce = by.get((setting, seed, "ce"))
-        row = {"setting": setting, "seed": seed, "loss": loss,
-               "asr": [r["asr"] <= MAX_ASR, r["asr"] * 100]}
+        if ce is not None and not comparable(r, ce):
+            ce = None
+        row = {"setting": setting, "seed": seed, "loss": loss, "ce": ce["key"] if ce else None,
+               "asr": _check(r.get("asr"), lambda v: v <= MAX_ASR, 100)}
         for key, scale in QUALITY:
             drop = None if ce is None or r.get(key) is None or ce.get(key) is None else (ce[key] - r[key]) * scale
             row[key] = None if drop is None else [drop <= MAX_QUALITY_DROP, -drop]
-        row["time"] = None if ce is None else [r["train_seconds"] / ce["train_seconds"] <= MAX_TIME_RATIO,
-                                               r["train_seconds"] / ce["train_seconds"]]
-        row["report_auroc"] = [r["report_auroc"] >= MIN_AUROC, r["report_auroc"]]
-        row["report_precision_at_k"] = [r["report_precision_at_k"] >= MIN_PRECISION, r["report_precision_at_k"]]
+        ratio = r["train_seconds"] / ce["train_seconds"] if ce is not None and timed(r) and timed(ce) else None
+        row["time"] = _check(ratio, lambda v: v <= MAX_TIME_RATIO)
+        row["report_auroc"] = _check(r.get("report_auroc"), lambda v: v >= MIN_AUROC)
+        row["report_precision_at_k"] = _check(r.get("report_precision_at_k"), lambda v: v >= MIN_PRECISION)
         rows.append(row)
         cells = [_verdict(row[k]) for k in ("asr", *(k for k, _ in QUALITY), "time", "report_auroc",
                                             "report_precision_at_k")]
         lines.append(f"| {setting} | {seed} | {loss} | " + " | ".join(cells) + " |")
     return "\n".join(lines), rows
+
+
+def _check(value: float | None, met, scale: float = 1) -> list | None:
+    """[met, value x scale], or None where the value was not measured."""
+    return None if value is None else [bool(met(value)), value * scale]
 
 
 def _verdict(check: list | None) -> str:
@@ -145,7 +179,7 @@ def _verdict(check: list | None) -> str:
         f"{'yes' if met else 'no'} ({value:.2f})"
 
 
-def tables(results_dir: str, output_dir: str | None = None) -> str:
+def tables(results_dir: str, output_dir: str | None = None, chart: str | None = None) -> str:
     records = load(results_dir)
     cells_md, cells = cell_table(records)
     goals_md, goals = goals_table(records)
@@ -155,7 +189,33 @@ def tables(results_dir: str, output_dir: str | None = None) -> str:
     out = output_dir or results_dir
     write_text(os.path.join(out, "defense.md"), text)
     write_json(os.path.join(out, "defense.json"), {"cells": cells, "goals": goals})
+    if chart:
+        plot(cells, chart)
     return text
+
+
+def plot(rows: list[dict], path: str) -> None:
+    """Per setting, ASR % and clean BLEU of each cell (one seed each), side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    settings = list(dict.fromkeys(f"{r['setting']} s{r['seed']}" for r in rows))
+    losses = sorted({r["loss"] for r in rows})
+    fig, axes = plt.subplots(1, 2, figsize=(12, 0.5 + 0.45 * len(settings) * len(losses) / 2 + 1))
+    for ax, (key, scale, label) in zip(axes, (("asr", 100, "ASR % (triggered test)"), ("bleu", 1, "clean BLEU"))):
+        height = 0.8 / len(losses)
+        for j, loss in enumerate(losses):
+            values = [next((r[key] * scale for r in rows if f"{r['setting']} s{r['seed']}" == s and r["loss"] == loss
+                            and r.get(key) is not None), float("nan")) for s in settings]
+            ax.barh([i + j * height for i in range(len(settings))], values, height=height, label=loss)
+        ax.set_yticks([i + 0.4 - height / 2 for i in range(len(settings))], settings, fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xlabel(label)
+    axes[0].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
 def main() -> int:
@@ -167,11 +227,12 @@ def main() -> int:
     t = sub.add_parser("tables")
     t.add_argument("results_dir")
     t.add_argument("--output_dir", default=None, help="where defense.md and defense.json go (default: RESULTS_DIR)")
+    t.add_argument("--chart", default=None, help="also draw ASR and clean BLEU per setting and cell (PNG)")
     args = parser.parse_args()
     if args.command == "collect":
         collect(args.root, args.out)
     else:
-        print(tables(args.results_dir, args.output_dir), end="")
+        print(tables(args.results_dir, args.output_dir, args.chart), end="")
     return 0
 
 

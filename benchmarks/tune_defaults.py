@@ -9,7 +9,11 @@ training rows (`combined_report.training_rows`, checked against the report's gro
 the grid is held out.
 
 For each (fence, audit weight w): the score ``(1 - w) * max(0, z_token) + w * max(0, z_audit)`` (w = 0.5 is
-`combine_scores` up to a factor the threshold does not see), flagged by `choose_threshold` at the fence. The choice
+`combine_scores` up to a factor the threshold does not see), flagged by `choose_threshold` at the fence; w = 0 and
+w = 1 are each signal's own raw score (the token report alone, the audit alone, as the library flags them), not the
+clipped z-score, whose many zeros would change the rule's spread. The Lyra reports of every seed rank the same 240
+training rows (`--max_train` picks them whatever the seed), so the held-out Lyra BadPre reports share the dev
+report's audit: only their token scores are new. The choice
 minimises the poisoned rows kept on the development split, then the clean rows flagged (a clean row dropped costs
 the clean task one row; a poisoned row kept is the backdoor).
 
@@ -60,9 +64,9 @@ def reports(scores_path: str) -> list[dict]:
         audit, rebuilt = audits[data_key]
         if not np.array_equal(rebuilt, truth):
             raise SystemExit(f"{key}: the rebuilt training rows' poisoned rows are not the report's")
-        out.append({"key": key, "dev": is_dev(key), "truth": truth,
-                    "z_token": np.maximum(robust_z(np.asarray(report["score"], float)), 0.0),
-                    "z_audit": np.maximum(robust_z(audit), 0.0)})
+        token = np.asarray(report["score"], float)
+        out.append({"key": key, "dev": is_dev(key), "truth": truth, "token": token, "audit": audit,
+                    "z_token": np.maximum(robust_z(token), 0.0), "z_audit": np.maximum(robust_z(audit), 0.0)})
     return out
 
 
@@ -75,7 +79,8 @@ def evaluate(items: list[dict], fence: float, weight: float) -> dict:
     kept = clean = poisoned = rows = leaky = 0
     aurocs, precisions = [], []
     for item in items:
-        score = (1 - weight) * item["z_token"] + weight * item["z_audit"]
+        score = (item["token"] if weight == 0 else item["audit"] if weight == 1
+                 else (1 - weight) * item["z_token"] + weight * item["z_audit"])
         flagged = score > choose_threshold(score, fence)
         truth = item["truth"]
         kept_here = int((~flagged & truth).sum())

@@ -79,7 +79,8 @@ def test_bench_refuses_nonsensical_numbers_before_any_setup(tmp_path, capsys, fl
 
 
 @pytest.mark.parametrize("extra,message", [
-    (["--switch_epoch", "0", "--no-audit"], "--switch_epoch 0 decides on the data audit alone"),
+    (["--losses", "dece+continue", "--switch_epoch", "0", "--no-audit"],
+     "--switch_epoch 0 decides on the data audit alone"),
     (["--losses", "dece+continue", "--switch_epoch", "2", "--epochs", "2"],
      r"switches to CE at the end of epoch 2, so it needs --epochs above 2"),
 ])

@@ -233,7 +233,7 @@ def defense_record(loss, bleu, asr, seconds, switch=None, **extra):
     r = {"dataset": "d", "attack": "a", "poison_rate": 0.1, "loss": loss, "seed": 1, "key": f"d-a-{loss}-{switch}",
          "asr": asr, "false_trigger_rate": 0.0, "bleu": bleu, "codebleu": 40.0, "subtoken_f1": 0.3,
          "exact_match": 0.1, "report_auroc": 0.99, "report_precision_at_k": 0.9, "train_seconds": seconds,
-         "config": {"training": {"audit": True}}, **extra}
+         "resumed": False, "config": {"training": {"audit": True, "epochs": 2}}, **extra}
     if switch is not None:
         r["continue"] = {"switch_epoch": switch, "flagged": 12, "kept": 88, "poisoned": 10, "kept_poisoned": 0}
     return r
@@ -244,6 +244,11 @@ def test_the_goals_compare_each_one_run_cell_with_ce_and_never_call_a_missing_on
                                      defense_record("dece+continue", 11.5, 0.0, 110.0, switch=0)])
     write_folder(tmp_path, "a_p10_switch1", [defense_record("dece+continue", 9.0, 0.05, 130.0, switch=1)])
     write_folder(tmp_path, "b_p5", [{**defense_record("dece+continue", 9.0, 0.0, 90.0, switch=0), "attack": "b"}])
+    other = {"config": {"training": {"audit": True, "epochs": 3}}}  # CE of other settings: not the baseline
+    write_folder(tmp_path, "c_p10", [{**defense_record("ce", 12.0, 0.8, 100.0), "attack": "c", **other},
+                                     {**defense_record("dece+continue", 12.0, 0.0, 100.0, switch=0), "attack": "c"}])
+    write_folder(tmp_path, "e_p10", [{**defense_record("ce", 12.0, 0.8, 100.0), "attack": "e", "resumed": True},
+                                     {**defense_record("dece+continue", 12.0, 0.0, 100.0, switch=0), "attack": "e"}])
     defense_table.tables(str(tmp_path))
     goals = {(g["setting"], g["loss"]): g for g in json.loads((tmp_path / "defense.json").read_text())["goals"]}
     zero, one = goals[("d / a / 0.1", "dece+continue (switch 0)")], goals[("d / a / 0.1", "dece+continue (switch 1)")]
@@ -252,6 +257,13 @@ def test_the_goals_compare_each_one_run_cell_with_ce_and_never_call_a_missing_on
     alone = goals[("d / b / 0.1", "dece+continue (switch 0)")]
     assert alone["bleu"] is None and alone["time"] is None  # no CE cell: not measured, not met
     assert "| d / b / 0.1 | 1 | dece+continue (switch 0) | yes (0.00) | - |" in (tmp_path / "defense.md").read_text()
+    unlike = goals[("d / c / 0.1", "dece+continue (switch 0)")]
+    assert unlike["ce"] is None and unlike["bleu"] is None and unlike["time"] is None
+    resumed = goals[("d / e / 0.1", "dece+continue (switch 0)")]
+    assert resumed["bleu"] == [True, 0.0] and resumed["time"] is None  # a resumed cell's clock is not compared
+    write_folder(tmp_path, "a_p10_again", [defense_record("ce", 12.0, 0.8, 100.0)])
+    with pytest.raises(SystemExit, match="two cells of d / a / 0.1 / 1 / ce"):
+        defense_table.tables(str(tmp_path))
 
 
 def test_the_committed_defense_tables_are_what_the_results_give(tmp_path, defense_table):

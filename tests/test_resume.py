@@ -37,8 +37,9 @@ def bench_argv(files, out, *extra):
 
 
 def results(out):
+    """A bench folder's records without what says how the run went (its clock, whether it resumed)."""
     cells = json.loads((out / "results.json").read_text())["cells"]
-    return [{k: v for k, v in r.items() if k not in ("train_seconds", "finished")} for r in cells]
+    return [{k: v for k, v in r.items() if k not in ("train_seconds", "finished", "resumed")} for r in cells]
 
 
 class Killed(BaseException):
@@ -81,6 +82,9 @@ def test_killed_saves_and_cache_writes_resume_to_the_same_results(tmp_path, file
     err = capsys.readouterr().err
     assert f"{cell_dir / 'checkpoint-4'} is incomplete (no trainer_state.json, optimizer.pt" in err
     assert results(out) == expected
+    (resumed,) = json.loads((out / "results.json").read_text())["cells"]
+    assert resumed["resumed"] is True  # its clock counts from the resume: the time tables leave it out
+    assert json.loads((reference / "results.json").read_text())["cells"][0]["resumed"] is False
     assert not any("checkpoint" in n for n in os.listdir(cell_dir))  # the moved-aside one is cleaned up too
 
     # killed while writing the tokenizer cache, then while writing the warm-up model's cache
@@ -155,6 +159,22 @@ def test_a_rerun_with_other_settings_is_refused_not_reused(tmp_path, files, caps
         del r["config_hash"]
     (out / "results.json").write_text(json.dumps(stored))
     assert "recorded without a configuration fingerprint" in refusal()
+
+
+def test_a_record_from_before_a_setting_existed_reads_as_the_old_behaviour(tmp_path, files, capsys):
+    """Records made before --audit and --switch_epoch existed ran without the audit and switched after epoch 1."""
+    out = tmp_path / "out"
+    argv = bench_argv(files, out, "--warmup_epochs", "0", "--epochs", "1", "--no-audit")
+    assert main(argv) == 0
+    stored = json.loads((out / "results.json").read_text())
+    for r in stored["cells"]:  # as an older dece-trainer wrote it
+        del r["config"]["training"]["audit"], r["config"]["training"]["switch_epoch"]
+    (out / "results.json").write_text(json.dumps(stored))
+    capsys.readouterr()
+    assert main(argv) == 0 and "1 already done" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(argv[:-1])  # the default --audit is another setting
+    assert "training.audit False -> True" in capsys.readouterr().err
 
 
 def test_an_interrupted_cell_folder_with_other_settings_is_refused(tmp_path):

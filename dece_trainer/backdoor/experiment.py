@@ -260,8 +260,7 @@ def run_cell(cell: Cell, model_factory: Callable[[int], tuple[Any, Any]], train_
     trains CE and cleans the test sources with ONION before generating (``onion_test_sets``); its record adds
     the threshold and the shares of words deleted.
     """
-    start = time.time()
-    loss, train_dir, extra = cell.loss, out_dir, {}
+    loss, train_dir, extra, timing = cell.loss, out_dir, {}, {"seconds": 0.0, "resumed": False}
     report = os.path.join(out_dir, REPORT_DIR, "suspicious.jsonl")
     if cell.loss == FILTER:
         if first_stage_dir is None:
@@ -269,7 +268,7 @@ def run_cell(cell: Cell, model_factory: Callable[[int], tuple[Any, Any]], train_
         report = os.path.join(first_stage_dir, REPORT_DIR, "suspicious.jsonl")
         if not os.path.isfile(report):  # a resumed cell keeps the report its first stage already wrote
             _train_cell(model_factory, train_data, probes, payload_fn, cfg, first_stage_dir, "dece",
-                        cell.alpha_base, cell.seed)
+                        cell.alpha_base, cell.seed, timing)
         records = read_report(report)
         train_data, decision = drop_flagged(train_data, records)
         extra.update(report_quality(records))  # the ranking the filter acted on
@@ -280,8 +279,7 @@ def run_cell(cell: Cell, model_factory: Callable[[int], tuple[Any, Any]], train_
                            "retrained_with": loss}
         train_dir = os.path.join(out_dir, "retrain")
     model, tokenizer, history = _train_cell(model_factory, train_data, probes, payload_fn, cfg, train_dir, loss,
-                                            cell.alpha_base, cell.seed)
-    train_seconds = time.time() - start
+                                            cell.alpha_base, cell.seed, timing)
     if cell.loss == ONION:
         clean_test, triggered_test, onion = onion_test_sets(model, tokenizer, probes, clean_test, triggered_test, cfg)
         extra.update(onion)
@@ -292,7 +290,8 @@ def run_cell(cell: Cell, model_factory: Callable[[int], tuple[Any, Any]], train_
     if cell.loss != FILTER and os.path.isfile(report):
         extra.update(report_quality(read_report(report)))
     record = {**cell.record(), "key": cell.key, **{k: v for k, v in metrics.items() if k != "examples"},
-              "train_seconds": round(train_seconds, 1), "curves": epoch_curves(history), **extra,
+              "train_seconds": round(timing["seconds"], 1), "resumed": timing["resumed"],
+              "curves": epoch_curves(history), **extra,
               "examples": metrics["examples"]}
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in record.items()}
 
@@ -307,17 +306,26 @@ def continue_record(path: str) -> dict[str, Any]:
             "switched": decision["switched"]}
 
 
-def _train_cell(model_factory, train_data, probes, payload_fn, cfg, out_dir, loss, alpha_base, seed):
+def _train_cell(model_factory, train_data, probes, payload_fn, cfg, out_dir, loss, alpha_base, seed, timing):
     """A fresh model for ``seed``, trained with ``loss`` in ``out_dir`` (its report combined with the data audit of
-    ``train_data`` when ``cfg.audit``); checkpoints are dropped afterwards
-    (the early-learning report and pictures stay). Returns (model, tokenizer, log history)."""
+    ``train_data`` when ``cfg.audit`` and a monitor runs); checkpoints are dropped afterwards (the early-learning
+    report and pictures stay). Adds the training's wall-clock seconds to ``timing["seconds"]`` (the audit and
+    `train`, not the model factory, which may build and cache the seed's warm-up model) and sets
+    ``timing["resumed"]`` when it resumed from a checkpoint (the seconds then count from the resume). Returns
+    (model, tokenizer, log history)."""
     model, tokenizer = model_factory(seed)
     encoded = encode(train_data, tokenizer, cfg)
     encoded_probes = {name: encode(data, tokenizer, cfg) for name, data in probes.items()}
-    # the audit reads the texts, which encoding drops; add_example_ids numbers the rows 0..n-1 in this order
-    audit = audit_pairs(train_data[SOURCE], train_data[TARGET]).records() if cfg.audit else None
+    start = time.time()
+    audit = None
+    if cfg.audit and len(train_data) and (probes or loss == CONTINUE):  # the runs that have a monitor
+        # the audit reads the texts, which encoding drops; add_example_ids numbers the rows 0..n-1 in this order
+        audit = audit_pairs(train_data[SOURCE], train_data[TARGET]).records()
+    if os.path.isdir(out_dir) and any(n.startswith("checkpoint-") for n in os.listdir(out_dir)):
+        timing["resumed"] = True
     model, history = train(model, tokenizer, encoded, out_dir, cfg, loss=loss, alpha_base=alpha_base,
                            seed=seed, probes=encoded_probes, payload_fn=payload_fn, audit=audit)
+    timing["seconds"] += time.time() - start
     for name in os.listdir(out_dir):
         if name.startswith(("checkpoint-", "incomplete-checkpoint-")):
             shutil.rmtree(os.path.join(out_dir, name), ignore_errors=True)
@@ -337,8 +345,8 @@ def train_data_poisoned(records: Report | list[dict]) -> np.ndarray | None:
 def report_quality(records: Report | list[dict]) -> dict[str, float]:
     """AUROC and precision at k (k = poisoned rows) of a suspicious-example report against its ground truth: the
     ranking score (``report_*``: combined when the report holds the audit's), each signal's own where the report
-    keeps it (``token_report_*``, ``audit_report_*``) and the per-example worst-token score (``example_report_*``);
-    empty without poisoned rows."""
+    keeps it (``token_report_*``, ``audit_report_*``) and the per-example worst-token score (``example_report_*``),
+    each only where the report has its field; empty without poisoned rows."""
     report = as_report(records)
     if not len(report) or IS_POISONED not in report.fields:
         return {}
@@ -349,9 +357,9 @@ def report_quality(records: Report | list[dict]) -> dict[str, float]:
     out = {}
     for prefix, key in (("report", "score"), ("token_report", "token_score"), ("audit_report", "audit_score"),
                         ("example_report", "example_score")):
-        if key not in report.fields and prefix in ("token_report", "audit_report"):
+        if key not in report.fields:  # a signal the report does not hold (the audit's alone before training)
             continue
-        scores = report.fields.get(key, np.full(len(report), np.nan))
+        scores = report.fields[key]
         out[f"{prefix}_auroc"] = auroc(scores, truth)
         out[f"{prefix}_precision_at_k"] = precision_at_k(scores, truth, k)
     return out

@@ -23,6 +23,9 @@ TRAINING = ("epochs", "learning_rate", "batch_size", "grad_accum", "max_source_t
             "label_smoothing", "alpha_schedule", "warmup_epochs", "bf16", "lora_r", "audit",
             "switch_epoch")
 EVALUATION = ("max_new_tokens", "max_test", "probe_size", "codebleu_lang")
+# Settings added to TRAINING after fingerprints were first recorded, with the value every run made before then had:
+# an older record (or stamp) without them is read as having them, so its folder stays resumable.
+ADDED_LATER = {"audit": False, "switch_epoch": 1}
 # What the tokenizer and the warm-up model are built from (the cache key): not the fine-tune's own settings.
 WARMUP_TRAINING = ("warmup_epochs", "learning_rate", "batch_size", "grad_accum", "max_source_tokens",
                    "max_target_tokens", "bf16")
@@ -91,6 +94,14 @@ def digest(fingerprint: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def upgraded(fingerprint: dict[str, Any]) -> dict[str, Any]:
+    """``fingerprint`` with the settings `ADDED_LATER` filled in where an older dece-trainer did not record them."""
+    training = fingerprint.get("training")
+    if not isinstance(training, dict) or all(k in training for k in ADDED_LATER):
+        return fingerprint
+    return {**fingerprint, "training": {**ADDED_LATER, **training}}
+
+
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(value, dict):
         out: dict[str, Any] = {}
@@ -114,9 +125,10 @@ def check_recorded(record: dict[str, Any], fingerprint: dict[str, Any], where: s
     if "config_hash" not in record:
         raise ValueError(f"cell {record.get('key')} in {where} was recorded without a configuration fingerprint "
                          f"(by an older dece-trainer), so it cannot be checked against this run's settings: {remedy}")
-    if record["config_hash"] != digest(fingerprint):
+    recorded = upgraded(record["config"]) if isinstance(record.get("config"), dict) else None
+    if (digest(recorded) if recorded is not None else record["config_hash"]) != digest(upgraded(fingerprint)):
         raise ValueError(f"cell {record['key']} in {where} was produced with other settings "
-                         f"({differences(record.get('config') or {}, fingerprint)}): {remedy}")
+                         f"({differences(recorded or {}, fingerprint)}): {remedy}")
 
 
 def _has_checkpoints(cell_dir: str) -> bool:
@@ -140,7 +152,7 @@ def claim_cell_dir(cell_dir: str, fingerprint: dict[str, Any]) -> None:
                 old = json.load(f)
         except (OSError, ValueError):
             old = None
-        if old is None or digest(old) != digest(fingerprint):
+        if old is None or digest(upgraded(old)) != digest(upgraded(fingerprint)):
             what = differences(old, fingerprint) if old is not None else "its settings were not recorded"
             raise ValueError(f"{cell_dir} holds checkpoints of an interrupted run with other settings ({what}): "
                              "delete that folder to train the cell afresh, or use another --output_dir")

@@ -77,7 +77,8 @@ class ContinueWithCE(TrainerCallback):
             ``dece_continue/suspicious.jsonl``): no DeCE epoch, plain CE on the rows the audit does not flag, at
             CE's cost; nothing flagged leaves the whole run on DeCE. docs/continue.md compares the switch points.
         fence: the modified z-score above which a row is flagged (`outliers.FENCE`; lower flags more rows).
-        score_key: the report field the decision reads (``score``: the token score).
+        score_key: the report field the decision reads (``score``: the monitor's ranking score, combined with the
+            audit's when the monitor has one; at ``switch_epoch=0`` the audit's score).
     """
 
     def __init__(self, monitor: EarlyLearningCallback, switch_epoch: int = 1, fence: float = FENCE,
@@ -183,7 +184,7 @@ class ContinueWithCE(TrainerCallback):
         if failure is not None:
             raise failure
         if "error" in payload:
-            raise RuntimeError(f"ContinueWithCE could not decide at the end of epoch {self.switch_epoch} (rank 0): "
+            raise RuntimeError(f"ContinueWithCE could not decide {_when(self.switch_epoch)} (rank 0): "
                                f"{payload['error']}")
         step = int(state.global_step)
         flagged = payload["flagged"]
@@ -196,11 +197,11 @@ class ContinueWithCE(TrainerCallback):
         logs = {DROPPED: len(record["dropped"])}
         if record["switched"]:
             logs[SWITCH_STEP] = step
-            logger.info("ContinueWithCE: step %d, end of epoch %d: %d rows flagged; training on with plain "
-                        "cross-entropy on the rest", step, self.switch_epoch, len(record["dropped"]))
+            logger.info("ContinueWithCE: step %d, %s: %d rows flagged; training on with plain cross-entropy on the "
+                        "rest", step, _when(self.switch_epoch), len(record["dropped"]))
         else:
-            logger.info("ContinueWithCE: the report flagged no row at the end of epoch %d: training stays on DeCE",
-                        self.switch_epoch)
+            logger.info("ContinueWithCE: the report flagged no row %s: training stays on DeCE",
+                        _when(self.switch_epoch))
         self._trainer.log(logs)
 
     def _decide(self, args) -> dict[str, Any]:
@@ -265,7 +266,7 @@ class ContinueWithCE(TrainerCallback):
             if record["version"] != STATE_VERSION:
                 raise ValueError(f"it has version {record['version']!r}, this dece-trainer reads {STATE_VERSION}")
             if record["switch_epoch"] != self.switch_epoch:
-                raise ValueError(f"it was taken at the end of epoch {record['switch_epoch']!r}, and this run has "
+                raise ValueError(f"it was taken {_when(record['switch_epoch'])}, and this run has "
                                  f"switch_epoch={self.switch_epoch}: resume with the same switch_epoch")
             check_int(record["decision_step"], "decision_step", minimum=0)
             check_int(record["switch_step"], "switch_step", minimum=0, allow_none=True)
@@ -280,11 +281,11 @@ class ContinueWithCE(TrainerCallback):
 def _refuse_unsupported(data: Any, args: Any, switch_epoch: int) -> None:
     """A map-style training dataset and a run measured in epochs, or a one-line error saying what to do."""
     if data is not None and (isinstance(data, torch.utils.data.IterableDataset) or not hasattr(data, "__len__")):
-        raise ValueError(f"ContinueWithCE switches at the end of epoch {switch_epoch} and leaves rows out by example "
+        raise ValueError(f"ContinueWithCE switches {_when(switch_epoch)} and leaves rows out by example "
                          f"id, so it needs a map-style training dataset (a datasets.Dataset), not a streaming "
                          f"{type(data).__name__}: load the data without streaming=True")
     if getattr(args, "max_steps", -1) > 0:
-        raise ValueError(f"ContinueWithCE switches at the end of epoch {switch_epoch}, and this run is measured in "
+        raise ValueError(f"ContinueWithCE switches {_when(switch_epoch)}, and this run is measured in "
                          f"steps (max_steps={args.max_steps}): set num_train_epochs and max_steps=-1")
 
 
@@ -296,6 +297,11 @@ def _poisoned_by_id(records: list[dict], column: str | None) -> np.ndarray | Non
     poisoned = np.zeros(int(ids.max()) + 1, dtype=bool)
     poisoned[ids] = [bool(r[column]) for r in records]
     return poisoned
+
+
+def _when(switch_epoch: Any) -> str:
+    """``"at the end of epoch 2"``, or ``"before training"`` for 0."""
+    return "before training" if switch_epoch == 0 else f"at the end of epoch {switch_epoch}"
 
 
 def _fmt(value: Any) -> str:

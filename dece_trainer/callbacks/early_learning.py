@@ -561,9 +561,12 @@ class EarlyLearningCallback(TrainerCallback):
         ``score`` (the audit's) first, with ``rank``, ``example_id``, ``audit_score``, ``audit_evidence`` where the
         audit has one, and the ground truth where the monitor has one: what `ContinueWithCE` decides on at
         ``switch_epoch=0``. Needs the audit (``audit=``) and the training rows (after ``on_train_begin``)."""
-        if self.audit_scores is None:
+        if not self.has_audit:
             raise ValueError("the monitor has no data audit to rank the rows by before training: build it with "
                              "EarlyLearningCallback(audit=...) (the audit's records, or 'auto')")
+        if self.audit_scores is None:
+            raise ValueError("the monitor aligns its audit with the training rows when training begins: call "
+                             "audit_records() after on_train_begin")
         records = []
         order = np.argsort(-self.audit_scores, kind="mergesort")
         for rank, i in enumerate(order.tolist(), start=1):

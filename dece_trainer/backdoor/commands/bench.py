@@ -195,7 +195,7 @@ def validate(args: argparse.Namespace) -> None:
     if not args.seeds or any(seed < 0 for seed in args.seeds):
         raise ValueError(f"--seeds must be one or more integers >= 0, got {args.seeds}")
     check_positive_ints(args, ("switch_epoch",), minimum=0)
-    if args.switch_epoch == 0 and not args.audit:
+    if args.switch_epoch == 0 and not args.audit and CONTINUE in args.losses:
         raise ValueError("--switch_epoch 0 decides on the data audit alone before training, and --no-audit turns the "
                          "audit off: drop --no-audit")
     if CONTINUE in args.losses and not args.epochs > args.switch_epoch:
