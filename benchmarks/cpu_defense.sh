@@ -33,12 +33,15 @@ embedded() {  # embedded OUTPUT_DIR BENCH_ARGS...
 # every embedded attack of the one-seed table (attack, rate): both dead-code attacks and the adaptive family
 SETTINGS=("adaptive 0.1" "fixed_deadcode 0.05" "grammar_deadcode 0.05" "adaptive_triggers 0.1" "adaptive_payloads 0.1"
           "adaptive_spread 0.1" "adaptive 0.05")
+# ONLY="fixed_deadcode_p5 adaptive_p10" limits the per-attack stages to those folders (default: every setting)
 each_attack() {  # each_attack LOSSES FOLDER_SUFFIX [BENCH_ARGS...]: one bench run per setting, seed 1
   local losses=$1 suffix=$2; shift 2
   for setting in "${SETTINGS[@]}"; do
     read -r attack rate <<< "$setting"
+    local name="${attack}_p$(python3 -c "print(round($rate * 100))")"
+    [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" $name "* ]] || continue
     [ -z "$suffix" ] && [ "$losses" != dece+continue ] && [ "$setting" = "adaptive 0.1" ] && continue  # adaptive's
-    embedded "$ROOT/${attack}_p$(python3 -c "print(round($rate * 100))")$suffix" --attacks "$attack" \
+    embedded "$ROOT/$name$suffix" --attacks "$attack" \
         --poison_rates "$rate" --losses "$losses" --alpha_finals 0.5 --seeds 1 "$@"
   done
 }
