@@ -61,6 +61,31 @@ def training_rows(key: str, lyra_cache: dict):
     return None
 
 
+def joined_reports(scores_path: str, skipped: list[str]):
+    """Each report of ``scores_path`` (a grid's ``report_scores.json``) whose training rows can be rebuilt here, as
+    (key, token scores, audit scores, ground truth), (N,) arrays in example-id order; the keys of the others are
+    appended to ``skipped``. The rebuilt rows' poisoned rows must be the report's."""
+    from dece_trainer.audit import audit_pairs
+
+    with open(scores_path, encoding="utf-8") as f:
+        reports = json.load(f)
+    audits, lyra_cache = {}, {}
+    for key, report in reports.items():
+        truth = np.asarray(report["poisoned"], dtype=bool)
+        data_key = tuple(key.split("-")[:3]) + (key.split("-")[-1] if key.startswith("method_name-") else "",)
+        if data_key not in audits:
+            rows = training_rows(key, lyra_cache)
+            audits[data_key] = None if rows is None else (audit_pairs(rows[0], rows[1]).scores,
+                                                          np.asarray(rows[2], dtype=bool))
+        if audits[data_key] is None:
+            skipped.append(key)
+            continue
+        audit, rebuilt = audits[data_key]
+        if not np.array_equal(rebuilt, truth):
+            raise SystemExit(f"{key}: the rebuilt training rows' poisoned rows are not the report's")
+        yield key, np.asarray(report["score"], float), audit, truth
+
+
 def rules(token: np.ndarray, audit: np.ndarray) -> dict[str, np.ndarray]:
     from dece_trainer.outliers import combine_scores, robust_z
 
@@ -111,26 +136,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--output_dir", required=True)
     p.add_argument("--scores", default=str(SCORES), help="report_scores.json of a bench grid")
     args = p.parse_args(argv)
-    from dece_trainer.audit import audit_pairs
     from dece_trainer.io import write_json, write_text
 
-    with open(args.scores, encoding="utf-8") as f:
-        reports = json.load(f)
-    records, skipped, audits, lyra_cache = [], [], {}, {}
-    for key, report in reports.items():
-        truth = np.asarray(report["poisoned"], dtype=bool)
-        data_key = tuple(key.split("-")[:3]) + (key.split("-")[-1] if key.startswith("method_name-") else "",)
-        if data_key not in audits:
-            rows = training_rows(key, lyra_cache)
-            audits[data_key] = None if rows is None else (audit_pairs(rows[0], rows[1]).scores,
-                                                          np.asarray(rows[2], dtype=bool))
-        if audits[data_key] is None:
-            skipped.append(key)
-            continue
-        audit, rebuilt = audits[data_key]
-        if not np.array_equal(rebuilt, truth):
-            raise SystemExit(f"{key}: the rebuilt training rows' poisoned rows are not the report's")
-        records.extend(measure(key, setting_of(key), rules(np.asarray(report["score"], float), audit), truth))
+    records, skipped = [], []
+    for key, token, audit, truth in joined_reports(args.scores, skipped):
+        records.extend(measure(key, setting_of(key), rules(token, audit), truth))
         print(key, {r["score"]: r["auroc"] for r in records[-len(RULES):]}, flush=True)
     if skipped:
         print(f"skipped {len(skipped)} reports whose training rows are not here: {skipped}", file=sys.stderr)

@@ -25,13 +25,12 @@ Writes results.json (every grid point on both splits, the choice, the default's 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 from pathlib import Path
 
 import numpy as np
-from combined_report import SCORES, training_rows
+from combined_report import SCORES, joined_reports
 
 FENCES = (1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0)
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -44,30 +43,13 @@ def is_dev(key: str) -> bool:
 
 
 def reports(scores_path: str) -> list[dict]:
-    """Every grid report whose training rows can be rebuilt here: key, dev or not, the two signals' z-scores and
-    the ground truth."""
-    from dece_trainer.audit import audit_pairs
+    """Every grid report whose training rows can be rebuilt here: key, dev or not, the two signals' raw scores
+    and clipped z-scores, and the ground truth."""
     from dece_trainer.outliers import robust_z
 
-    with open(scores_path, encoding="utf-8") as f:
-        grid = json.load(f)
-    out, audits, lyra_cache = [], {}, {}
-    for key, report in grid.items():
-        truth = np.asarray(report["poisoned"], dtype=bool)
-        data_key = tuple(key.split("-")[:3]) + (key.split("-")[-1] if key.startswith("method_name-") else "",)
-        if data_key not in audits:
-            rows = training_rows(key, lyra_cache)
-            audits[data_key] = None if rows is None else (audit_pairs(rows[0], rows[1]).scores,
-                                                          np.asarray(rows[2], dtype=bool))
-        if audits[data_key] is None:
-            continue
-        audit, rebuilt = audits[data_key]
-        if not np.array_equal(rebuilt, truth):
-            raise SystemExit(f"{key}: the rebuilt training rows' poisoned rows are not the report's")
-        token = np.asarray(report["score"], float)
-        out.append({"key": key, "dev": is_dev(key), "truth": truth, "token": token, "audit": audit,
-                    "z_token": np.maximum(robust_z(token), 0.0), "z_audit": np.maximum(robust_z(audit), 0.0)})
-    return out
+    return [{"key": key, "dev": is_dev(key), "truth": truth, "token": token, "audit": audit,
+             "z_token": np.maximum(robust_z(token), 0.0), "z_audit": np.maximum(robust_z(audit), 0.0)}
+            for key, token, audit, truth in joined_reports(scores_path, [])]
 
 
 def evaluate(items: list[dict], fence: float, weight: float) -> dict:
