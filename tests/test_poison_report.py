@@ -179,8 +179,9 @@ def test_filter_cell_drops_flagged_rows_and_never_retrains_undefended_on_a_blank
         scores[7] = 500.0
     calls = []
 
-    def fake_train_cell(factory, data, probes, payload_fn, cfg, out_dir, loss, alpha_base, seed):
+    def fake_train_cell(factory, data, probes, payload_fn, cfg, out_dir, loss, alpha_base, seed, timing):
         calls.append((os.path.basename(out_dir), loss, len(data)))
+        timing["seconds"] += 1.5  # each stage's training clock
         report_dir = os.path.join(out_dir, "early_learning")
         os.makedirs(report_dir, exist_ok=True)
         with open(os.path.join(report_dir, "suspicious.jsonl"), "w") as f:
@@ -197,6 +198,7 @@ def test_filter_cell_drops_flagged_rows_and_never_retrains_undefended_on_a_blank
     assert calls[1] == ("retrain", retrained_with, rows - 1 if outlier else rows)
     assert record["filter"]["retrained_with"] == retrained_with
     assert record["filter"]["flagged"] == int(outlier) and record["filter"]["kept_poisoned"] == int(not outlier)
+    assert record["train_seconds"] == 3.0 and record["resumed"] is False  # both stages' training, not their setup
 
 
 # ---- the filter refuses what does not fit, loudly (issue 18, item 4) --------------------------------------
