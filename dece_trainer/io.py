@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 
 def _temporary_in(folder: str, name: str, directory: bool) -> str:
@@ -58,6 +58,16 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 def write_json(path: str | os.PathLike, payload: Any) -> None:
     """Write ``payload`` as indented JSON to ``path`` atomically."""
     write_text(path, json.dumps(payload, indent=2) + "\n")
+
+
+def write_jsonl(path: str | os.PathLike, records: Iterable[Any]) -> None:
+    """Write ``records`` to ``path`` atomically as JSON Lines: one compact JSON value per line."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r) + "\n" for r in records)
+
+    atomic_write(path, write)
 
 
 def append_text(path: str | os.PathLike, text: str) -> None:

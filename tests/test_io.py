@@ -95,3 +95,13 @@ def test_inside_joins_plain_names(tmp_path):
     (tmp_path / "link").symlink_to("/")
     with pytest.raises(ValueError, match="would leave"):
         inside(tmp_path, "link")
+
+
+def test_write_jsonl_writes_one_compact_record_a_line_atomically(tmp_path):
+    from dece_trainer.io import write_jsonl
+
+    path = tmp_path / "sub" / "rows.jsonl"
+    rows = [{"example_id": 0, "score": 1.5}, {"example_id": 1, "text": "a\nb"}]
+    write_jsonl(path, iter(rows))  # any iterable, consumed once
+    assert path.read_text(encoding="utf-8") == '{"example_id": 0, "score": 1.5}\n{"example_id": 1, "text": "a\\nb"}\n'
+    assert [p.name for p in path.parent.iterdir()] == ["rows.jsonl"]  # no temporary left

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data import SOURCE, TARGET
-from ..io import write_text
+from ..io import write_jsonl
 
 EMBEDDED_TASKS = ("method_name", "summary")
 SPLITS = ("warmup", "train", "validation", "test")
@@ -129,7 +129,7 @@ def build_stdlib_task(task: str = "method_name", seed: int = 0, max_per_split: i
                 if row["code_doc"] not in seen:
                     seen.add(row["code_doc"])
                     rows.append(row)
-        write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+        write_jsonl(path, rows)
     source_key = "code_doc" if task == "method_name" else "code"
     rows = [{SOURCE: r[source_key], TARGET: r[task]} for r in rows if r[task]]
     splits: dict[str, list[dict]] = {s: [] for s in SPLITS}

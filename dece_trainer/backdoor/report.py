@@ -47,16 +47,17 @@ def _mean_std(values: list[float]) -> str:
 
 
 def row_label(record: dict) -> str:
-    """A table row's name: the loss, its alpha, and a filter or continue cell's fence (where its record has one)."""
-    fence = (record.get("filter") or record.get("continue") or {}).get("fence")
-    fence = f", fence {fence:g}" if fence is not None else ""
-    if (record.get("continue") or {}).get("switch_epoch") is not None:
-        fence += f", switch at epoch {record['continue']['switch_epoch']}"
+    """A table row's name: the loss, its alpha, and a filter or continue cell's fence and a continue cell's switch
+    epoch (where its record has them)."""
+    defense = record.get("filter") or record.get("continue") or {}
+    suffix = f", fence {defense['fence']:g}" if defense.get("fence") is not None else ""
+    if defense.get("switch_epoch") is not None:
+        suffix += f", switch at epoch {defense['switch_epoch']}"
     if record["loss"] in ALPHA_LOSSES and record.get("alpha_final") is not None:
         return (f"{record['loss']} (alpha_final {record['alpha_final']:g}, alpha_base {record['alpha_base']:.3g})"
-                f"{fence}")
+                f"{suffix}")
     if record["loss"] in ALPHA_LOSSES:
-        return f"{record['loss']} (alpha_base {record['alpha_base']:g}){fence}"
+        return f"{record['loss']} (alpha_base {record['alpha_base']:g}){suffix}"
     return record["loss"]
 
 

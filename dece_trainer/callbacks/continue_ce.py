@@ -10,7 +10,6 @@ the CE epochs the DeCE run would have spent at a bounded gradient.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -20,7 +19,7 @@ import numpy as np
 import torch
 from transformers import TrainerCallback
 
-from ..io import write_json, write_text
+from ..io import write_json, write_jsonl
 from ..outliers import FENCE
 from ..trainer.example_ids import EXAMPLE_ID_COLUMN
 from ..validation import check_example_ids, check_int, check_name, check_number
@@ -208,7 +207,7 @@ class ContinueWithCE(TrainerCallback):
         path = os.path.join(args.output_dir, OUTPUT_DIR, REPORT_FILE)
         if self.switch_epoch == 0:
             records = self.monitor.audit_records()
-            write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+            write_jsonl(path, records)
         elif self.monitor.history is None or self.monitor.history.num_epochs == 0:
             raise ValueError("the early-learning monitor has no finished epoch to report on")
         else:

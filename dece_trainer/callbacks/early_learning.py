@@ -24,7 +24,7 @@ import torch
 from transformers import TrainerCallback
 
 from ..audit import AuditReport, audit_pairs
-from ..io import atomic_write
+from ..io import atomic_write, write_jsonl
 from ..metrics import attack_success_rate, corpus_bleu
 from ..ops.token_ce import token_cross_entropy
 from ..outliers import combine_scores
@@ -606,12 +606,7 @@ class EarlyLearningCallback(TrainerCallback):
             if self.poisoned is not None:
                 record[self.ground_truth_column] = bool(self.poisoned[i])
             records.append(record)
-
-        def write(tmp: str) -> None:
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.writelines(json.dumps(r) + "\n" for r in records)
-
-        atomic_write(path, write)
+        write_jsonl(path, records)
         if self.tokens.num_epochs:
             def write_arrays(tmp: str) -> None:
                 with open(tmp, "wb") as f:

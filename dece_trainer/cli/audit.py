@@ -6,9 +6,8 @@ strongest patterns."""
 from __future__ import annotations
 
 import argparse
-import json
 
-from ..io import check_writable_folder, inside, write_json, write_text
+from ..io import check_writable_folder, inside, write_json, write_jsonl
 from ..outliers import FENCE
 
 REPORT, SUMMARY = "suspicious.jsonl", "audit_summary.json"
@@ -50,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--train_file: {err}") from err
     report = audit_dataset(data, id_column=args.id_column, min_support=args.min_support,
                            max_share=args.max_share, fence=args.fence)
-    write_text(inside(out, REPORT), "".join(json.dumps(r) + "\n" for r in report.records()))
+    write_jsonl(inside(out, REPORT), report.records())
     summary = {"train_file": args.train_file, **report.summary()}
     write_json(inside(out, SUMMARY), summary)
     print(f"audited {summary['rows']} rows: {summary['flagged']} flagged (fence {args.fence}); "
