@@ -1,6 +1,8 @@
 """How well the data audit names the poisoned rows, with no training: `dece_trainer.audit.audit_pairs` on the
 training sets of every benchmark setting, every seed: AUROC and precision at k (k = poisoned rows) of its
-scores, and what its own threshold flags (poisoned rows caught, clean rows dropped).
+scores, what its own threshold flags (poisoned rows caught, clean rows dropped), and what ContinueWithCE's guard
+reads: the top robust z-score, and whether it reaches `outliers.AUDIT_CONFIDENCE` (a switch before training then
+decides on the audit; below it the run decides at the end of epoch 1).
 
 Settings (the training rows the bench cells see):
 - the embedded method_name task (300 training rows, `benchmarks/settings.sh`: EMBEDDED), poisoned by
@@ -34,6 +36,7 @@ PAYLOAD = re.compile(r"1=1|0=1")
 def quality(name: str, seed: int, sources: list[str], targets: list[str], poisoned: list[bool]) -> dict:
     from dece_trainer.audit import audit_pairs
     from dece_trainer.callbacks.example_history import auroc, precision_at_k
+    from dece_trainer.outliers import AUDIT_CONFIDENCE, robust_z
 
     truth = np.asarray(poisoned, dtype=bool)
     report = audit_pairs(sources, targets)
@@ -44,6 +47,8 @@ def quality(name: str, seed: int, sources: list[str], targets: list[str], poison
             "precision_at_k": round(precision_at_k(report.scores, truth, int(truth.sum())), 4),
             "flagged": int(flagged.sum()), "flagged_poisoned": int((flagged & truth).sum()),
             "flagged_clean": int((flagged & ~truth).sum()),
+            "top_z": round(float(robust_z(report.scores).max()), 4),
+            "audit_decides": bool(robust_z(report.scores).max() >= AUDIT_CONFIDENCE),
             "top_pattern": top[0].to_dict() if top else None}
 
 
@@ -74,15 +79,20 @@ def lyra_settings(seeds: list[int]):
 
 
 def table(records: list[dict]) -> str:
-    lines = ["| setting | seeds | AUROC mean (min) | P@k mean (min) | poisoned caught | clean flagged |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    lines = ["| setting | seeds | AUROC mean (min) | P@k mean (min) | poisoned caught | clean flagged "
+             "| top z min-max | guard: audit decides (poisoned kept) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name in dict.fromkeys(r["setting"] for r in records):
         rows = [r for r in records if r["setting"] == name]
         auc, pak = [r["auroc"] for r in rows], [r["precision_at_k"] for r in rows]
         caught = sum(r["flagged_poisoned"] for r in rows) / max(1, sum(r["poisoned"] for r in rows))
         clean = sum(r["flagged_clean"] for r in rows) / max(1, sum(r["rows"] - r["poisoned"] for r in rows))
+        z = [r["top_z"] for r in rows]
+        decides = [r for r in rows if r["audit_decides"]]
+        kept = sum(r["poisoned"] - r["flagged_poisoned"] for r in decides)
         lines.append(f"| {name} | {len(rows)} | {np.mean(auc):.3f} ({min(auc):.3f}) | {np.mean(pak):.3f} "
-                     f"({min(pak):.3f}) | {100 * caught:.1f}% | {100 * clean:.1f}% |")
+                     f"({min(pak):.3f}) | {100 * caught:.1f}% | {100 * clean:.1f}% | {min(z):.1f}-{max(z):.1f} "
+                     f"| {len(decides)} of {len(rows)} ({kept}) |")
     return "\n".join(lines) + "\n"
 
 

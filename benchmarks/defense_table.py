@@ -19,7 +19,7 @@ Training time is the cell's own wall clock (``train_seconds``: the audit, traini
 both cells; not the warm-up model a seed's first cell builds), so its ratio is only as good as the machine was idle
 during both cells. It is left out ("-") for a cell that resumed (its clock counts from the resume) and for records
 written before the bench recorded that (``resumed`` absent: their clock may hold the warm-up). CE and the cell it is
-compared with must share every setting but ``audit`` and ``switch_epoch`` (else "-").
+compared with must share every setting but the defense's own (`DEFENSE_SETTINGS`; else "-").
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import sys
 from research_tables import bench_table
 
 from dece_trainer.io import write_json, write_text
+from dece_trainer.outliers import AUDIT_CONFIDENCE, robust_z
 
 CONTINUE = "dece+continue"
 # (record key, scale, column header)
@@ -80,11 +81,15 @@ def timed(r: dict) -> bool:
     return r.get("resumed") is False
 
 
+DEFENSE_SETTINGS = ("audit", "switch_epoch", "audit_confidence")
+
+
 def comparable(a: dict, b: dict) -> bool:
-    """Whether two cells ran with the same settings but the defense's own (``audit``, ``switch_epoch``)."""
+    """Whether two cells ran with the same settings but the defense's own (``audit``, ``switch_epoch``,
+    ``audit_confidence``)."""
     def core(r: dict) -> dict:
         config = r.get("config") or {}
-        training = {k: v for k, v in (config.get("training") or {}).items() if k not in ("audit", "switch_epoch")}
+        training = {k: v for k, v in (config.get("training") or {}).items() if k not in DEFENSE_SETTINGS}
         return {**config, "training": training}
     return core(a) == core(b)
 
@@ -93,10 +98,55 @@ def setting_of(r: dict) -> str:
     return f"{r['dataset']} / {r['attack']} / {r['poison_rate']:g}"
 
 
+def audit_top_z(results_dir: str, r: dict) -> float:
+    """The largest robust z-score of the audit's scores in a switch-before-training cell's report
+    (``dece_continue/suspicious.jsonl``): what ContinueWithCE's guard reads."""
+    path = os.path.join(results_dir, r["folder"], r["key"], "dece_continue", "suspicious.jsonl")
+    with open(path, encoding="utf-8") as f:
+        scores = [json.loads(line)["score"] for line in f if line.strip()]
+    return round(float(robust_z(scores).max()), 4)
+
+
+def guarded(records: list[dict], results_dir: str) -> tuple[list[dict], list[str]]:
+    """The library default's run of each setting and seed with a switch-before-training cell. ContinueWithCE's
+    guard lets the audit decide before training only where its top robust z reaches `AUDIT_CONFIDENCE`, and
+    otherwise decides at the end of epoch 1, so the guarded run is the unguarded switch-0 cell (top z reaching it:
+    the same decision, the same run) or the switch-1 cell (tested equal, weights and rows:
+    tests/test_continue_ce.py::test_an_unconfident_audit_waits_for_epoch_1_as_switch_epoch_1_does). Returns those
+    cells relabelled (``guarded_label``, ``audit_top_z``), and the settings whose switch-1 cell has not run."""
+    by = {(setting_of(r), r["seed"], loss_of(r)): r for r in records}
+    out, missing = [], []
+    for (setting, seed, loss), r in sorted(by.items()):
+        if loss != f"{CONTINUE} (switch 0)":
+            continue
+        try:
+            z = audit_top_z(results_dir, r)
+        except FileNotFoundError:
+            missing.append(f"{setting} seed {seed} (its audit report was not collected)")
+            continue
+        switch = 0 if z >= AUDIT_CONFIDENCE else 1
+        chosen = r if switch == 0 else by.get((setting, seed, f"{CONTINUE} (switch 1)"))
+        if chosen is None:
+            missing.append(f"{setting} seed {seed} (audit top z {z:.2f}: the switch-1 cell)")
+            continue
+        out.append({**chosen, "audit_top_z": z,
+                    "guarded_label": f"{CONTINUE} guarded (top z {z:.1f}: the switch-{switch} cell)"})
+    return out, missing
+
+
 def loss_of(r: dict) -> str:
-    """The loss, and where a dece+continue cell switched to CE (0: before training, on the data audit alone)."""
-    switch = (r.get("continue") or {}).get("switch_epoch")
-    return r["loss"] if switch is None else f"{r['loss']} (switch {switch})"
+    """The loss, and where a dece+continue cell switched to CE (0: before training, on the data audit alone;
+    "guarded": with ContinueWithCE's guard, which moves an unconfident audit's decision to the end of epoch 1)."""
+    if "guarded_label" in r:
+        return r["guarded_label"]
+    cont = r.get("continue") or {}
+    if cont.get("switch_epoch") is None:
+        return r["loss"]
+    guard = cont.get("guard")
+    if guard is None:
+        return f"{r['loss']} (switch {cont['switch_epoch']})"
+    where = f", decided at epoch {cont['decision_epoch']}" if guard["deferred"] else ""
+    return f"{r['loss']} (switch {cont['switch_epoch']}, guarded{where})"
 
 
 def fmt(value: float | None, scale: float = 1) -> str:
@@ -182,10 +232,16 @@ def _verdict(check: list | None) -> str:
 def tables(results_dir: str, output_dir: str | None = None, chart: str | None = None) -> str:
     records = load(results_dir)
     cells_md, cells = cell_table(records)
-    goals_md, goals = goals_table(records)
+    default, missing = guarded(records, results_dir)
+    goals_md, goals = goals_table(records + default)
     text = (f"### Every cell\n\n{cells_md}\n\n### The goals: dece+continue against CE\n\n"
             "Quality columns give dece+continue minus CE, in points (BLEU, CodeBLEU; F1 and exact match in %); time "
-            f"the ratio of the cells' wall clocks.\n\n{goals_md}\n")
+            "the ratio of the cells' wall clocks. A \"guarded\" row is the library's default switch before training "
+            f"(ContinueWithCE's guard at robust z {AUDIT_CONFIDENCE:g}): the switch-0 cell where the audit's top z "
+            "reaches it, else the switch-1 cell, which the guarded run equals.\n\n"
+            f"{goals_md}\n")
+    if missing:
+        text += "\nGuarded rows not yet run: " + "; ".join(missing) + ".\n"
     out = output_dir or results_dir
     write_text(os.path.join(out, "defense.md"), text)
     write_json(os.path.join(out, "defense.json"), {"cells": cells, "goals": goals})

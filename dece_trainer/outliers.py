@@ -18,6 +18,11 @@ from .validation import check_number
 # the GPU grid (docs/benchmark.md) their 3.5 left poisoned rows in 15 reports (236 of 594 poisoned rows); 2.5 left
 # none in 30 (23 of 594 kept) and dropped 467 of 9126 clean rows (5%), which costs a retrain little.
 FENCE = 2.5
+# ContinueWithCE's guard of a switch before training: the data audit decides at step 0 only when its most suspicious
+# row's `robust_z` reaches this, twice the fence (a round multiple of FENCE, set before the guard was measured). The
+# development split accepts any value in (2.0, 8.2]: the audit's top z is 2.0 on Lyra BadPre 20% seed 0 (where it
+# flags nothing) and 8.2 on fixed_deadcode 5% seed 0. Every other setting: benchmarks/audit_quality.py.
+AUDIT_CONFIDENCE = 2 * FENCE
 
 
 def choose_threshold(scores: Sequence[float] | np.ndarray, fence: float = FENCE) -> float:

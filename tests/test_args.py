@@ -70,6 +70,8 @@ def refused(argv, capsys):
     ("--lora_r", "-1", "`--lora_r` must be an integer >= 0"),
     ("--seeds", "-1", r"--seeds must be one or more integers >= 0"),
     ("--switch_epoch", "-1", "`--switch_epoch` must be an integer >= 0"),
+    ("--audit_confidence", "-1", r"`--audit_confidence` must be a finite number in \[0, inf\]"),
+    ("--audit_confidence", "high", r"--audit_confidence: expected a number or 'none', got 'high'"),
 ])
 def test_bench_refuses_nonsensical_numbers_before_any_setup(tmp_path, capsys, flag, value, message):
     out = tmp_path / "out"

@@ -349,3 +349,68 @@ def test_switch_epoch_0_needs_the_audit_and_a_resumed_run_reuses_its_decision(tm
     again.train(resume_from_checkpoint=str(tmp_path / "zr" / "checkpoint-5"))
     assert again._decide_calls == 0 and again_cb.dropped_ids == first_cb.dropped_ids
     assert_same_weights(first.model, again.model, atol=1e-6)
+
+
+def test_the_guard_reads_the_audits_top_robust_z(tmp_path, tokenizer):
+    from dece_trainer.outliers import robust_z
+
+    rows = tiny.poison(tiny.make_pairs(40, seed=5), 0.1, seed=5)
+    trainer, callback, audit = audited_run(tokenizer, sgd_args(tmp_path, "g", num_train_epochs=2), rows,
+                                           switch_epoch=0)
+    trainer.train()
+    top = float(robust_z([r["score"] for r in audit]).max())  # 8.48 on these rows: above the default 5
+    assert callback.guard == {"audit_top_z": round(top, 4), "audit_confidence": continue_ce.AUDIT_CONFIDENCE,
+                              "deferred": False}
+    assert callback.switch_step == 0 and callback.decision_epoch == 0
+    assert [e[continue_ce.AUDIT_TOP_Z] for e in logs_with(trainer, continue_ce.AUDIT_TOP_Z)] == [round(top, 4)]
+    with pytest.raises(ValueError, match="audit_confidence"):
+        ContinueWithCE(callback.monitor, switch_epoch=0, audit_confidence=-1)
+
+
+@pytest.mark.parametrize("confidence", [10.0, None])
+def test_an_unconfident_audit_waits_for_epoch_1_as_switch_epoch_1_does(tmp_path, tokenizer, confidence):
+    """Below ``audit_confidence`` a switch before training is the run that switches after epoch 1 (same rows
+    dropped, same weights); with ``audit_confidence=None`` the audit decides before training whatever its margin."""
+    rows = tiny.poison(tiny.make_pairs(40, seed=5), 0.1, seed=5)
+    guarded, guarded_cb, _ = audited_run(tokenizer, sgd_args(tmp_path, "guarded", num_train_epochs=3), rows,
+                                         switch_epoch=0, audit_confidence=confidence)
+    guarded.train()
+    if confidence is None:
+        assert guarded_cb.guard is None and guarded_cb.switch_step == 0
+        assert not logs_with(guarded, continue_ce.AUDIT_TOP_Z)
+        return
+    reference, reference_cb, _ = audited_run(tokenizer, sgd_args(tmp_path, "one", num_train_epochs=3), rows,
+                                             switch_epoch=1)
+    reference.train()
+    assert guarded_cb.guard["deferred"] and guarded_cb.decision_epoch == 1
+    assert guarded_cb.switch_step == reference_cb.switch_step == 5  # 40 rows, batches of 8: epoch 1 ends at step 5
+    assert guarded_cb.dropped_ids == reference_cb.dropped_ids and guarded_cb.dropped_ids
+    assert [e["dece_alpha"] < 1 for e in logs_with(guarded, "loss")] == [True] * 5 + [False] * 10  # DeCE, then CE
+    assert_same_weights(guarded.model, reference.model, atol=1e-6)
+    saved = json.loads((tmp_path / "guarded" / OUTPUT_DIR / DECISION_FILE).read_text())
+    assert saved["decision_epoch"] == 1 and saved["switch_epoch"] == 0 and saved["guard"]["deferred"] is True
+    guarded.create_model_card(model_name="tiny-guarded")
+    card = (tmp_path / "guarded" / "README.md").read_text()
+    assert "below the 10 a switch before training needs, so the run trained with DeCE to the end of epoch 1" in card
+
+
+def test_a_deferred_switch_resumes_waiting_and_a_one_epoch_run_stays_on_dece(tmp_path, tokenizer):
+    rows = tiny.poison(tiny.make_pairs(40, seed=5), 0.1, seed=5)
+    args = sgd_args(tmp_path, "d", num_train_epochs=3, save_strategy="steps", save_steps=2)
+    first, first_cb, _ = audited_run(tokenizer, args, rows, switch_epoch=0, audit_confidence=10.0)
+    first.train()
+    saved = json.loads((tmp_path / "d" / "checkpoint-2" / "trainer_state.json").read_text())
+    assert saved["stateful_callbacks"][STATE_KEY]["pending"] is True  # the deferral, before the decision
+    again, again_cb, _ = audited_run(tokenizer, args, rows, switch_epoch=0, audit_confidence=10.0)
+    again.train(resume_from_checkpoint=str(tmp_path / "d" / "checkpoint-2"))
+    assert again_cb.guard == first_cb.guard and again_cb.dropped_ids == first_cb.dropped_ids
+    assert again_cb.switch_step == first_cb.switch_step == 5
+    assert_same_weights(first.model, again.model, atol=1e-6)
+
+    short, short_cb, _ = audited_run(tokenizer, sgd_args(tmp_path, "short", num_train_epochs=1), rows,
+                                     switch_epoch=0, audit_confidence=10.0)
+    short.train()
+    assert short_cb.decision is None and short_cb.guard["deferred"]
+    assert {e["dece_alpha"] < 1 for e in logs_with(short, "loss")} == {True}
+    short.create_model_card(model_name="tiny-short")
+    assert "so this one-epoch run stays on DeCE" in (tmp_path / "short" / "README.md").read_text()

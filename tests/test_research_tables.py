@@ -261,9 +261,32 @@ def test_the_goals_compare_each_one_run_cell_with_ce_and_never_call_a_missing_on
     assert unlike["ce"] is None and unlike["bleu"] is None and unlike["time"] is None
     resumed = goals[("d / e / 0.1", "dece+continue (switch 0)")]
     assert resumed["bleu"] == [True, 0.0] and resumed["time"] is None  # a resumed cell's clock is not compared
+    assert "Guarded rows not yet run: d / a / 0.1 seed 1 (its audit report was not collected)" in (
+        tmp_path / "defense.md").read_text()
     write_folder(tmp_path, "a_p10_again", [defense_record("ce", 12.0, 0.8, 100.0)])
     with pytest.raises(SystemExit, match="two cells of d / a / 0.1 / 1 / ce"):
         defense_table.tables(str(tmp_path))
+
+
+@pytest.mark.parametrize("outlier,picked", [(40.0, 0), (5.0, 1)])
+def test_the_guarded_row_is_the_cell_the_guard_would_have_run(tmp_path, defense_table, outlier, picked):
+    """ContinueWithCE's guard decides before training only where the audit's top robust z reaches 5: the guarded
+    row is then the switch-0 cell, and otherwise the switch-1 cell of the same setting and seed."""
+    from dece_trainer.outliers import robust_z
+
+    zero = defense_record("dece+continue", 11.5, 0.0, 110.0, switch=0)
+    write_folder(tmp_path, "a_p10", [defense_record("ce", 12.0, 0.8, 100.0), zero])
+    write_folder(tmp_path, "a_p10_switch1", [defense_record("dece+continue", 9.0, 0.05, 130.0, switch=1)])
+    scores = [1.0, 2.0, 3.0, 2.5, 1.5, 2.0, outlier]
+    report = tmp_path / "a_p10" / zero["key"] / "dece_continue" / "suspicious.jsonl"
+    report.parent.mkdir(parents=True)
+    report.write_text("".join(json.dumps({"example_id": i, "score": v}) + "\n" for i, v in enumerate(scores)))
+    top = float(robust_z(scores).max())
+    assert (top >= 5) == (picked == 0)
+    defense_table.tables(str(tmp_path))
+    goals = {g["loss"]: g for g in json.loads((tmp_path / "defense.json").read_text())["goals"]}
+    row = goals[f"dece+continue guarded (top z {top:.1f}: the switch-{picked} cell)"]
+    assert row["asr"] == ([True, 0.0] if picked == 0 else [False, 5.0])
 
 
 def test_the_committed_defense_tables_are_what_the_results_give(tmp_path, defense_table):

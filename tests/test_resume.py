@@ -162,13 +162,16 @@ def test_a_rerun_with_other_settings_is_refused_not_reused(tmp_path, files, caps
 
 
 def test_a_record_from_before_a_setting_existed_reads_as_the_old_behaviour(tmp_path, files, capsys):
-    """Records made before --audit and --switch_epoch existed ran without the audit and switched after epoch 1."""
+    """Records made before --audit, --switch_epoch and --audit_confidence existed ran without the audit, switched
+    after epoch 1 and had no guard (which a switch after epoch 1 does not use: recorded as none)."""
     out = tmp_path / "out"
     argv = bench_argv(files, out, "--warmup_epochs", "0", "--epochs", "1", "--no-audit")
     assert main(argv) == 0
     stored = json.loads((out / "results.json").read_text())
     for r in stored["cells"]:  # as an older dece-trainer wrote it
+        assert r["config"]["training"]["audit_confidence"] is None
         del r["config"]["training"]["audit"], r["config"]["training"]["switch_epoch"]
+        del r["config"]["training"]["audit_confidence"]
     (out / "results.json").write_text(json.dumps(stored))
     capsys.readouterr()
     assert main(argv) == 0 and "1 already done" in capsys.readouterr().out

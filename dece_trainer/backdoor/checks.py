@@ -7,6 +7,7 @@ command parsers import this.
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import sys
@@ -48,6 +49,16 @@ def check_regex(pattern: str, flag: str = "--payload_regex") -> str:
     except re.error as err:
         raise ValueError(f"{flag} {pattern!r} is not a valid regular expression: {err}") from err
     return pattern
+
+
+def optional_float(text: str) -> float | None:
+    """An argparse ``type``: a number, or ``none`` for None (checked later, by the command's own checks)."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'none', got {text!r}") from None
 
 
 def check_positive_ints(args: Any, names: Iterable[str], *, minimum: int = 1, optional: bool = False) -> None:

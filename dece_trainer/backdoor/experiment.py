@@ -31,6 +31,7 @@ from ..callbacks.poison_filter import Report, as_report, drop_flagged, read_repo
 from ..data import SOURCE, TARGET, encode_causal, prompt_ids
 from ..io import atomic_directory
 from ..metrics import attack_success_rate, code_bleu, corpus_bleu, exact_match, false_trigger_rate, subtoken_f1
+from ..outliers import AUDIT_CONFIDENCE
 from ..trainer import DeCETrainer, DeCETrainingArguments
 from ..trainer.example_ids import add_example_ids
 from .attacks import IS_POISONED
@@ -63,6 +64,7 @@ class TrainConfig:
     max_test: int | None = None
     audit: bool = True
     switch_epoch: int = 1
+    audit_confidence: float | None = AUDIT_CONFIDENCE
     report_to: list[str] = field(default_factory=list)
 
 
@@ -125,7 +127,8 @@ def train(model: Any, tokenizer: Any, train_data: Dataset, out_dir: str, cfg: Tr
             ground_truth_column=IS_POISONED if IS_POISONED in data.column_names else None, plots=True, audit=audit)
         callbacks.append(monitor)
     if loss == CONTINUE:
-        callbacks.append(ContinueWithCE(monitor, switch_epoch=cfg.switch_epoch))
+        callbacks.append(ContinueWithCE(monitor, switch_epoch=cfg.switch_epoch,
+                                        audit_confidence=cfg.audit_confidence))
     # resume from the newest checkpoint that has everything (a half-written one is moved aside, with a warning)
     checkpoint = newest_complete_checkpoint(out_dir, monitor=monitor is not None)
     args = DeCETrainingArguments(
@@ -303,7 +306,8 @@ def continue_record(path: str) -> dict[str, Any]:
     with open(path, encoding="utf-8") as f:
         decision = json.load(f)
     return {**decision["summary"], "switch_epoch": decision["switch_epoch"], "switch_step": decision["switch_step"],
-            "switched": decision["switched"]}
+            "switched": decision["switched"], "guard": decision.get("guard"),
+            "decision_epoch": decision.get("decision_epoch", decision["switch_epoch"])}
 
 
 def _train_cell(model_factory, train_data, probes, payload_fn, cfg, out_dir, loss, alpha_base, seed, timing):

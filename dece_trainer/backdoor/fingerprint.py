@@ -21,11 +21,11 @@ DATA_FILES = ("train_file", "validation_file", "test_file", "triggered_test_file
               "warmup_file")
 TRAINING = ("epochs", "learning_rate", "batch_size", "grad_accum", "max_source_tokens", "max_target_tokens",
             "label_smoothing", "alpha_schedule", "warmup_epochs", "bf16", "lora_r", "audit",
-            "switch_epoch")
+            "switch_epoch", "audit_confidence")
 EVALUATION = ("max_new_tokens", "max_test", "probe_size", "codebleu_lang")
 # Settings added to TRAINING after fingerprints were first recorded, with the value every run made before then had:
 # an older record (or stamp) without them is read as having them, so its folder stays resumable.
-ADDED_LATER = {"audit": False, "switch_epoch": 1}
+ADDED_LATER = {"audit": False, "switch_epoch": 1, "audit_confidence": None}
 # What the tokenizer and the warm-up model are built from (the cache key): not the fine-tune's own settings.
 WARMUP_TRAINING = ("warmup_epochs", "learning_rate", "batch_size", "grad_accum", "max_source_tokens",
                    "max_target_tokens", "bf16")

@@ -20,7 +20,7 @@ import torch
 from transformers import TrainerCallback
 
 from ..io import write_json, write_jsonl
-from ..outliers import FENCE
+from ..outliers import AUDIT_CONFIDENCE, FENCE, robust_z
 from ..trainer.example_ids import EXAMPLE_ID_COLUMN
 from ..validation import check_example_ids, check_int, check_name, check_number
 from .early_learning import EarlyLearningCallback
@@ -38,6 +38,8 @@ DECISION_FILE = "decision.json"
 # Logged once, at the switch.
 SWITCH_STEP = "dece_continue_switch_step"
 DROPPED = "dece_continue_dropped"
+AUDIT_TOP_Z = "dece_continue_audit_top_z"  # logged by a guarded switch before training
+FALLBACK_EPOCH = 1  # where a switch before training that the guard defers decides, on the combined report
 _EPS = 1e-6
 
 
@@ -58,6 +60,14 @@ class ContinueWithCE(TrainerCallback):
     so a run whose report flags nothing trains exactly as plain DeCE, and a run that switches used the first
     ``switch_epoch`` epochs of that schedule.
 
+    A switch before training (``switch_epoch=0``) is guarded. The audit sees only what the texts show: where the
+    task's own associations outscore a planted one (Lyra at its released 1-5% doses) it flags clean rows and keeps
+    the poison, which plain CE would then learn. So the audit decides at step 0 only when its most suspicious row is
+    a clear outlier, a robust z-score (`outliers.robust_z`) of at least ``audit_confidence``. Otherwise the run stays
+    on DeCE and decides at the end of epoch 1 on the monitor's combined report, as ``switch_epoch=1`` does (a
+    one-epoch run stays on DeCE). The audit's top z-score is logged (``dece_continue_audit_top_z``) and a deferral is
+    recorded in ``decision.json``, the checkpoint and the card.
+
     The switch is logged (``dece_continue_switch_step``, ``dece_continue_dropped``; ``dece_continue_dropped = 0``
     alone when nothing was flagged), written to ``output_dir/dece_continue/decision.json`` (atomically) and noted in
     the model card (the trainer's ``training_notes``). Checkpoints carry the decision
@@ -74,14 +84,19 @@ class ContinueWithCE(TrainerCallback):
         switch_epoch: the epoch at whose end the run switches to CE (1: after the first epoch). 0 decides before
             the first step on the data audit alone (the monitor's ``audit``; its rows written to
             ``dece_continue/suspicious.jsonl``): no DeCE epoch, plain CE on the rows the audit does not flag, at
-            CE's cost; nothing flagged leaves the whole run on DeCE. docs/continue.md compares the switch points.
+            CE's cost, when the audit is confident (``audit_confidence``). docs/continue.md compares the switch
+            points.
         fence: the modified z-score above which a row is flagged (`outliers.FENCE`; lower flags more rows).
         score_key: the report field the decision reads (``score``: the monitor's ranking score, combined with the
             audit's when the monitor has one; at ``switch_epoch=0`` the audit's score).
+        audit_confidence: with ``switch_epoch=0``, the robust z-score (of ``score_key`` over the audit's rows) that
+            the most suspicious row must reach for the audit to decide before training (`AUDIT_CONFIDENCE`, 5.0);
+            below it the decision waits for the end of epoch 1. None trusts the audit whatever its margin (nothing
+            flagged then leaves the whole run on DeCE). Unused when ``switch_epoch`` is above 0.
     """
 
     def __init__(self, monitor: EarlyLearningCallback, switch_epoch: int = 1, fence: float = FENCE,
-                 score_key: str = SCORE_KEY):
+                 score_key: str = SCORE_KEY, audit_confidence: float | None = AUDIT_CONFIDENCE):
         if not isinstance(monitor, EarlyLearningCallback):
             raise TypeError(f"`monitor` must be the run's EarlyLearningCallback, got {type(monitor).__name__}")
         self.monitor = monitor
@@ -91,6 +106,10 @@ class ContinueWithCE(TrainerCallback):
                              "none: build it with EarlyLearningCallback(audit=...) (the audit's records, or 'auto')")
         self.fence = check_number(fence, "fence", low=0.0, low_open=True)
         self.score_key = check_name(score_key, "score_key")
+        self.audit_confidence = (None if audit_confidence is None
+                                 else check_number(audit_confidence, "audit_confidence", low=0.0))
+        self.guard: dict[str, Any] | None = None  # the guard's reading of the audit (switch_epoch=0), once taken
+        self._epochs = 0
         self.decision: dict[str, Any] | None = None  # the record of the decision, once taken (or restored)
         self._trainer = None
         self._note: str | None = None
@@ -99,6 +118,12 @@ class ContinueWithCE(TrainerCallback):
     def dropped_ids(self) -> list[int]:
         """Example ids left out after the switch, ascending (empty before the decision or when nothing was flagged)."""
         return list(self.decision["dropped"]) if self.decision is not None else []
+
+    @property
+    def decision_epoch(self) -> int:
+        """The epoch at whose end the decision is taken: ``switch_epoch``, or 1 where the guard deferred a switch
+        before training."""
+        return FALLBACK_EPOCH if self.guard is not None and self.guard["deferred"] else self.switch_epoch
 
     @property
     def switch_step(self) -> int | None:
@@ -142,6 +167,8 @@ class ContinueWithCE(TrainerCallback):
             raise ValueError(f"switch_epoch={self.switch_epoch} leaves no epoch to train with CE in a run of "
                              f"num_train_epochs={args.num_train_epochs:g}: switch earlier or train longer")
         self.decision = None
+        self.guard = None
+        self._epochs = epochs
         self._set_note(None)
         trainer.set_row_filter(None)
         trainer.set_loss_override(None)
@@ -151,21 +178,29 @@ class ContinueWithCE(TrainerCallback):
             return
         record = (getattr(state, "stateful_callbacks", None) or {}).get(STATE_KEY)
         epoch = float(state.epoch or 0.0)
+        if record is not None:
+            record = self._read_record(record, state)
+            self.guard = record.get("guard")
+            if record.get("pending"):  # resumed after a deferral, before the decision: wait for epoch 1 again
+                self._defer(record, args)
+                record = None
         if record is not None:  # resumed after the decision: reuse it, never decide again
-            self._apply(self._read_record(record, state), args)
+            self._apply(record, args)
             logger.info("ContinueWithCE resumed at step %d with its decision of step %d (%d rows left out)",
                         state.global_step, self.decision["decision_step"], len(self.decision["dropped"]))
-        elif abs(epoch - self.switch_epoch) < _EPS:
+        elif abs(epoch - self.decision_epoch) < _EPS:
             # a checkpoint from the switch epoch's last step, saved before the epoch end: the resumed run starts the
             # next epoch, so the decision is taken now, on the report the monitor restored (and closed)
             self._switch(args, state)
-        elif epoch > self.switch_epoch:
-            raise ValueError(f"resuming at epoch {epoch:g} (step {state.global_step}), past switch_epoch="
-                             f"{self.switch_epoch}, from a checkpoint without ContinueWithCE's decision (state key "
-                             f"{STATE_KEY!r}): resume from a checkpoint of this run made with ContinueWithCE")
+        elif epoch > self.decision_epoch:
+            raise ValueError(f"resuming at epoch {epoch:g} (step {state.global_step}), past the decision "
+                             f"{_when(self.decision_epoch)}, from a checkpoint without ContinueWithCE's decision "
+                             f"(state key {STATE_KEY!r}): resume from a checkpoint of this run made with "
+                             f"ContinueWithCE")
 
     def on_epoch_end(self, args, state, control, **kwargs):
-        if self.decision is None and float(state.epoch or 0.0) > self.switch_epoch - _EPS:
+        epoch = float(state.epoch or 0.0)
+        if self.decision is None and epoch > self.decision_epoch - _EPS and epoch < self._epochs - _EPS:
             self._switch(args, state)
 
     # ---- the decision -----------------------------------------------------------------------------
@@ -183,11 +218,21 @@ class ContinueWithCE(TrainerCallback):
         if failure is not None:
             raise failure
         if "error" in payload:
-            raise RuntimeError(f"ContinueWithCE could not decide {_when(self.switch_epoch)} (rank 0): "
+            raise RuntimeError(f"ContinueWithCE could not decide {_when(self.decision_epoch)} (rank 0): "
                                f"{payload['error']}")
+        if payload.get("guard") is not None:
+            self.guard = payload["guard"]
+            self._trainer.log({AUDIT_TOP_Z: self.guard["audit_top_z"]})
         step = int(state.global_step)
+        if self.guard is not None and self.guard["deferred"] and self.decision_epoch > float(state.epoch or 0.0):
+            record = {"version": STATE_VERSION, "switch_epoch": self.switch_epoch, "pending": True,
+                      "guard": self.guard, "report": f"{OUTPUT_DIR}/{REPORT_FILE}"}
+            state.stateful_callbacks[STATE_KEY] = record
+            self._defer(record, args)
+            return
         flagged = payload["flagged"]
         record = {"version": STATE_VERSION, "switch_epoch": self.switch_epoch, "decision_step": step,
+                  "decision_epoch": self.decision_epoch, "guard": self.guard,
                   "switched": bool(flagged), "switch_step": step if flagged else None,
                   "dropped": sorted(int(i) for i in flagged), "flagged_order": [int(i) for i in flagged],
                   "summary": payload["summary"], "report": f"{OUTPUT_DIR}/{REPORT_FILE}"}
@@ -197,21 +242,41 @@ class ContinueWithCE(TrainerCallback):
         if record["switched"]:
             logs[SWITCH_STEP] = step
             logger.info("ContinueWithCE: step %d, %s: %d rows flagged; training on with plain cross-entropy on the "
-                        "rest", step, _when(self.switch_epoch), len(record["dropped"]))
+                        "rest", step, _when(self.decision_epoch), len(record["dropped"]))
         else:
             logger.info("ContinueWithCE: the report flagged no row %s: training stays on DeCE",
-                        _when(self.switch_epoch))
+                        _when(self.decision_epoch))
         self._trainer.log(logs)
+
+    def _defer(self, record: dict[str, Any], args) -> None:
+        """Put a guarded switch before training off to the end of epoch 1 (or, in a one-epoch run, for good)."""
+        self.guard = record["guard"]
+        if _rank() == 0:
+            write_json(os.path.join(args.output_dir, OUTPUT_DIR, DECISION_FILE), record)
+        later = (f"so it trains with DeCE and decides {_when(FALLBACK_EPOCH)} on the early-learning report"
+                 if FALLBACK_EPOCH < self._epochs else "so this one-epoch run stays on DeCE")
+        self._set_note(f"dece+continue: {_guard_words(self.guard)}, {later}.")
+        logger.info("ContinueWithCE: %s, %s", _guard_words(self.guard), later)
 
     def _decide(self, args) -> dict[str, Any]:
         path = os.path.join(args.output_dir, OUTPUT_DIR, REPORT_FILE)
-        if self.switch_epoch == 0:
+        if self.decision_epoch == 0:
             records = self.monitor.audit_records()
             write_jsonl(path, records)
+            if self.audit_confidence is not None:
+                top = _top_z(records, self.score_key)
+                guard = {"audit_top_z": round(top, 4), "audit_confidence": self.audit_confidence,
+                         "deferred": not top >= self.audit_confidence}
+                if guard["deferred"]:
+                    return {"guard": guard}
+                return {**self._flagged(records), "guard": guard}
         elif self.monitor.history is None or self.monitor.history.num_epochs == 0:
             raise ValueError("the early-learning monitor has no finished epoch to report on")
         else:
             records = self.monitor.write_report(path)
+        return self._flagged(records)
+
+    def _flagged(self, records: list[dict[str, Any]]) -> dict[str, Any]:
         decision = decide(records, self.score_key, self.fence)
         summary = decision.summary(_poisoned_by_id(records, self.monitor.ground_truth_column))
         return {"flagged": [int(i) for i in decision.flagged], "summary": summary}
@@ -225,22 +290,25 @@ class ContinueWithCE(TrainerCallback):
             trainer.set_row_filter(dropped)
             trainer.set_loss_override(1.0, 0.0)
             fence = _fmt(record["summary"].get("fence"))
-            if record["switch_epoch"] == 0:
+            if record.get("decision_epoch", record["switch_epoch"]) == 0:
                 self._set_note(f"dece+continue: trained with plain cross-entropy (alpha 1, no label smoothing) from "
                                f"the first step, without the {len(dropped)} training rows the data audit flagged "
                                f"before training (fence {fence}); their example ids are in "
                                f"`{OUTPUT_DIR}/{DECISION_FILE}`.")
             else:
-                self._set_note(f"dece+continue: trained with DeCE to the end of epoch {record['switch_epoch']} (step "
+                self._set_note(f"dece+continue: {_deferred_words(record)}trained with DeCE to the end of epoch "
+                               f"{record.get('decision_epoch', record['switch_epoch'])} (step "
                                f"{record['switch_step']}), then with plain cross-entropy (alpha 1, no label "
                                f"smoothing) without the {len(dropped)} training rows the early-learning report "
                                f"flagged (fence {fence}); their example ids are in `{OUTPUT_DIR}/{DECISION_FILE}`.")
-        elif record["switch_epoch"] == 0:
+        elif record.get("decision_epoch", record["switch_epoch"]) == 0:
             self._set_note("dece+continue: the data audit flagged no training row before training, so training "
                            "stayed on DeCE.")
         else:
-            self._set_note(f"dece+continue: the early-learning report flagged no training row at the end of epoch "
-                           f"{record['switch_epoch']}, so training stayed on DeCE.")
+            epoch = record.get("decision_epoch", record["switch_epoch"])
+            waited = f"{_deferred_words(record)}waited for the end of epoch {epoch}; " if record.get("guard") else ""
+            self._set_note(f"dece+continue: {waited}the early-learning report flagged no training row at the end of "
+                           f"epoch {epoch}, so training stayed on DeCE.")
         if _rank() == 0:
             write_json(os.path.join(args.output_dir, OUTPUT_DIR, DECISION_FILE), record)
 
@@ -258,8 +326,14 @@ class ContinueWithCE(TrainerCallback):
         try:
             if not isinstance(record, dict):
                 raise ValueError(f"it is a {type(record).__name__}, not a JSON object")
-            missing = [k for k in ("version", "switch_epoch", "decision_step", "switch_step", "dropped", "summary")
-                       if k not in record]
+            guard = record.get("guard")
+            if guard is not None and not (isinstance(guard, dict) and isinstance(guard.get("deferred"), bool)
+                                          and isinstance(guard.get("audit_top_z"), (int, float))):
+                raise ValueError("`guard` must be a JSON object with a boolean `deferred` and a number "
+                                 "`audit_top_z`")
+            needed = ("version", "switch_epoch", "guard") if record.get("pending") else (
+                "version", "switch_epoch", "decision_step", "switch_step", "dropped", "summary")
+            missing = [k for k in needed if k not in record]
             if missing:
                 raise ValueError(f"it lacks {missing}")
             if record["version"] != STATE_VERSION:
@@ -267,6 +341,10 @@ class ContinueWithCE(TrainerCallback):
             if record["switch_epoch"] != self.switch_epoch:
                 raise ValueError(f"it was taken {_when(record['switch_epoch'])}, and this run has "
                                  f"switch_epoch={self.switch_epoch}: resume with the same switch_epoch")
+            if record.get("pending"):
+                if guard is None or not guard["deferred"]:
+                    raise ValueError("a pending decision must hold the guard's deferral")
+                return record
             check_int(record["decision_step"], "decision_step", minimum=0)
             check_int(record["switch_step"], "switch_step", minimum=0, allow_none=True)
             dropped = check_example_ids(record["dropped"], "dropped", "the saved decision").tolist()
@@ -296,6 +374,27 @@ def _poisoned_by_id(records: list[dict], column: str | None) -> np.ndarray | Non
     poisoned = np.zeros(int(ids.max()) + 1, dtype=bool)
     poisoned[ids] = [bool(r[column]) for r in records]
     return poisoned
+
+
+def _top_z(records: list[dict[str, Any]], key: str) -> float:
+    """The largest robust z-score of ``key`` over the report's rows (0 for an empty report or one without spread)."""
+    if not records:
+        return 0.0
+    if key not in records[0]:
+        raise ValueError(f"the audit's records have no {key!r} field (they have {sorted(records[0])})")
+    z = robust_z(np.asarray([math.nan if r[key] is None else r[key] for r in records], dtype=np.float64))
+    return float(np.nanmax(z)) if np.isfinite(z).any() else 0.0
+
+
+def _guard_words(guard: dict[str, Any]) -> str:
+    return (f"the data audit's most suspicious row stood at robust z {guard['audit_top_z']:g}, below the "
+            f"{guard['audit_confidence']:g} a switch before training needs")
+
+
+def _deferred_words(record: dict[str, Any]) -> str:
+    """``"<the guard's reading>, so the run "`` where the guard deferred the decision, else ``""``."""
+    guard = record.get("guard")
+    return f"{_guard_words(guard)}, so the run " if guard is not None and guard["deferred"] else ""
 
 
 def _when(switch_epoch: Any) -> str:

@@ -12,8 +12,18 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
+from ...outliers import AUDIT_CONFIDENCE
+from ...validation import check_number
 from ..attacks import ATTACKS
-from ..checks import check_model, check_name, check_positive_ints, check_regex, check_training_numbers, dataset_name
+from ..checks import (
+    check_model,
+    check_name,
+    check_positive_ints,
+    check_regex,
+    check_training_numbers,
+    dataset_name,
+    optional_float,
+)
 from ..data import EMBEDDED_TASKS
 from ..grid import ALPHA_LOSSES, CONTINUE, FILTER, LOSS_HELP, LOSSES, ONION, Cell
 
@@ -96,6 +106,11 @@ def add_train_arguments(parser: argparse.ArgumentParser, epochs: float = 3.0) ->
     g.add_argument("--switch_epoch", type=int, default=1,
                    help="dece+continue: the epoch at whose end the cell switches to CE without the flagged rows (0: "
                         "before training, on the data audit alone; needs --audit)")
+    g.add_argument("--audit_confidence", type=optional_float, default=AUDIT_CONFIDENCE, metavar="Z|none",
+                   help="dece+continue with --switch_epoch 0: the robust z-score the audit's most suspicious row must "
+                        "reach for the audit to decide before training; below it the cell decides at the end of "
+                        "epoch 1 on the combined report (ContinueWithCE's guard; none: trust the audit). Unused, and "
+                        "recorded as none, with any other --switch_epoch")
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
@@ -107,7 +122,8 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
                        probe_size=args.probe_size, label_smoothing=args.label_smoothing,
                        alpha_schedule=args.alpha_schedule, bf16=args.bf16,
                        codebleu_lang=None if args.codebleu_lang == "none" else args.codebleu_lang,
-                       max_test=args.max_test, audit=args.audit, switch_epoch=args.switch_epoch)
+                       max_test=args.max_test, audit=args.audit, switch_epoch=args.switch_epoch,
+                       audit_confidence=args.audit_confidence)
 
 
 def load_benchmark(args: argparse.Namespace, attack: str, rate: float, seed: int) -> Benchmark:
@@ -195,6 +211,10 @@ def validate(args: argparse.Namespace) -> None:
     if not args.seeds or any(seed < 0 for seed in args.seeds):
         raise ValueError(f"--seeds must be one or more integers >= 0, got {args.seeds}")
     check_positive_ints(args, ("switch_epoch",), minimum=0)
+    if args.audit_confidence is not None:
+        check_number(args.audit_confidence, "--audit_confidence", low=0.0)
+    if args.switch_epoch != 0:
+        args.audit_confidence = None  # the guard of a switch before training: unused, so not a setting of the cell
     if args.switch_epoch == 0 and not args.audit and CONTINUE in args.losses:
         raise ValueError("--switch_epoch 0 decides on the data audit alone before training, and --no-audit turns the "
                          "audit off: drop --no-audit")
