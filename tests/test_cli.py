@@ -82,13 +82,21 @@ def test_an_interrupted_cell_resumes_from_its_checkpoint(tmp_path, tokenizer):
     rows = [{SOURCE: r["source"], TARGET: r["target"]} for r in tiny.make_pairs(32)]
     data = encode(Dataset.from_list(rows), tokenizer, TrainConfig())
     out = str(tmp_path / "cell")
+    first, again = {}, {}
     train(tiny.make_model("llama", tokenizer), tokenizer, data, out,
-          TrainConfig(epochs=1, batch_size=8, logging_steps=1))  # stops after epoch 1, leaving checkpoint-4
+          TrainConfig(epochs=1, batch_size=8, logging_steps=1), timing=first)  # stops after epoch 1: checkpoint-4
     assert os.path.isdir(os.path.join(out, "checkpoint-4"))
+    os.makedirs(os.path.join(out, "checkpoint-9"))  # a half-written checkpoint: moved aside, not resumed from
     _, history = train(tiny.make_model("llama", tokenizer), tokenizer, data, out,
-                       TrainConfig(epochs=2, batch_size=8, logging_steps=1))
+                       TrainConfig(epochs=2, batch_size=8, logging_steps=1), timing=again)
     steps = [e["step"] for e in history if "loss" in e]
     assert steps[-4:] == [5, 6, 7, 8] and 1 not in steps[len(steps) - 4:]  # epoch 2 only: resumed at step 4
+    assert first == {"resumed": False} and again == {"resumed": True}  # the cell's clock counts from the resume
+    fresh, only_half = str(tmp_path / "fresh"), {}
+    os.makedirs(os.path.join(fresh, "checkpoint-2"))  # nothing complete to resume: the run starts over, timed whole
+    train(tiny.make_model("llama", tokenizer), tokenizer, data, fresh,
+          TrainConfig(epochs=1, batch_size=8, logging_steps=1), timing=only_half)
+    assert only_half == {"resumed": False}
 
 
 def write_csv(path, rows, fields=("src", "tgt")):

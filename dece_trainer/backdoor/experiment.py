@@ -104,7 +104,7 @@ def loss_settings(loss: str, alpha_base: float | None, cfg: TrainConfig) -> dict
 def train(model: Any, tokenizer: Any, train_data: Dataset, out_dir: str, cfg: TrainConfig, loss: str = "ce",
           alpha_base: float | None = None, seed: int = 0, probes: dict[str, Dataset] | None = None,
           payload_fn: Callable[[str], bool] | None = None, save_final: bool = False,
-          audit: Any = None) -> tuple[Any, list[dict]]:
+          audit: Any = None, timing: dict[str, Any] | None = None) -> tuple[Any, list[dict]]:
     """Train ``model`` on encoded ``train_data`` with ``loss``; resumes from a checkpoint in ``out_dir``.
 
     With ``probes`` (encoded clean/triggered validation sets) an EarlyLearningCallback records per-epoch
@@ -113,6 +113,7 @@ def train(model: Any, tokenizer: Any, train_data: Dataset, out_dir: str, cfg: Tr
     always runs the monitor, and `ContinueWithCE` after it: DeCE to the end of epoch ``cfg.switch_epoch`` (before
     training on the audit alone for 0), then plain CE without the
     rows the monitor's report flags then, in this one run (its decision in ``out_dir/dece_continue/``).
+    ``timing["resumed"]``, when ``timing`` is given, is set to whether the run resumed from a complete checkpoint.
     Returns the trained model and the trainer's log history.
     """
     settings = loss_settings(loss, alpha_base, cfg)
@@ -131,6 +132,8 @@ def train(model: Any, tokenizer: Any, train_data: Dataset, out_dir: str, cfg: Tr
                                         audit_confidence=cfg.audit_confidence))
     # resume from the newest checkpoint that has everything (a half-written one is moved aside, with a warning)
     checkpoint = newest_complete_checkpoint(out_dir, monitor=monitor is not None)
+    if timing is not None:
+        timing["resumed"] = timing.get("resumed", False) or checkpoint is not None
     args = DeCETrainingArguments(
         output_dir=out_dir, num_train_epochs=cfg.epochs, learning_rate=settings["learning_rate"],
         per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
@@ -325,10 +328,8 @@ def _train_cell(model_factory, train_data, probes, payload_fn, cfg, out_dir, los
     if cfg.audit and len(train_data) and (probes or loss == CONTINUE):  # the runs that have a monitor
         # the audit reads the texts, which encoding drops; add_example_ids numbers the rows 0..n-1 in this order
         audit = audit_pairs(train_data[SOURCE], train_data[TARGET]).records()
-    if os.path.isdir(out_dir) and any(n.startswith("checkpoint-") for n in os.listdir(out_dir)):
-        timing["resumed"] = True
     model, history = train(model, tokenizer, encoded, out_dir, cfg, loss=loss, alpha_base=alpha_base,
-                           seed=seed, probes=encoded_probes, payload_fn=payload_fn, audit=audit)
+                           seed=seed, probes=encoded_probes, payload_fn=payload_fn, audit=audit, timing=timing)
     timing["seconds"] += time.time() - start
     for name in os.listdir(out_dir):
         if name.startswith(("checkpoint-", "incomplete-checkpoint-")):
