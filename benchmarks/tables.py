@@ -69,7 +69,8 @@ def train_step(d: dict) -> str:
              f"(prompt half masked), {d['repeats']} interleaved rounds after a warm-up", "",
              "| dtype | trainer | min s/step | median s/step | vs its stock trainer (min) | extra peak MiB |",
              "| --- | --- | ---: | ---: | ---: | ---: |"]
-    stock = {"trainer": "trainer", "dece": "trainer", "dece_unfused": "trainer", "sft": "sft", "dece_sft": "sft"}
+    stock = {"trainer": "trainer", "dece": "trainer", "dece_unfused": "trainer", "dece_switched": "trainer",
+             "sft": "sft", "dece_sft": "sft"}
     for dtype, results in d["results"].items():
         for name, r in results.items():
             ref = results.get(stock.get(name, name), r)

@@ -6,6 +6,8 @@ Trainers, on copies of the same randomly initialised model and the same batch (p
   * ``dece``:         ``DeCETrainer`` (fused LM head + DeCE, the default)
   * ``dece_unfused``: ``DeCETrainer(dece_fused_linear=False)`` (DeCE on materialised logits)
   * ``dece_sft``:     ``DeCESFTTrainer`` (TRL's fused head with the DeCE kernel)
+  * ``dece_switched``: ``DeCETrainer`` after a ``ContinueWithCE`` switch (``set_loss_override(1, 0)``: plain CE
+    through the fused DeCE head), the step a ``dece+continue`` run takes after its switch (opt-in: ``--trainers``)
 The model: SmolLM2-135M's shapes (d=576, 9 heads / 3 KV heads, MLP 1536, V=49,152, tied embeddings) with
 ``--layers`` layers (default 6, so the head is not the whole model). Steps are timed interleaved (one of each
 trainer per round), ``--repeats`` rounds after one warm-up round; min and median. Extra peak memory is
@@ -32,6 +34,7 @@ from loss_speed import extra_peak, machine_info, time_interleaved
 from dece_trainer.io import write_json
 
 TRAINERS = ("trainer", "sft", "dece", "dece_unfused", "dece_sft")
+OPT_IN = ("dece_switched",)
 
 
 def fast_bf16(device: torch.device) -> bool:
@@ -75,11 +78,14 @@ def build(name: str, model, rows: list[dict], out_dir: str, bf16: bool, tokenize
     if name == "trainer":
         return Trainer(model=model, args=TrainingArguments(**common), train_dataset=plain,
                        data_collator=default_data_collator)
-    if name in ("dece", "dece_unfused"):
+    if name in ("dece", "dece_unfused", "dece_switched"):
         from dece_trainer import DeCETrainer, DeCETrainingArguments
 
-        args = DeCETrainingArguments(**common, dece_alpha_base=0.9, dece_fused_linear=name == "dece")
-        return DeCETrainer(model=model, args=args, train_dataset=plain, data_collator=default_data_collator)
+        args = DeCETrainingArguments(**common, dece_alpha_base=0.9, dece_fused_linear=name != "dece_unfused")
+        trainer = DeCETrainer(model=model, args=args, train_dataset=plain, data_collator=default_data_collator)
+        if name == "dece_switched":
+            trainer.set_loss_override(1.0, 0.0)
+        return trainer
     sft_data = Dataset.from_list([{"input_ids": r["input_ids"], "completion_mask": r["completion_mask"]}
                                   for r in rows])
     if name == "sft":
@@ -123,7 +129,8 @@ def main() -> int:
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dtypes", default="auto", help="auto (fp32, plus bf16 where fast), or e.g. fp32,bf16")
-    parser.add_argument("--trainers", default=",".join(TRAINERS))
+    parser.add_argument("--trainers", default=",".join(TRAINERS),
+                        help=f"comma-separated, of {', '.join(TRAINERS + OPT_IN)}")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
@@ -132,6 +139,9 @@ def main() -> int:
     dtypes = (["fp32", "bf16"] if fast_bf16(device) else ["fp32"]) if args.dtypes == "auto" else \
         args.dtypes.split(",")
     names = args.trainers.split(",")
+    unknown = sorted(set(names) - set(TRAINERS + OPT_IN))
+    if unknown:
+        parser.error(f"--trainers: unknown {', '.join(unknown)} (choose from {', '.join(TRAINERS + OPT_IN)})")
     base = smollm2_shaped(args.layers)
     rows = batch_rows(args.batch, args.seq)
     record = {"machine": machine_info(device), "layers": args.layers, "batch": args.batch, "seq": args.seq,
