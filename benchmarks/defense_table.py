@@ -104,7 +104,7 @@ def audit_top_z(results_dir: str, r: dict) -> float:
     path = os.path.join(results_dir, r["folder"], r["key"], "dece_continue", "suspicious.jsonl")
     with open(path, encoding="utf-8") as f:
         scores = [json.loads(line)["score"] for line in f if line.strip()]
-    return round(float(robust_z(scores).max()), 4)
+    return float(robust_z(scores).max())
 
 
 def guarded(records: list[dict], results_dir: str) -> tuple[list[dict], list[str]]:
@@ -129,7 +129,10 @@ def guarded(records: list[dict], results_dir: str) -> tuple[list[dict], list[str
         if chosen is None:
             missing.append(f"{setting} seed {seed} (audit top z {z:.2f}: the switch-1 cell)")
             continue
-        out.append({**chosen, "audit_top_z": z,
+        if not (comparable(chosen, r) and chosen["config"]["training"].get("audit", False)):
+            missing.append(f"{setting} seed {seed} (audit top z {z:.2f}: its switch-1 cell ran with other settings)")
+            continue
+        out.append({**chosen, "audit_top_z": round(z, 4),
                     "guarded_label": f"{CONTINUE} guarded (top z {z:.1f}: the switch-{switch} cell)"})
     return out, missing
 

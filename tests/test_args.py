@@ -85,6 +85,8 @@ def test_bench_refuses_nonsensical_numbers_before_any_setup(tmp_path, capsys, fl
      "--switch_epoch 0 decides on the data audit alone"),
     (["--losses", "dece+continue", "--switch_epoch", "2", "--epochs", "2"],
      r"switches to CE at the end of epoch 2, so it needs --epochs above 2"),
+    (["--losses", "dece+continue", "--switch_epoch", "0", "--epochs", "1"],
+     r"--switch_epoch 0 is guarded \(--audit_confidence 5\).*needs --epochs above 1, got 1 \(or --audit_confidence"),
 ])
 def test_bench_refuses_a_switch_it_cannot_make(tmp_path, capsys, extra, message):
     out = tmp_path / "out"

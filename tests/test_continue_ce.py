@@ -394,7 +394,7 @@ def test_an_unconfident_audit_waits_for_epoch_1_as_switch_epoch_1_does(tmp_path,
     assert "below the 10 a switch before training needs, so the run trained with DeCE to the end of epoch 1" in card
 
 
-def test_a_deferred_switch_resumes_waiting_and_a_one_epoch_run_stays_on_dece(tmp_path, tokenizer):
+def test_a_deferred_switch_resumes_waiting_and_refuses_what_it_cannot_keep(tmp_path, tokenizer):
     rows = tiny.poison(tiny.make_pairs(40, seed=5), 0.1, seed=5)
     args = sgd_args(tmp_path, "d", num_train_epochs=3, save_strategy="steps", save_steps=2)
     first, first_cb, _ = audited_run(tokenizer, args, rows, switch_epoch=0, audit_confidence=10.0)
@@ -406,11 +406,20 @@ def test_a_deferred_switch_resumes_waiting_and_a_one_epoch_run_stays_on_dece(tmp
     assert again_cb.guard == first_cb.guard and again_cb.dropped_ids == first_cb.dropped_ids
     assert again_cb.switch_step == first_cb.switch_step == 5
     assert_same_weights(first.model, again.model, atol=1e-6)
-
-    short, short_cb, _ = audited_run(tokenizer, sgd_args(tmp_path, "short", num_train_epochs=1), rows,
-                                     switch_epoch=0, audit_confidence=10.0)
-    short.train()
-    assert short_cb.decision is None and short_cb.guard["deferred"]
-    assert {e["dece_alpha"] < 1 for e in logs_with(short, "loss")} == {True}
-    short.create_model_card(model_name="tiny-short")
-    assert "so this one-epoch run stays on DeCE" in (tmp_path / "short" / "README.md").read_text()
+    # resumed with another guard: refused, naming both values
+    other, _, _ = audited_run(tokenizer, args, rows, switch_epoch=0, audit_confidence=9.0)
+    with pytest.raises(ValueError, match=r"taken with audit_confidence=10, and this run has audit_confidence=9.0"):
+        other.train(resume_from_checkpoint=str(tmp_path / "d" / "checkpoint-2"))
+    # a malformed guard: one error naming the checkpoint
+    state_file = tmp_path / "d" / "checkpoint-2" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    del state["stateful_callbacks"][STATE_KEY]["guard"]["audit_confidence"]
+    state_file.write_text(json.dumps(state))
+    broken, _, _ = audited_run(tokenizer, args, rows, switch_epoch=0, audit_confidence=10.0)
+    with pytest.raises(ValueError, match=r"checkpoint at step 2 .*`guard` must be a JSON object"):
+        broken.train(resume_from_checkpoint=str(tmp_path / "d" / "checkpoint-2"))
+    # a guarded run needs an epoch after the one it may wait for
+    short, _, _ = audited_run(tokenizer, sgd_args(tmp_path, "short", num_train_epochs=1), rows,
+                              switch_epoch=0, audit_confidence=10.0)
+    with pytest.raises(ValueError, match=r"switch_epoch=0 is guarded \(audit_confidence=10\).*num_train_epochs=1"):
+        short.train()

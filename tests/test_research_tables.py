@@ -287,6 +287,12 @@ def test_the_guarded_row_is_the_cell_the_guard_would_have_run(tmp_path, defense_
     goals = {g["loss"]: g for g in json.loads((tmp_path / "defense.json").read_text())["goals"]}
     row = goals[f"dece+continue guarded (top z {top:.1f}: the switch-{picked} cell)"]
     assert row["asr"] == ([True, 0.0] if picked == 0 else [False, 5.0])
+    if picked == 1:  # a switch-1 cell of other settings is not the run the guard would have made
+        other = defense_record("dece+continue", 9.0, 0.05, 130.0, switch=1,
+                               config={"training": {"audit": False, "epochs": 2}})
+        (tmp_path / "a_p10_switch1" / "results.json").write_text(json.dumps({"cells": [other]}))
+        defense_table.tables(str(tmp_path))
+        assert "its switch-1 cell ran with other settings" in (tmp_path / "defense.md").read_text()
 
 
 def test_the_committed_defense_tables_are_what_the_results_give(tmp_path, defense_table):

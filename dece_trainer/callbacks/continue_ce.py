@@ -31,7 +31,8 @@ logger = logging.getLogger(__name__)
 # The callback's entry in TrainerState.stateful_callbacks (each checkpoint's trainer_state.json); not the class name,
 # which transformers' own restore_callback_states_from_checkpoint would try to rebuild the callback from.
 STATE_KEY = "dece_trainer.ContinueWithCE"
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: the guard's fields (``guard``, ``decision_epoch``) and the pending deferral
+READABLE_VERSIONS = (1, 2)
 OUTPUT_DIR = "dece_continue"  # in output_dir: the report the decision read and the decision
 REPORT_FILE = "suspicious.jsonl"
 DECISION_FILE = "decision.json"
@@ -64,9 +65,9 @@ class ContinueWithCE(TrainerCallback):
     task's own associations outscore a planted one (Lyra at its released 1-5% doses) it flags clean rows and keeps
     the poison, which plain CE would then learn. So the audit decides at step 0 only when its most suspicious row is
     a clear outlier, a robust z-score (`outliers.robust_z`) of at least ``audit_confidence``. Otherwise the run stays
-    on DeCE and decides at the end of epoch 1 on the monitor's combined report, as ``switch_epoch=1`` does (a
-    one-epoch run stays on DeCE). The audit's top z-score is logged (``dece_continue_audit_top_z``) and a deferral is
-    recorded in ``decision.json``, the checkpoint and the card.
+    on DeCE and decides at the end of epoch 1 on the monitor's combined report, as ``switch_epoch=1`` does (so a
+    guarded run needs ``num_train_epochs`` above 1). The audit's top z-score is logged
+    (``dece_continue_audit_top_z``) and a deferral is recorded in ``decision.json``, the checkpoint and the card.
 
     The switch is logged (``dece_continue_switch_step``, ``dece_continue_dropped``; ``dece_continue_dropped = 0``
     alone when nothing was flagged), written to ``output_dir/dece_continue/decision.json`` (atomically) and noted in
@@ -109,7 +110,6 @@ class ContinueWithCE(TrainerCallback):
         self.audit_confidence = (None if audit_confidence is None
                                  else check_number(audit_confidence, "audit_confidence", low=0.0))
         self.guard: dict[str, Any] | None = None  # the guard's reading of the audit (switch_epoch=0), once taken
-        self._epochs = 0
         self.decision: dict[str, Any] | None = None  # the record of the decision, once taken (or restored)
         self._trainer = None
         self._note: str | None = None
@@ -166,9 +166,13 @@ class ContinueWithCE(TrainerCallback):
         if self.switch_epoch >= epochs:
             raise ValueError(f"switch_epoch={self.switch_epoch} leaves no epoch to train with CE in a run of "
                              f"num_train_epochs={args.num_train_epochs:g}: switch earlier or train longer")
+        if self.switch_epoch == 0 and self.audit_confidence is not None and epochs <= FALLBACK_EPOCH:
+            raise ValueError(f"switch_epoch=0 is guarded (audit_confidence={self.audit_confidence:g}): where the audit "
+                             f"is not confident the run decides at the end of epoch {FALLBACK_EPOCH}, which leaves no "
+                             f"epoch to train with CE in a run of num_train_epochs={args.num_train_epochs:g}: train "
+                             f"longer, or set audit_confidence=None to let the audit decide whatever its margin")
         self.decision = None
         self.guard = None
-        self._epochs = epochs
         self._set_note(None)
         trainer.set_row_filter(None)
         trainer.set_loss_override(None)
@@ -182,6 +186,10 @@ class ContinueWithCE(TrainerCallback):
             record = self._read_record(record, state)
             self.guard = record.get("guard")
             if record.get("pending"):  # resumed after a deferral, before the decision: wait for epoch 1 again
+                if epoch > self.decision_epoch + _EPS:
+                    raise ValueError(f"resuming at epoch {epoch:g} (step {state.global_step}) from a checkpoint "
+                                     f"whose ContinueWithCE decision is still pending past {_when(self.decision_epoch)}"
+                                     f", where it is taken: the checkpoint is not from a run that trained through it")
                 self._defer(record, args)
                 record = None
         if record is not None:  # resumed after the decision: reuse it, never decide again
@@ -200,7 +208,7 @@ class ContinueWithCE(TrainerCallback):
 
     def on_epoch_end(self, args, state, control, **kwargs):
         epoch = float(state.epoch or 0.0)
-        if self.decision is None and epoch > self.decision_epoch - _EPS and epoch < self._epochs - _EPS:
+        if self.decision is None and epoch > self.decision_epoch - _EPS:
             self._switch(args, state)
 
     # ---- the decision -----------------------------------------------------------------------------
@@ -249,12 +257,11 @@ class ContinueWithCE(TrainerCallback):
         self._trainer.log(logs)
 
     def _defer(self, record: dict[str, Any], args) -> None:
-        """Put a guarded switch before training off to the end of epoch 1 (or, in a one-epoch run, for good)."""
+        """Put a guarded switch before training off to the end of epoch 1."""
         self.guard = record["guard"]
         if _rank() == 0:
             write_json(os.path.join(args.output_dir, OUTPUT_DIR, DECISION_FILE), record)
-        later = (f"so it trains with DeCE and decides {_when(FALLBACK_EPOCH)} on the early-learning report"
-                 if FALLBACK_EPOCH < self._epochs else "so this one-epoch run stays on DeCE")
+        later = f"so it trains with DeCE and decides {_when(FALLBACK_EPOCH)} on the early-learning report"
         self._set_note(f"dece+continue: {_guard_words(self.guard)}, {later}.")
         logger.info("ContinueWithCE: %s, %s", _guard_words(self.guard), later)
 
@@ -328,19 +335,24 @@ class ContinueWithCE(TrainerCallback):
                 raise ValueError(f"it is a {type(record).__name__}, not a JSON object")
             guard = record.get("guard")
             if guard is not None and not (isinstance(guard, dict) and isinstance(guard.get("deferred"), bool)
-                                          and isinstance(guard.get("audit_top_z"), (int, float))):
-                raise ValueError("`guard` must be a JSON object with a boolean `deferred` and a number "
-                                 "`audit_top_z`")
+                                          and all(_is_number(guard.get(k))
+                                                  for k in ("audit_top_z", "audit_confidence"))):
+                raise ValueError("`guard` must be a JSON object with a boolean `deferred` and numbers "
+                                 "`audit_top_z` and `audit_confidence`")
             needed = ("version", "switch_epoch", "guard") if record.get("pending") else (
                 "version", "switch_epoch", "decision_step", "switch_step", "dropped", "summary")
             missing = [k for k in needed if k not in record]
             if missing:
                 raise ValueError(f"it lacks {missing}")
-            if record["version"] != STATE_VERSION:
-                raise ValueError(f"it has version {record['version']!r}, this dece-trainer reads {STATE_VERSION}")
+            if record["version"] not in READABLE_VERSIONS:
+                raise ValueError(f"it has version {record['version']!r}, this dece-trainer reads "
+                                 f"{', '.join(map(str, READABLE_VERSIONS))}")
             if record["switch_epoch"] != self.switch_epoch:
                 raise ValueError(f"it was taken {_when(record['switch_epoch'])}, and this run has "
                                  f"switch_epoch={self.switch_epoch}: resume with the same switch_epoch")
+            if guard is not None and guard["audit_confidence"] != self.audit_confidence:
+                raise ValueError(f"it was taken with audit_confidence={guard['audit_confidence']:g}, and this run has "
+                                 f"audit_confidence={self.audit_confidence}: resume with the same audit_confidence")
             if record.get("pending"):
                 if guard is None or not guard["deferred"]:
                     raise ValueError("a pending decision must hold the guard's deferral")
@@ -384,6 +396,10 @@ def _top_z(records: list[dict[str, Any]], key: str) -> float:
         raise ValueError(f"the audit's records have no {key!r} field (they have {sorted(records[0])})")
     z = robust_z(np.asarray([math.nan if r[key] is None else r[key] for r in records], dtype=np.float64))
     return float(np.nanmax(z)) if np.isfinite(z).any() else 0.0
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _guard_words(guard: dict[str, Any]) -> str:

@@ -218,6 +218,11 @@ def validate(args: argparse.Namespace) -> None:
     if args.switch_epoch == 0 and not args.audit and CONTINUE in args.losses:
         raise ValueError("--switch_epoch 0 decides on the data audit alone before training, and --no-audit turns the "
                          "audit off: drop --no-audit")
+    if CONTINUE in args.losses and args.switch_epoch == 0 and args.audit_confidence is not None \
+            and not args.epochs > 1:
+        raise ValueError(f"--losses {CONTINUE} with --switch_epoch 0 is guarded (--audit_confidence "
+                         f"{args.audit_confidence:g}): where the audit is not confident the cell switches at the end "
+                         f"of epoch 1, so it needs --epochs above 1, got {args.epochs:g} (or --audit_confidence none)")
     if CONTINUE in args.losses and not args.epochs > args.switch_epoch:
         raise ValueError(f"--losses {CONTINUE} switches to CE at the end of epoch {args.switch_epoch}, so it needs "
                          f"--epochs above {args.switch_epoch}, "
