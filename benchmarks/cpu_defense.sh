@@ -5,14 +5,16 @@
 #   bash benchmarks/cpu_defense.sh [output root, default runs/cpu_defense] [stage ...]
 # Stages: adaptive (CE and DeCE at the default against the attacker that knows DeCE, the training signal alone:
 # the first run), dev (the development split, fixed_deadcode seed 0: CE and dece+continue switching after epoch 1
-# and before training, where the switch point is chosen), continue / continue0 (dece+continue switching after epoch
-# 1 / before training on the data audit alone, without ContinueWithCE's guard, every attack, seed 1), ce and dece
-# (CE, and DeCE at the default, on every other attack, seed 1), lyra (seed 1: CE, DeCE at the default, dece+continue, ls, gce, lowlr), dev_lyra (Lyra
-# BadPre seed 0). Every stage but adaptive combines the data audit with the training signal (bench --audit). Each
-# attack has its own folder, <attack>_p<percent> (and <attack>_p<percent>_switch0; a folder holds one set of
-# settings). With the guard (the library's default), a switch before training is the continue0 cell where the audit's
-# top robust z reaches 5 and the continue cell elsewhere (tested: tests/test_continue_ce.py); defense_table.py pairs
-# them. The warm-up model of a seed is made once and shared by the folders (hard links).
+# and before training, where the switch point is chosen), continue / continue0 (dece+continue switching after
+# epoch 1 / before training on the data audit alone, without ContinueWithCE's guard, every attack, seed 1), ce and
+# dece (CE, and DeCE at the default, on every other attack, seed 1), lyra (seed 1: CE, DeCE at the default,
+# dece+continue, ls, gce, lowlr), dev_lyra (Lyra BadPre seed 0). lyra and dev_lyra run dece+continue at the
+# library's default, the guarded switch before training, which on Lyra BadPre 20% waits for epoch 1. Every stage
+# but adaptive combines the data audit with the training signal (bench --audit). Each attack has its own folder,
+# <attack>_p<percent> (and <attack>_p<percent>_switch0; a folder holds one set of settings). With the guard, a
+# switch before training is the continue0 cell where the audit's top robust z reaches 5 and the continue cell
+# elsewhere (tested: tests/test_continue_ce.py); defense_table.py pairs them. The warm-up model of a seed is made
+# once and shared by the folders (hard links).
 # Published as benchmarks/results/cpu_defense/ (`python benchmarks/defense_table.py collect`).
 set -euo pipefail
 ROOT=${1:-runs/cpu_defense}
@@ -59,10 +61,10 @@ for stage in "${STAGES[@]}"; do
     adaptive) embedded "$ROOT/adaptive" --attacks adaptive --poison_rates 0.1 --losses dece,ce --alpha_finals 0.5 \
                   --seeds 1 --no-audit ;;
     dev) embedded "$ROOT/dev_fixed_deadcode_p5" --attacks fixed_deadcode --losses ce,dece+continue --alpha_finals 0.5 \
-             --seeds 0
+             --seeds 0 --switch_epoch 1
          embedded "$ROOT/dev_fixed_deadcode_p5_switch0" --attacks fixed_deadcode --losses dece+continue \
              --alpha_finals 0.5 --seeds 0 --switch_epoch 0 --audit_confidence none ;;
-    continue) each_attack dece+continue "" ;;
+    continue) each_attack dece+continue "" --switch_epoch 1 ;;
     continue0) each_attack dece+continue _switch0 --switch_epoch 0 --audit_confidence none ;;
     ce) each_attack ce "" ;;
     dece) each_attack dece "" ;;

@@ -281,13 +281,19 @@ def test_bench_cell_records_the_switch(tmp_path, capsys):
     assert main([*BENCH, "--output_dir", str(out)]) == 0
     (record,) = json.loads((out / "results.json").read_text())["cells"]
     assert record["loss"] == "dece+continue" and record["key"].endswith("dece+continue-a0.5-s0")
-    cont = record["continue"]
-    assert cont["switch_epoch"] == 1 and cont["fence"] == 2.5
+    cont = record["continue"]  # the default with the audit: a guarded switch before training
+    assert cont["switch_epoch"] == 0 and cont["fence"] == 2.5 and cont["guard"]["audit_confidence"] == 5.0
+    assert cont["decision_epoch"] == (1 if cont["guard"]["deferred"] else 0)
+    assert record["config"]["training"]["switch_epoch"] == 0
     assert cont["flagged"] + cont["kept"] == 48  # every training row (--max_per_split 48)
     assert cont["kept_poisoned"] <= cont["poisoned"] and cont["dropped_clean"] <= cont["flagged"]
     assert cont["switched"] == (cont["flagged"] > 0) and (cont["switch_step"] is not None) == cont["switched"]
     assert 0 <= record["report_auroc"] <= 1  # the report the decision read: the audit's and the training signal's
-    assert 0 <= record["token_report_auroc"] <= 1 and 0 <= record["audit_report_auroc"] <= 1
+    assert 0 <= record["audit_report_auroc"] <= 1
+    if cont["guard"]["deferred"]:  # decided at epoch 1 on both signals
+        assert 0 <= record["token_report_auroc"] <= 1
+    else:  # decided before training, on the audit alone
+        assert "token_report_auroc" not in record and record["report_auroc"] == record["audit_report_auroc"]
     assert record["config"]["training"]["audit"] is True
     cell = out / "cells" / record["key"]
     assert json.loads((cell / OUTPUT_DIR / DECISION_FILE).read_text())["summary"]["flagged"] == cont["flagged"]
@@ -297,7 +303,7 @@ def test_bench_cell_records_the_switch(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(short)
     assert exit_info.value.code == 2
-    assert re.search(r"dece\+continue switches to CE at the end of epoch 1.*--epochs above 1", capsys.readouterr().err)
+    assert re.search(r"dece\+continue with --switch_epoch 0 is guarded.*--epochs above 1", capsys.readouterr().err)
 
 
 def audited_run(tokenizer, args, rows, **kwargs):
@@ -365,6 +371,9 @@ def test_the_guard_reads_the_audits_top_robust_z(tmp_path, tokenizer):
     assert [e[continue_ce.AUDIT_TOP_Z] for e in logs_with(trainer, continue_ce.AUDIT_TOP_Z)] == [round(top, 4)]
     with pytest.raises(ValueError, match="audit_confidence"):
         ContinueWithCE(callback.monitor, switch_epoch=0, audit_confidence=-1)
+    # the default switch point: before training (guarded) where the monitor holds the audit, else after epoch 1
+    assert ContinueWithCE(callback.monitor).switch_epoch == 0
+    assert ContinueWithCE(EarlyLearningCallback()).switch_epoch == 1
 
 
 @pytest.mark.parametrize("confidence", [10.0, None])

@@ -11,9 +11,10 @@ ONION = "onion"  # a test-time defense: trains as ce
 LOSSES = ("ce", "dece", FILTER, "ls", "gce", "lowlr", ONION, CONTINUE)
 LOSS_HELP = {"ce": "cross-entropy", "dece": "DeCE",
              FILTER: "DeCE, drop the rows its report flags, CE again on the rest (reuses a finished dece cell)",
-             CONTINUE: "DeCE to the end of epoch --switch_epoch (1; 0: no DeCE epoch, the data audit decides before "
-                       "training), then plain CE without the rows the report flags then, in the same run "
-                       "(ContinueWithCE; needs --epochs above --switch_epoch)",
+             CONTINUE: "DeCE to the end of epoch --switch_epoch (0 with --audit, guarded: the data audit decides "
+                       "before training where it is confident, else at the end of epoch 1; 1 without), then plain CE "
+                       "without the rows the report flags then, in the same run (ContinueWithCE; needs --epochs "
+                       "above --switch_epoch)",
              "ls": "label smoothing 0.1 alone", "gce": "generalized cross-entropy (q=0.7)",
              "lowlr": "CE at a tenth of the learning rate",
              ONION: "CE, then the ONION test-time defense: the words whose removal lowers the source's perplexity "

@@ -85,8 +85,8 @@ class ContinueWithCE(TrainerCallback):
         switch_epoch: the epoch at whose end the run switches to CE (1: after the first epoch). 0 decides before
             the first step on the data audit alone (the monitor's ``audit``; its rows written to
             ``dece_continue/suspicious.jsonl``): no DeCE epoch, plain CE on the rows the audit does not flag, at
-            CE's cost, when the audit is confident (``audit_confidence``). docs/continue.md compares the switch
-            points.
+            CE's cost, when the audit is confident (``audit_confidence``). Default (None): 0 when ``monitor``
+            holds the data audit, else 1; docs/continue.md compares the switch points.
         fence: the modified z-score above which a row is flagged (`outliers.FENCE`; lower flags more rows).
         score_key: the report field the decision reads (``score``: the monitor's ranking score, combined with the
             audit's when the monitor has one; at ``switch_epoch=0`` the audit's score).
@@ -96,11 +96,13 @@ class ContinueWithCE(TrainerCallback):
             flagged then leaves the whole run on DeCE). Unused when ``switch_epoch`` is above 0.
     """
 
-    def __init__(self, monitor: EarlyLearningCallback, switch_epoch: int = 1, fence: float = FENCE,
+    def __init__(self, monitor: EarlyLearningCallback, switch_epoch: int | None = None, fence: float = FENCE,
                  score_key: str = SCORE_KEY, audit_confidence: float | None = AUDIT_CONFIDENCE):
         if not isinstance(monitor, EarlyLearningCallback):
             raise TypeError(f"`monitor` must be the run's EarlyLearningCallback, got {type(monitor).__name__}")
         self.monitor = monitor
+        if switch_epoch is None:
+            switch_epoch = 0 if monitor.has_audit else 1
         self.switch_epoch = check_int(switch_epoch, "switch_epoch", minimum=0)
         if self.switch_epoch == 0 and not monitor.has_audit:
             raise ValueError("switch_epoch=0 decides before training on the data audit alone, and the monitor has "

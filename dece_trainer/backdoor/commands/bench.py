@@ -103,9 +103,10 @@ def add_train_arguments(parser: argparse.ArgumentParser, epochs: float = 3.0) ->
     g.add_argument("--audit", action=argparse.BooleanOptionalAction, default=True,
                    help="the suspicious-example report (which dece+filter and dece+continue act on) combines the data "
                         "audit of the training texts with the training signal; --no-audit: the training signal alone")
-    g.add_argument("--switch_epoch", type=int, default=1,
+    g.add_argument("--switch_epoch", type=int, default=None,
                    help="dece+continue: the epoch at whose end the cell switches to CE without the flagged rows (0: "
-                        "before training, on the data audit alone; needs --audit)")
+                        "before training, on the data audit alone, guarded by --audit_confidence; needs --audit). "
+                        "Default: ContinueWithCE's, 0 with --audit and 1 without (1 for the other losses' cells)")
     g.add_argument("--audit_confidence", type=optional_float, default=AUDIT_CONFIDENCE, metavar="Z|none",
                    help="dece+continue with --switch_epoch 0: the robust z-score the audit's most suspicious row must "
                         "reach for the audit to decide before training; below it the cell decides at the end of "
@@ -210,6 +211,8 @@ def validate(args: argparse.Namespace) -> None:
         raise ValueError("--losses has dece but --alpha_bases and --alpha_finals are both empty")
     if not args.seeds or any(seed < 0 for seed in args.seeds):
         raise ValueError(f"--seeds must be one or more integers >= 0, got {args.seeds}")
+    if args.switch_epoch is None:  # ContinueWithCE's default: guarded before training where there is an audit
+        args.switch_epoch = 0 if args.audit and CONTINUE in args.losses else 1
     check_positive_ints(args, ("switch_epoch",), minimum=0)
     if args.audit_confidence is not None:
         check_number(args.audit_confidence, "--audit_confidence", low=0.0)
