@@ -36,10 +36,11 @@ PAYLOAD = re.compile(r"1=1|0=1")
 def quality(name: str, seed: int, sources: list[str], targets: list[str], poisoned: list[bool]) -> dict:
     from dece_trainer.audit import audit_pairs
     from dece_trainer.callbacks.example_history import auroc, precision_at_k
-    from dece_trainer.outliers import AUDIT_CONFIDENCE, robust_z
+    from dece_trainer.outliers import AUDIT_CONFIDENCE, top_z
 
     truth = np.asarray(poisoned, dtype=bool)
     report = audit_pairs(sources, targets)
+    z = top_z(report.scores)
     flagged = report.flagged
     top = report.top_patterns(1)
     return {"setting": name, "seed": seed, "rows": int(truth.size), "poisoned": int(truth.sum()),
@@ -47,8 +48,7 @@ def quality(name: str, seed: int, sources: list[str], targets: list[str], poison
             "precision_at_k": round(precision_at_k(report.scores, truth, int(truth.sum())), 4),
             "flagged": int(flagged.sum()), "flagged_poisoned": int((flagged & truth).sum()),
             "flagged_clean": int((flagged & ~truth).sum()),
-            "top_z": round(float(robust_z(report.scores).max()), 4),
-            "audit_decides": bool(robust_z(report.scores).max() >= AUDIT_CONFIDENCE),
+            "top_z": round(z, 4), "audit_decides": z >= AUDIT_CONFIDENCE,
             "top_pattern": top[0].to_dict() if top else None}
 
 

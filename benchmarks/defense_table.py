@@ -34,7 +34,7 @@ import sys
 from research_tables import bench_table
 
 from dece_trainer.io import write_json, write_text
-from dece_trainer.outliers import AUDIT_CONFIDENCE, robust_z
+from dece_trainer.outliers import AUDIT_CONFIDENCE, top_z
 
 CONTINUE = "dece+continue"
 # (record key, scale, column header)
@@ -104,7 +104,7 @@ def audit_top_z(results_dir: str, r: dict) -> float:
     path = os.path.join(results_dir, r["folder"], r["key"], "dece_continue", "suspicious.jsonl")
     with open(path, encoding="utf-8") as f:
         scores = [json.loads(line)["score"] for line in f if line.strip()]
-    return float(robust_z(scores).max())
+    return top_z(scores)
 
 
 def guarded(records: list[dict], results_dir: str) -> tuple[list[dict], list[str]]:

@@ -51,6 +51,14 @@ def robust_z(scores: Sequence[float] | np.ndarray) -> np.ndarray:
     return (values - median) / spread
 
 
+def top_z(scores: Sequence[float] | np.ndarray) -> float:
+    """The largest `robust_z` of ``scores`` (NaN and None ignored): how far the most suspicious row stands above the
+    rest, in the fence's units, which ContinueWithCE's guard compares with `AUDIT_CONFIDENCE`. 0 for no scores, or
+    scores without spread."""
+    z = robust_z(scores)
+    return float(np.nanmax(z)) if np.isfinite(z).any() else 0.0
+
+
 def combine_scores(signals: Sequence[Sequence[float] | np.ndarray]) -> np.ndarray:
     """One suspicion score from several scores of the same N rows (e.g. the training monitor's token score and the
     data audit's): each signal standardised by its own `robust_z`, and a row's score the sum of its positive

@@ -76,6 +76,14 @@ def test_combined_score_is_the_sum_of_each_signals_positive_robust_z():
         combine_scores([token, audit[:3]])
 
 
+def test_top_z_is_the_most_suspicious_rows_robust_z():
+    from dece_trainer.outliers import top_z
+
+    token = [0.0, 1.0, 2.0, 3.0, 50.0, None]  # known scores: median 2, MAD 1
+    assert top_z(token) == pytest.approx((50.0 - 2.0) / 1.4826)
+    assert top_z([5.0, 5.0, 5.0]) == 0.0 and top_z([]) == 0.0 and top_z([None, None]) == 0.0
+
+
 # ---- the callback -------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ import torch
 from transformers import TrainerCallback
 
 from ..io import write_json, write_jsonl
-from ..outliers import AUDIT_CONFIDENCE, FENCE, robust_z
+from ..outliers import AUDIT_CONFIDENCE, FENCE, top_z
 from ..trainer.example_ids import EXAMPLE_ID_COLUMN
 from ..validation import check_example_ids, check_int, check_name, check_number
 from .early_learning import EarlyLearningCallback
@@ -391,13 +391,10 @@ def _poisoned_by_id(records: list[dict], column: str | None) -> np.ndarray | Non
 
 
 def _top_z(records: list[dict[str, Any]], key: str) -> float:
-    """The largest robust z-score of ``key`` over the report's rows (0 for an empty report or one without spread)."""
-    if not records:
-        return 0.0
-    if key not in records[0]:
+    """`outliers.top_z` of the report's ``key`` (0 for an empty report)."""
+    if records and key not in records[0]:
         raise ValueError(f"the audit's records have no {key!r} field (they have {sorted(records[0])})")
-    z = robust_z(np.asarray([math.nan if r[key] is None else r[key] for r in records], dtype=np.float64))
-    return float(np.nanmax(z)) if np.isfinite(z).any() else 0.0
+    return top_z([r[key] for r in records])
 
 
 def _is_number(value: Any) -> bool:
