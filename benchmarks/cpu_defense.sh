@@ -37,7 +37,9 @@ embedded() {  # embedded OUTPUT_DIR BENCH_ARGS...
 # every embedded attack of the one-seed table (attack, rate): both dead-code attacks and the adaptive family
 SETTINGS=("adaptive 0.1" "fixed_deadcode 0.05" "grammar_deadcode 0.05" "adaptive_triggers 0.1" "adaptive_payloads 0.1"
           "adaptive_spread 0.1" "adaptive 0.05")
-# ONLY="fixed_deadcode_p5 adaptive_p10" limits the per-attack stages to those folders (default: every setting)
+# ONLY="fixed_deadcode_p5 adaptive_p10" limits the per-attack stages to those folders (default: every setting);
+# LYRA_LOSSES="ce,dece+continue" runs those of the lyra stage's cells first (the stage passes the library's default
+# switch point, 0 and guarded, explicitly, so a folder's cells share one fingerprint whichever losses a call names)
 each_attack() {  # each_attack LOSSES FOLDER_SUFFIX [BENCH_ARGS...]: one bench run per setting, seed 1
   local losses=$1 suffix=$2; shift 2
   for setting in "${SETTINGS[@]}"; do
@@ -68,8 +70,10 @@ for stage in "${STAGES[@]}"; do
     continue0) each_attack dece+continue _switch0 --switch_epoch 0 --audit_confidence none ;;
     ce) each_attack ce "" ;;
     dece) each_attack dece "" ;;
-    lyra) lyra --losses ce,dece,dece+continue,ls,gce,lowlr --alpha_finals 0.5 --seeds 1 --output_dir "$ROOT/lyra" ;;
-    dev_lyra) lyra --losses dece+continue --alpha_finals 0.5 --seeds 0 --output_dir "$ROOT/dev_lyra" ;;
+    lyra) lyra --losses "${LYRA_LOSSES:-ce,dece,dece+continue,ls,gce,lowlr}" --alpha_finals 0.5 --seeds 1 \
+              --switch_epoch 0 --output_dir "$ROOT/lyra" ;;
+    dev_lyra) lyra --losses dece+continue --alpha_finals 0.5 --seeds 0 --switch_epoch 0 \
+                  --output_dir "$ROOT/dev_lyra" ;;
     *) echo "unknown stage $stage (adaptive, dev, continue0, ce, dece, continue, lyra, dev_lyra)" >&2; exit 2 ;;
   esac
 done

@@ -419,6 +419,16 @@ def test_a_deferred_switch_resumes_waiting_and_refuses_what_it_cannot_keep(tmp_p
     other, _, _ = audited_run(tokenizer, args, rows, switch_epoch=0, audit_confidence=9.0)
     with pytest.raises(ValueError, match=r"taken with audit_confidence=10, and this run has audit_confidence=9.0"):
         other.train(resume_from_checkpoint=str(tmp_path / "d" / "checkpoint-2"))
+    # a pending deferral in a checkpoint past epoch 1 (step 6 of 5 a epoch) cannot come from a run that trained
+    # through the decision: refused, not decided late
+    late_file = tmp_path / "d" / "checkpoint-6" / "trainer_state.json"
+    late = json.loads(late_file.read_text())
+    assert late["stateful_callbacks"][STATE_KEY].get("pending") is None  # decided at step 5
+    late["stateful_callbacks"][STATE_KEY] = saved["stateful_callbacks"][STATE_KEY]
+    late_file.write_text(json.dumps(late))
+    stale, _, _ = audited_run(tokenizer, args, rows, switch_epoch=0, audit_confidence=10.0)
+    with pytest.raises(ValueError, match=r"epoch 1.2 \(step 6\) .* due at the end of epoch 1, is still pending"):
+        stale.train(resume_from_checkpoint=str(tmp_path / "d" / "checkpoint-6"))
     # a malformed guard: one error naming the checkpoint
     state_file = tmp_path / "d" / "checkpoint-2" / "trainer_state.json"
     state = json.loads(state_file.read_text())

@@ -190,8 +190,8 @@ class ContinueWithCE(TrainerCallback):
             if record.get("pending"):  # resumed after a deferral, before the decision: wait for epoch 1 again
                 if epoch > self.decision_epoch + _EPS:
                     raise ValueError(f"resuming at epoch {epoch:g} (step {state.global_step}) from a checkpoint "
-                                     f"whose ContinueWithCE decision is still pending past {_when(self.decision_epoch)}"
-                                     f", where it is taken: the checkpoint is not from a run that trained through it")
+                                     f"whose ContinueWithCE decision, due {_when(self.decision_epoch)}, is still "
+                                     f"pending: the checkpoint is not from a run that trained through that decision")
                 self._defer(record, args)
                 record = None
         if record is not None:  # resumed after the decision: reuse it, never decide again
