@@ -222,6 +222,22 @@ def test_audit_dataset_reads_a_dataset_with_ids():
         audit_dataset(data, id_column="nope")
 
 
+def test_decide_drops_the_rows_the_audit_marks_or_refuses():
+    """An audit run at another fence marks other rows than the default would flag: `decide` drops the marked rows
+    given that fence, decides anew at any fence it is given, and refuses to guess without one."""
+    from dece_trainer.callbacks.poison_filter import decide
+
+    sources, targets = poison(*clean_rows(200, seed=4), list(range(5, 200, 20)))
+    assert decide(audit_pairs(sources, targets).records()).flagged  # the default fence agrees with itself
+    strict = audit_pairs(sources, targets, fence=25.0)
+    records = strict.records()
+    marked = sorted(r["example_id"] for r in records if r["flagged"])
+    assert marked and marked != sorted(decide(records, fence=2.5).flagged)
+    assert sorted(decide(records, fence=25.0).flagged) == marked
+    with pytest.raises(ValueError, match=rf"marks {len(marked)} rows `flagged` .* pass that fence as `fence=`"):
+        decide(records)
+
+
 @pytest.mark.slow
 def test_command_writes_a_report_drop_flagged_reads(tmp_path):
     from datasets import Dataset

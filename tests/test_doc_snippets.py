@@ -105,6 +105,8 @@ PY_STAND_INS = {
     "codet5": "a tiny random T5",
     "tokenizer": "tests/tiny.py's word-level tokenizer",
     "train": "16 tokenised pairs of tests/tiny.py's NL -> SQL-in-Python task (causal or seq2seq)",
+    "train_texts": "the same 16 pairs, tokenised, with their source/target text columns kept (what audit='auto' "
+                   "reads)",
     "valid": "8 more pairs",
     "collator": "tests/tiny.py's padding collator (passes example_id through)",
     "args": "TrainingArguments(output_dir='out', report_to='none')",
@@ -151,6 +153,9 @@ SNIPPETS: dict[str, Py | Sh | Skip | Elsewhere] = {
     "README.md#audit-the-data-before-training:1.1": Sh(
         "dece-trainer audit --train_file train.csv --source_column src --target_column tgt --output_dir audit",
         stand_ins=("train.csv",), creates="audit/suspicious.jsonl", slow=False),
+    "README.md#defend-in-one-run:1": Py(("model", "train_texts", "collator"),
+                                        check="trainer.state.global_step == 6 and os.path.isfile("
+                                              "'out/dece_continue/decision.json')"),
     "README.md#watch-a-run-learn-its-backdoor:1": Py(
         ("clean", "triggered", "model", "args", "train", "collator"),
         check="os.path.isfile('out/early_learning/suspicious.jsonl')"),
@@ -373,6 +378,8 @@ def python_stand_ins(names, task: str, tokenizer) -> dict:
         "codet5": lambda: tiny.make_model("t5", tokenizer),
         "tokenizer": lambda: tokenizer,
         "train": lambda: tiny.dataset_for(kind, tokenizer, _pairs(16, 1)),
+        "train_texts": lambda: tiny.causal_dataset(tokenizer, _pairs(16, 1)).add_column(
+            "source", [r["source"] for r in _pairs(16, 1)]).add_column("target", [r["target"] for r in _pairs(16, 1)]),
         "valid": lambda: tiny.dataset_for(kind, tokenizer, _pairs(8, 2)),
         "collator": lambda: tiny.pad_collator(tokenizer),
         "args": lambda: TrainingArguments(output_dir="out", report_to="none", per_device_train_batch_size=8),

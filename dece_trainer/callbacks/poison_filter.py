@@ -24,6 +24,7 @@ from ..trainer.example_ids import EXAMPLE_ID_COLUMN
 from ..validation import check_example_ids, check_name, check_number
 
 SCORE_KEY = "score"
+FLAGGED_KEY = "flagged"  # the data audit's own flags, at its fence (`decide` checks them)
 FIELD_ROWS = 1000  # a report's fields are named by its first rows
 
 
@@ -312,12 +313,16 @@ def _check_report_ids(report: Report) -> None:
 
 
 def decide(report: Report | Sequence[dict] | str | os.PathLike, score_key: str = SCORE_KEY,
-           fence: float = FENCE) -> FilterDecision:
+           fence: float | None = None) -> FilterDecision:
     """Flag the rows of ``report`` (a `Report`, its records or a ``suspicious.jsonl`` path) whose ``score_key``
-    exceeds :func:`choose_threshold` of all rows' scores at ``fence`` (> 0; lower flags more rows). Refused, since
-    each would look like a clean report: an empty report, a ``score_key`` it lacks, a row without a finite score."""
+    exceeds :func:`choose_threshold` of all rows' scores at ``fence`` (> 0; lower flags more rows; None: `FENCE`).
+    Refused, since each would look like a clean report: an empty report, a ``score_key`` it lacks, a row without a
+    finite score. A report that marks its own flags (the data audit's ``flagged``, at the ``--fence`` it ran with)
+    and flags other rows than the default fence would is refused unless ``fence`` is given: the rows dropped are
+    then the ones the report shows as flagged, or the ones the caller asked for, never silently others."""
     check_name(score_key, "score_key")
-    fence = check_number(fence, "fence", low=0.0, low_open=True)
+    chosen = fence is not None
+    fence = check_number(fence if chosen else FENCE, "fence", low=0.0, low_open=True)
     report = as_report(report)
     if not len(report):
         raise ValueError(f"the report {report.name} holds no rows: nothing to decide on (a run that saw no example "
@@ -332,13 +337,20 @@ def decide(report: Report | Sequence[dict] | str | os.PathLike, score_key: str =
                          f"{report.value(row, score_key)!r} ({bad.size} rows without a finite score)")
     threshold = choose_threshold(scores, fence)
     flagged = np.flatnonzero(scores > threshold)
+    marked = report.fields.get(FLAGGED_KEY)
+    if not chosen and score_key == SCORE_KEY and marked is not None and marked.dtype == bool \
+            and not np.array_equal(np.sort(flagged), np.flatnonzero(marked)):
+        raise ValueError(f"the report {report.name} marks {int(marked.sum())} rows `{FLAGGED_KEY}` (at the fence it "
+                         f"was written with: `dece-trainer audit --fence`, recorded in its audit_summary.json), and "
+                         f"the default fence {FENCE:g} flags {flagged.size}: pass that fence as `fence=` to drop the "
+                         f"rows it marks, or another to decide anew")
     flagged = flagged[np.argsort(-scores[flagged], kind="stable")]
     kept = np.sort(np.delete(report.example_id, flagged))
     return FilterDecision(threshold, report.example_id[flagged].tolist(), kept.tolist(), score_key, fence)
 
 
 def drop_flagged(dataset: Any, report: Report | Sequence[dict] | str | os.PathLike, score_key: str = SCORE_KEY,
-                 id_column: str | None = None, fence: float = FENCE) -> tuple[Any, FilterDecision]:
+                 id_column: str | None = None, fence: float | None = None) -> tuple[Any, FilterDecision]:
     """``dataset`` (a ``datasets.Dataset``) without the rows ``report`` flags, and the decision; rows the report
     does not mention are kept (and counted in ``decision.kept``). A row's example id is its ``id_column``, by
     default ``example_id`` where the dataset has one, else its row index. Refused: an ``id_column`` the dataset

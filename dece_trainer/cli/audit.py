@@ -26,7 +26,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--fence", type=float, default=FENCE,
                    help="flag rows whose score's modified z-score exceeds this (> 0; lower flags more)")
     p.add_argument("--min_support", type=int, default=None,
-                   help="fewest rows a feature must hold to count (default: max(3, rows / 1000))")
+                   help="fewest rows a feature must hold to count (default: max(3, ceil(rows / 1000)))")
     p.add_argument("--max_share", type=float, default=0.5, help="most rows a feature may hold, as a share")
     p.add_argument("--top", type=int, default=10, help="patterns to print")
     p.set_defaults(func=run)
