@@ -412,9 +412,10 @@ def test_checkpoint_state_bomb_is_refused_before_inflating(name, dtype, shape):
     lambda r: dict(r, clean_signal=[[1, "low"]]),
     lambda r: dict(r, memorisation=["x"]),
     lambda r: dict(r, alarm_step="soon"),
+    lambda r: dict(r, example_ids_sha256="0" * 16),
 ], ids=["string", "list", "no-num_examples", "no-arrays", "num_examples-str", "arrays-list", "unknown-array",
         "array-str", "shape-str", "global_step", "epoch", "fit_threshold", "epoch_complete", "clean_signal-short",
-        "clean_signal-str", "memorisation", "alarm_step"])
+        "clean_signal-str", "memorisation", "alarm_step", "other-ids"])
 def test_malformed_checkpoint_state_gets_one_error_naming_the_checkpoint(change):
     callback, record, state = restorable()
     intact = restorable()[0]
@@ -444,6 +445,20 @@ def test_duplicate_example_ids_are_refused(tmp_path, tokenizer, small_train, ids
     with pytest.raises(ValueError, match=match):
         trainer.train()
     assert trainer.state.global_step == 0  # refused at on_train_begin, before any step
+
+
+def test_a_resume_with_other_example_ids_is_refused(tmp_path, tokenizer, small_train):
+    """Same row count, other ids: each row's statistics would land on another row, so the resume is refused."""
+    run_args = args(tmp_path, num_train_epochs=2, save_strategy="epoch")
+    first = DeCETrainer(model=tiny.make_model("llama", tokenizer), args=run_args, train_dataset=small_train,
+                        data_collator=tiny.pad_collator(tokenizer), callbacks=[EarlyLearningCallback(plots=False)])
+    first.train()
+    checkpoint = sorted((tmp_path / "out").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))[0]
+    shifted = with_ids(small_train, [i + 100 for i in range(32)])
+    again = DeCETrainer(model=tiny.make_model("llama", tokenizer), args=run_args, train_dataset=shifted,
+                        data_collator=tiny.pad_collator(tokenizer), callbacks=[EarlyLearningCallback(plots=False)])
+    with pytest.raises(ValueError, match=r"other example ids than this training set's"):
+        again.train(resume_from_checkpoint=str(checkpoint))
 
 
 def test_huge_example_id_costs_rows_not_memory(tmp_path, tokenizer, small_train):

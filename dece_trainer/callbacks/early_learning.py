@@ -12,6 +12,7 @@ ranks by one score combining both signals (`outliers.combine_scores`).
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
 import math
@@ -459,13 +460,19 @@ class EarlyLearningCallback(TrainerCallback):
         epoch = float(state.epoch or 0.0)
         state.stateful_callbacks[self._state_key()] = {
             "version": STATE_VERSION, "global_step": int(state.global_step), "epoch": epoch,
-            "num_examples": self.history.num_examples, "fit_threshold": self.history.fit_threshold,
+            "num_examples": self.history.num_examples, "example_ids_sha256": self._ids_digest(),
+            "fit_threshold": self.history.fit_threshold,
             "arrays": {name: _encode_array(value) for name, value in arrays.items()},
             # an epoch whose last step was just taken: the resumed run starts the next one, so it closes this one
             "epoch_complete": "partial_sums" in arrays and abs(epoch - round(epoch)) < 1e-6 and epoch > 0,
             "clean_signal": [[int(step), float(value)] for step, value in self._clean_signal],
             "memorisation": [int(m) for m in self._memorisation], "alarm_step": self.alarm_step,
         }
+
+    def _ids_digest(self) -> str:
+        """A short SHA-256 of the training rows' example ids, in row order (what a resumed run must match)."""
+        ids = np.arange(self.history.num_examples, dtype="<i8") if self._row_ids is None else self._row_ids
+        return hashlib.sha256(np.ascontiguousarray(ids, dtype="<i8").tobytes()).hexdigest()[:16]
 
     def _restore(self, record: Any, state) -> None:
         step = getattr(state, "global_step", None)
@@ -505,6 +512,11 @@ class EarlyLearningCallback(TrainerCallback):
         if num_examples != self.history.num_examples:
             raise ValueError(f"it covers {num_examples} training examples but this training set has "
                              f"{self.history.num_examples}: resume with the same training data (and example ids)")
+        digest = record.get("example_ids_sha256")  # absent from checkpoints of dece-trainer 0.2 and before
+        if digest is not None and digest != self._ids_digest():
+            raise ValueError(f"it covers {num_examples} training examples with other example ids than this training "
+                             "set's (`example_ids_sha256` differs): resume with the same training data and example "
+                             "ids, so each row's statistics stay that row's")
         check_int(record["global_step"], "global_step", minimum=0)
         if "epoch" in record:
             check_number(record["epoch"], "epoch", low=0.0)
