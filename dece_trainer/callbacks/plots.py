@@ -103,8 +103,9 @@ def plot_loss_histogram(history: Any, path: str, poisoned: np.ndarray | None = N
             seen = ~np.isnan(value)
             bins = np.linspace(value[seen].min(), value[seen].max() + 1e-6, 25) if seen.any() else 10
             if poisoned is not None:
-                ax.hist(value[seen & ~poisoned], bins=bins, alpha=0.6, density=True, label="clean")
-                ax.hist(value[seen & poisoned], bins=bins, alpha=0.6, density=True, label="poisoned")
+                for name, group in (("clean", seen & ~poisoned), ("poisoned", seen & poisoned)):
+                    if group.any():  # a density of no rows is 0/0
+                        ax.hist(value[group], bins=bins, alpha=0.6, density=True, label=name)
                 ax.legend(fontsize=7)
             else:
                 ax.hist(value[seen], bins=bins, alpha=0.8, density=True)
