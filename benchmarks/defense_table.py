@@ -3,9 +3,10 @@
 
   python benchmarks/defense_table.py collect RUN_ROOT RESULTS_DIR   # results.json, table.md and every cell's
                                                                      # reports and decision (no checkpoints)
-  python benchmarks/defense_table.py tables RESULTS_DIR [--output_dir DIR] [--chart PNG]
+  python benchmarks/defense_table.py tables RESULTS_DIR [--output_dir DIR] [--chart PNG] [--doc MD]
       # markdown to stdout; defense.md and defense.json into DIR (default: RESULTS_DIR); the chart draws each
-      # setting's ASR and clean BLEU per cell
+      # setting's ASR and clean BLEU per cell; --doc replaces the table under MD's `DOC_HEADING` (the first
+      # table after that heading) with the every-cell table
 
 Per setting (dataset / attack / poison rate) and loss: test ASR, FTR, BLEU, CodeBLEU, subtoken F1, exact match,
 the suspicious-example report's AUROC and precision at k (the ranking the cell's defense reads: combined, and each
@@ -46,6 +47,7 @@ METRICS = (("asr", 100, "ASR %"), ("false_trigger_rate", 100, "FTR %"), ("bleu",
 QUALITY = (("bleu", 1), ("codebleu", 1), ("subtoken_f1", 100), ("exact_match", 100))  # within 1 point of CE
 REPORTS = ("fingerprint.json", "early_learning/suspicious.jsonl", "early_learning/worst_tokens.npz",
            "dece_continue/suspicious.jsonl", "dece_continue/decision.json")
+DOC_HEADING = "### Every cell (seed 1)"  # docs/benchmark.md's copy of the every-cell table sits under it
 MAX_ASR, MAX_QUALITY_DROP, MAX_TIME_RATIO, MIN_AUROC, MIN_PRECISION = 0.02, 1.0, 1.15, 0.95, 0.8
 
 
@@ -232,7 +234,24 @@ def _verdict(check: list | None) -> str:
         f"{'yes' if met else 'no'} ({value:.2f})"
 
 
-def tables(results_dir: str, output_dir: str | None = None, chart: str | None = None) -> str:
+def replace_doc_table(doc: str, table: str) -> None:
+    """Replace the first markdown table after ``DOC_HEADING`` in the file ``doc`` with ``table`` (written
+    atomically); a doc without that heading, or without a table under it before the next heading, is an error."""
+    with open(doc, encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    if DOC_HEADING not in lines:
+        raise SystemExit(f"--doc {doc}: no line {DOC_HEADING!r} to put the every-cell table under")
+    start = lines.index(DOC_HEADING) + 1
+    first = next((i for i in range(start, len(lines)) if lines[i].startswith(("|", "#"))), len(lines))
+    if first == len(lines) or not lines[first].startswith("|"):
+        raise SystemExit(f"--doc {doc}: no table under {DOC_HEADING!r} to replace")
+    end = next((i for i in range(first, len(lines)) if not lines[i].startswith("|")), len(lines))
+    lines[first:end] = table.strip("\n").split("\n")
+    write_text(doc, "\n".join(lines))
+
+
+def tables(results_dir: str, output_dir: str | None = None, chart: str | None = None,
+           doc: str | None = None) -> str:
     records = load(results_dir)
     cells_md, cells = cell_table(records)
     default, missing = guarded(records, results_dir)
@@ -250,6 +269,8 @@ def tables(results_dir: str, output_dir: str | None = None, chart: str | None = 
     write_json(os.path.join(out, "defense.json"), {"cells": cells, "goals": goals})
     if chart:
         plot(cells, chart)
+    if doc:
+        replace_doc_table(doc, cells_md)
     return text
 
 
@@ -287,11 +308,13 @@ def main() -> int:
     t.add_argument("results_dir")
     t.add_argument("--output_dir", default=None, help="where defense.md and defense.json go (default: RESULTS_DIR)")
     t.add_argument("--chart", default=None, help="also draw ASR and clean BLEU per setting and cell (PNG)")
+    t.add_argument("--doc", default=None, help=f"replace the table under this markdown file's {DOC_HEADING!r} "
+                                               "with the every-cell table (docs/benchmark.md)")
     args = parser.parse_args()
     if args.command == "collect":
         collect(args.root, args.out)
     else:
-        print(tables(args.results_dir, args.output_dir, args.chart), end="")
+        print(tables(args.results_dir, args.output_dir, args.chart, args.doc), end="")
     return 0
 
 

@@ -73,6 +73,41 @@ def test_bench_on_the_embedded_task_is_resumable(tmp_path, capsys):
     assert {r["key"]: r["finished"] for r in again} == finished
 
 
+class Stopped(Exception):
+    """Stands in for a kill while a cell evaluates."""
+
+
+def test_a_cell_stopped_while_it_evaluates_reloads_its_trained_model(tmp_path, monkeypatch):
+    import dece_trainer.backdoor.experiment as experiment
+
+    out = tmp_path / "bench"
+    argv = ["bench", "--max_per_split", "48", "--losses", "dece+continue", "--alpha_bases", "0.5", "--seeds", "0",
+            "--switch_epoch", "1",
+            "--output_dir", str(out), *TINY_BENCH, "--epochs", "2"]
+    evaluate, trained_model = experiment.evaluate, {}
+
+    def measure_then_stop(model, *args, **kwargs):  # what the trained model scores, then a kill
+        trained_model.update(evaluate(model, *args, **kwargs))
+        raise Stopped
+
+    monkeypatch.setattr(experiment, "evaluate", measure_then_stop)
+    with pytest.raises(Stopped):
+        main(argv)
+    [trained_file] = (out / "cells").rglob(experiment.TRAINED_FILE)
+    cell = trained_file.parent
+    trained = json.loads(trained_file.read_text())
+    assert trained["resumed"] is False and trained["seconds"] > 0
+    assert any(name.startswith("checkpoint-") for name in os.listdir(cell))  # the trained model is still there
+    monkeypatch.setattr(experiment, "evaluate", evaluate)
+    assert main(argv) == 0  # reloads the last checkpoint, trains no step, evaluates
+    [record] = json.loads((out / "results.json").read_text())["cells"]
+    assert record["train_seconds"] == trained["seconds"] and record["resumed"] is False  # the training's own clock
+    measured = {k: None if v != v else v for k, v in trained_model.items() if k != "examples"}  # NaN: None
+    assert {k: record[k] for k in measured} == measured
+    assert [c["epoch"] for c in record["curves"]] == [1.0, 2.0] and record["continue"]["switch_epoch"] == 1
+    assert not any(name.startswith("checkpoint-") for _, names, _ in os.walk(cell) for name in names)
+
+
 def test_an_interrupted_cell_resumes_from_its_checkpoint(tmp_path, tokenizer):
     from datasets import Dataset
 

@@ -298,3 +298,20 @@ def test_the_guarded_row_is_the_cell_the_guard_would_have_run(tmp_path, defense_
 def test_the_committed_defense_tables_are_what_the_results_give(tmp_path, defense_table):
     defense_table.tables(str(RESULTS / "cpu_defense"), str(tmp_path))
     assert (tmp_path / "defense.md").read_text() == (RESULTS / "cpu_defense" / "defense.md").read_text()
+
+
+def test_the_docs_every_cell_table_is_what_the_results_give(tmp_path, defense_table):
+    """docs/benchmark.md's copy of the every-cell table is `tables --doc`'s: regenerating it changes nothing."""
+    doc = tmp_path / "benchmark.md"
+    committed = (REPO_ROOT / "docs" / "benchmark.md").read_text()
+    doc.write_text(committed)
+    defense_table.tables(str(RESULTS / "cpu_defense"), str(tmp_path), doc=str(doc))
+    assert doc.read_text() == committed
+    doc.write_text(f"# t\n\n{defense_table.DOC_HEADING}\n\ntext\n\n| old |\n|---|\n| 1 |\n\nafter\n")
+    defense_table.tables(str(RESULTS / "cpu_defense"), str(tmp_path), doc=str(doc))
+    lines = doc.read_text().split("\n")
+    assert lines[:5] == ["# t", "", defense_table.DOC_HEADING, "", "text"] and lines[-3:] == ["", "after", ""]
+    assert "| old |" not in lines and lines[6].startswith("| setting |")
+    doc.write_text(f"{defense_table.DOC_HEADING}\n\n## next\n\n| other |\n")
+    with pytest.raises(SystemExit, match="no table under"):
+        defense_table.tables(str(RESULTS / "cpu_defense"), str(tmp_path), doc=str(doc))

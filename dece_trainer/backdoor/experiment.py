@@ -29,7 +29,7 @@ from ..callbacks.early_learning import REPORT_DIR
 from ..callbacks.example_history import auroc, precision_at_k
 from ..callbacks.poison_filter import Report, as_report, drop_flagged, read_report
 from ..data import SOURCE, TARGET, encode_causal, prompt_ids
-from ..io import atomic_directory
+from ..io import atomic_directory, write_json
 from ..metrics import attack_success_rate, code_bleu, corpus_bleu, exact_match, false_trigger_rate, subtoken_f1
 from ..outliers import AUDIT_CONFIDENCE
 from ..trainer import DeCETrainer, DeCETrainingArguments
@@ -39,6 +39,8 @@ from .baselines import GCETrainer
 from .grid import CONTINUE, FILTER, LOSSES, ONION, Cell
 from .onion import choose_onion_threshold, onion_clean, removed_share
 from .resume import newest_complete_checkpoint
+
+TRAINED_FILE = "trained.json"  # a training folder's record that its run ended: {"seconds": float, "resumed": bool}
 
 
 @dataclass
@@ -315,11 +317,15 @@ def continue_record(path: str) -> dict[str, Any]:
 
 def _train_cell(model_factory, train_data, probes, payload_fn, cfg, out_dir, loss, alpha_base, seed, timing):
     """A fresh model for ``seed``, trained with ``loss`` in ``out_dir`` (its report combined with the data audit of
-    ``train_data`` when ``cfg.audit`` and a monitor runs); checkpoints are dropped afterwards (the early-learning
-    report and pictures stay). Adds the training's wall-clock seconds to ``timing["seconds"]`` (the audit and
-    `train`, not the model factory, which may build and cache the seed's warm-up model) and sets
-    ``timing["resumed"]`` when it resumed from a checkpoint (the seconds then count from the resume). Returns
-    (model, tokenizer, log history)."""
+    ``train_data`` when ``cfg.audit`` and a monitor runs). Adds the training's wall-clock seconds to
+    ``timing["seconds"]`` (the audit and `train`, not the model factory, which may build and cache the seed's warm-up
+    model) and sets ``timing["resumed"]`` when it resumed from a checkpoint (the seconds then count from the resume).
+
+    The checkpoints stay until the cell's record is written (`drop_checkpoints`): a cell stopped after training but
+    before its record reloads the trained model from the last one, and ``out_dir/TRAINED_FILE`` (written when
+    training ends) gives it the seconds and resume flag the training itself had, not the reload's.
+    Returns (model, tokenizer, log history)."""
+    trained = _read_trained(out_dir)
     model, tokenizer = model_factory(seed)
     encoded = encode(train_data, tokenizer, cfg)
     encoded_probes = {name: encode(data, tokenizer, cfg) for name, data in probes.items()}
@@ -328,13 +334,38 @@ def _train_cell(model_factory, train_data, probes, payload_fn, cfg, out_dir, los
     if cfg.audit and len(train_data) and (probes or loss == CONTINUE):  # the runs that have a monitor
         # the audit reads the texts, which encoding drops; add_example_ids numbers the rows 0..n-1 in this order
         audit = audit_pairs(train_data[SOURCE], train_data[TARGET]).records()
+    run_timing = {"resumed": False}
     model, history = train(model, tokenizer, encoded, out_dir, cfg, loss=loss, alpha_base=alpha_base,
-                           seed=seed, probes=encoded_probes, payload_fn=payload_fn, audit=audit, timing=timing)
-    timing["seconds"] += time.time() - start
-    for name in os.listdir(out_dir):
-        if name.startswith(("checkpoint-", "incomplete-checkpoint-")):
-            shutil.rmtree(os.path.join(out_dir, name), ignore_errors=True)
+                           seed=seed, probes=encoded_probes, payload_fn=payload_fn, audit=audit, timing=run_timing)
+    if trained is None or not run_timing["resumed"]:  # this call trained (whole, or from a checkpoint): its clock
+        trained = {"seconds": round(time.time() - start, 1), "resumed": run_timing["resumed"]}
+        write_json(os.path.join(out_dir, TRAINED_FILE), trained)
+    timing["seconds"] += trained["seconds"]
+    timing["resumed"] = timing["resumed"] or trained["resumed"]
     return model, tokenizer, history
+
+
+def _read_trained(out_dir: str) -> dict[str, Any] | None:
+    """The ``TRAINED_FILE`` of a training folder whose run ended (seconds, resumed), or None."""
+    try:
+        with open(os.path.join(out_dir, TRAINED_FILE), encoding="utf-8") as f:
+            trained = json.load(f)
+    except FileNotFoundError:
+        return None
+    if not (isinstance(trained, dict) and isinstance(trained.get("seconds"), (int, float))
+            and isinstance(trained.get("resumed"), bool)):
+        raise ValueError(f"{os.path.join(out_dir, TRAINED_FILE)} is not a training record ({{'seconds': float, "
+                         f"'resumed': bool}}): delete it, and the folder's checkpoints, to train the cell again")
+    return trained
+
+
+def drop_checkpoints(cell_dir: str) -> None:
+    """Delete the checkpoints under a cell's folder (its training folders included) once its record is written; the
+    early-learning reports, pictures and decisions stay."""
+    for folder, names, _ in os.walk(cell_dir):
+        for name in [n for n in names if n.startswith(("checkpoint-", "incomplete-checkpoint-"))]:
+            shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
+            names.remove(name)
 
 
 def train_data_poisoned(records: Report | list[dict]) -> np.ndarray | None:

@@ -295,7 +295,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ...io import inside, write_json, write_text
     from ..checks import warn
-    from ..experiment import run_cell
+    from ..experiment import drop_checkpoints, run_cell
     from ..factories import model_factory
     from ..fingerprint import check_recorded, claim_cell_dir, digest, run_fingerprint, warmup_fingerprint
     from ..report import (
@@ -348,6 +348,7 @@ def run(args: argparse.Namespace) -> int:
                       config=fingerprint, config_hash=digest(fingerprint), machine=platform.machine(),
                       python=sys.version.split()[0], finished=time.strftime("%Y-%m-%d %H:%M:%S"))
         store.add(record)
+        drop_checkpoints(cell_dir)  # kept until now: a cell stopped while it evaluated reloads its trained model
         tqdm.write(f"    BLEU {record['bleu']:.2f}  ASR {100 * record['asr']:.1f}%  FTR "
                    f"{100 * record['false_trigger_rate']:.1f}%  ({record['train_seconds']:.0f} s)")
     progress.close()
