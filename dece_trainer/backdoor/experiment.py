@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -321,9 +320,9 @@ def _train_cell(model_factory, train_data, probes, payload_fn, cfg, out_dir, los
     ``timing["seconds"]`` (the audit and `train`, not the model factory, which may build and cache the seed's warm-up
     model) and sets ``timing["resumed"]`` when it resumed from a checkpoint (the seconds then count from the resume).
 
-    The checkpoints stay until the cell's record is written (`drop_checkpoints`): a cell stopped after training but
-    before its record reloads the trained model from the last one, and ``out_dir/TRAINED_FILE`` (written when
-    training ends) gives it the seconds and resume flag the training itself had, not the reload's.
+    The checkpoints stay until the cell's record is written (`resume.drop_checkpoints`): a cell stopped after
+    training but before its record reloads the trained model from the last one, and ``out_dir/TRAINED_FILE``
+    (written when training ends) gives it the seconds and resume flag the training itself had, not the reload's.
     Returns (model, tokenizer, log history)."""
     trained = _read_trained(out_dir)
     model, tokenizer = model_factory(seed)
@@ -357,15 +356,6 @@ def _read_trained(out_dir: str) -> dict[str, Any] | None:
         raise ValueError(f"{os.path.join(out_dir, TRAINED_FILE)} is not a training record ({{'seconds': float, "
                          f"'resumed': bool}}): delete it, and the folder's checkpoints, to train the cell again")
     return trained
-
-
-def drop_checkpoints(cell_dir: str) -> None:
-    """Delete the checkpoints under a cell's folder (its training folders included) once its record is written; the
-    early-learning reports, pictures and decisions stay."""
-    for folder, names, _ in os.walk(cell_dir):
-        for name in [n for n in names if n.startswith(("checkpoint-", "incomplete-checkpoint-"))]:
-            shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
-            names.remove(name)
 
 
 def train_data_poisoned(records: Report | list[dict]) -> np.ndarray | None:

@@ -10,7 +10,6 @@ CE for ``warmup_epochs`` on the benchmark's clean warm-up split, once per seed, 
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,6 +19,7 @@ from ..data import SOURCE, TARGET, build_prompt
 from ..io import atomic_directory, inside
 from .experiment import TrainConfig, encode, train
 from .models import SMALL_SIZES, load_pretrained, small_causal_lm, train_bpe_tokenizer
+from .resume import drop_checkpoints
 from .tasks import Benchmark
 
 ModelFactory = Callable[[int], tuple[Any, Any]]
@@ -44,9 +44,7 @@ def warm_started(fresh: ModelFactory, benchmark: Benchmark, warm_dir: str, warmu
             with atomic_directory(final) as tmp:
                 model.save_pretrained(tmp)
                 tokenizer.save_pretrained(tmp)
-            for name in os.listdir(final.parent):  # the warm-up's own checkpoints are not needed any more
-                if name.startswith(("checkpoint-", "incomplete-checkpoint-")):
-                    shutil.rmtree(final.parent / name, ignore_errors=True)
+            drop_checkpoints(str(final.parent))  # the warm-up's own checkpoints are not needed any more
         return (AutoModelForCausalLM.from_pretrained(final, use_safetensors=True),
                 AutoTokenizer.from_pretrained(final))
 

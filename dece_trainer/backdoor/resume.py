@@ -4,7 +4,8 @@ The Trainer writes a checkpoint file by file (weights, optimizer, scheduler, RNG
 a run killed in between (or a full disk) leaves a folder a resume cannot load. ``newest_complete_checkpoint``
 skips such folders, moves them aside with a warning naming them, and returns the newest one that has
 everything, including, for a run with the early-learning monitor, the monitor's state (which the library saves
-in ``trainer_state.json`` and restores on resume).
+in ``trainer_state.json`` and restores on resume). ``drop_checkpoints`` deletes a folder's checkpoints once what
+they were kept for is saved.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 
 from ..callbacks.early_learning import STATE_KEY
 from .checks import warn
@@ -69,6 +71,15 @@ def newest_complete_checkpoint(out_dir: str, monitor: bool = False) -> str | Non
         warn(f"{folder} is incomplete (no {', '.join(missing)}: the run was killed or the disk filled while saving "
              f"it); moved it aside to {aside} and resuming from the newest complete checkpoint, if any")
     return None
+
+
+def drop_checkpoints(folder: str) -> None:
+    """Delete the checkpoints (complete or moved aside) anywhere under ``folder`` once what they were kept for is
+    saved (a cell's record, a warm-up's final model); everything else stays."""
+    for parent, names, _ in os.walk(folder):
+        for name in [n for n in names if n.startswith(("checkpoint-", "incomplete-checkpoint-"))]:
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+            names.remove(name)
 
 
 def _free_name(path: str) -> str:

@@ -295,7 +295,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ...io import inside, write_json, write_text
     from ..checks import warn
-    from ..experiment import drop_checkpoints, run_cell
+    from ..experiment import run_cell
     from ..factories import model_factory
     from ..fingerprint import check_recorded, claim_cell_dir, digest, run_fingerprint, warmup_fingerprint
     from ..report import (
@@ -307,6 +307,7 @@ def run(args: argparse.Namespace) -> int:
         plot_epoch_curves,
         summary_rows,
     )
+    from ..resume import drop_checkpoints
     from ..tasks import trigger_mismatch
 
     validate(args)
