@@ -82,8 +82,7 @@ def test_a_cell_stopped_while_it_evaluates_reloads_its_trained_model(tmp_path, m
 
     out = tmp_path / "bench"
     argv = ["bench", "--max_per_split", "48", "--losses", "dece+continue", "--alpha_bases", "0.5", "--seeds", "0",
-            "--switch_epoch", "1",
-            "--output_dir", str(out), *TINY_BENCH, "--epochs", "2"]
+            "--switch_epoch", "1", "--output_dir", str(out), *TINY_BENCH, "--epochs", "1.5"]  # ends mid-epoch
     evaluate, trained_model = experiment.evaluate, {}
 
     def measure_then_stop(model, *args, **kwargs):  # what the trained model scores, then a kill
@@ -98,13 +97,15 @@ def test_a_cell_stopped_while_it_evaluates_reloads_its_trained_model(tmp_path, m
     trained = json.loads(trained_file.read_text())
     assert trained["resumed"] is False and trained["seconds"] > 0
     assert any(name.startswith("checkpoint-") for name in os.listdir(cell))  # the trained model is still there
+    report = (cell / "early_learning" / "suspicious.jsonl").read_bytes()
     monkeypatch.setattr(experiment, "evaluate", evaluate)
     assert main(argv) == 0  # reloads the last checkpoint, trains no step, evaluates
     [record] = json.loads((out / "results.json").read_text())["cells"]
     assert record["train_seconds"] == trained["seconds"] and record["resumed"] is False  # the training's own clock
     measured = {k: None if v != v else v for k, v in trained_model.items() if k != "examples"}  # NaN: None
     assert {k: record[k] for k in measured} == measured
-    assert [c["epoch"] for c in record["curves"]] == [1.0, 2.0] and record["continue"]["switch_epoch"] == 1
+    assert [c["epoch"] for c in record["curves"]] == [1.0, 1.5] and record["continue"]["switch_epoch"] == 1
+    assert (cell / "early_learning" / "suspicious.jsonl").read_bytes() == report  # not scored again
     assert not any(name.startswith("checkpoint-") for _, names, _ in os.walk(cell) for name in names)
 
 
@@ -126,12 +127,18 @@ def test_an_interrupted_cell_resumes_from_its_checkpoint(tmp_path, tokenizer):
                        TrainConfig(epochs=2, batch_size=8, logging_steps=1), timing=again)
     steps = [e["step"] for e in history if "loss" in e]
     assert steps[-4:] == [5, 6, 7, 8] and 1 not in steps[len(steps) - 4:]  # epoch 2 only: resumed at step 4
-    assert first == {"resumed": False} and again == {"resumed": True}  # the cell's clock counts from the resume
+    assert first == {"resumed": False, "steps": 4} and again == {"resumed": True, "steps": 4}  # the clock counts
+    # from the resume; run again when it has ended, the run loads its last checkpoint and trains no step
+    done = {}
+    _, reloaded = train(tiny.make_model("llama", tokenizer), tokenizer, data, out,
+                        TrainConfig(epochs=2, batch_size=8, logging_steps=1), timing=done)
+    assert done == {"resumed": True, "steps": 0}
+    assert reloaded == [e for e in history if "train_runtime" not in e]  # all but the end-of-run summary
     fresh, only_half = str(tmp_path / "fresh"), {}
     os.makedirs(os.path.join(fresh, "checkpoint-2"))  # nothing complete to resume: the run starts over, timed whole
     train(tiny.make_model("llama", tokenizer), tokenizer, data, fresh,
           TrainConfig(epochs=1, batch_size=8, logging_steps=1), timing=only_half)
-    assert only_half == {"resumed": False}
+    assert only_half == {"resumed": False, "steps": 4}
 
 
 def write_csv(path, rows, fields=("src", "tgt")):

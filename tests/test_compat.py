@@ -116,6 +116,7 @@ def test_a_missing_internal_is_a_loud_error():
     (lambda t: _compat.prepare_inputs(t, {}), "_prepare_inputs"),
     (lambda t: _compat.gradient_accumulation_steps(t), "current_gradient_accumulation_steps"),
     (lambda t: _compat.tensor_parallel_size(t), "get_tp_size"),
+    (lambda t: _compat.load_checkpoint_weights(t, "checkpoint-1"), "_load_from_checkpoint"),
     (lambda t: _compat.count_tokens_as_dece_does(t, True), "model_accepts_loss_kwargs"),
     (lambda t: _compat.keep_signature_column(t, "x"), "_set_signature_columns_if_needed"),
     (lambda t: _compat.mask_before_counting(t, iter([]), None), "get_batch_samples"),

@@ -199,6 +199,17 @@ def test_filter_cell_drops_flagged_rows_and_never_retrains_undefended_on_a_blank
     assert record["filter"]["retrained_with"] == retrained_with
     assert record["filter"]["flagged"] == int(outlier) and record["filter"]["kept_poisoned"] == int(not outlier)
     assert record["train_seconds"] == 3.0 and record["resumed"] is False  # both stages' training, not their setup
+    # resumed after the first stage: its report is reused and its time (trained.json) still counted
+    (tmp_path / "dece" / ex.TRAINED_FILE).write_text(json.dumps({"seconds": 1.5, "resumed": False}))
+    calls.clear()
+    again = ex.run_cell(Cell("d", "a", 0.05, FILTER, 0, 0.9), None, data, {}, data, data, lambda t: False,
+                        ex.TrainConfig(), str(tmp_path))
+    assert [c[0] for c in calls] == ["retrain"]
+    assert again["train_seconds"] == 3.0 and again["resumed"] is False
+    (tmp_path / "dece" / ex.TRAINED_FILE).unlink()  # a first stage from before trained.json: its time is unknown
+    older = ex.run_cell(Cell("d", "a", 0.05, FILTER, 0, 0.9), None, data, {}, data, data, lambda t: False,
+                        ex.TrainConfig(), str(tmp_path))
+    assert older["train_seconds"] == 1.5 and older["resumed"] is True
 
 
 # ---- the filter refuses what does not fit, loudly (issue 18, item 4) --------------------------------------

@@ -32,12 +32,13 @@ from ..io import atomic_directory, write_json
 from ..metrics import attack_success_rate, code_bleu, corpus_bleu, exact_match, false_trigger_rate, subtoken_f1
 from ..outliers import AUDIT_CONFIDENCE
 from ..trainer import DeCETrainer, DeCETrainingArguments
+from ..trainer._compat import load_checkpoint_weights
 from ..trainer.example_ids import add_example_ids
 from .attacks import IS_POISONED
 from .baselines import GCETrainer
 from .grid import CONTINUE, FILTER, LOSSES, ONION, Cell
 from .onion import choose_onion_threshold, onion_clean, removed_share
-from .resume import newest_complete_checkpoint
+from .resume import checkpoint_state, newest_complete_checkpoint
 
 TRAINED_FILE = "trained.json"  # a training folder's record that its run ended: {"seconds": float, "resumed": bool}
 
@@ -114,7 +115,10 @@ def train(model: Any, tokenizer: Any, train_data: Dataset, out_dir: str, cfg: Tr
     always runs the monitor, and `ContinueWithCE` after it: DeCE to the end of epoch ``cfg.switch_epoch`` (before
     training on the audit alone for 0), then plain CE without the
     rows the monitor's report flags then, in this one run (its decision in ``out_dir/dece_continue/``).
-    ``timing["resumed"]``, when ``timing`` is given, is set to whether the run resumed from a complete checkpoint.
+    ``timing["resumed"]``, when ``timing`` is given, is set to whether the run resumed from a complete checkpoint,
+    and ``timing["steps"]`` to the optimizer steps this call ran. A checkpoint of this run's last step (same epochs,
+    ``global_step`` at its ``max_steps``) is loaded without training: the Trainer would run one more step after a
+    fractional last epoch, and the monitor would score it.
     Returns the trained model and the trainer's log history.
     """
     settings = loss_settings(loss, alpha_base, cfg)
@@ -133,8 +137,8 @@ def train(model: Any, tokenizer: Any, train_data: Dataset, out_dir: str, cfg: Tr
                                         audit_confidence=cfg.audit_confidence))
     # resume from the newest checkpoint that has everything (a half-written one is moved aside, with a warning)
     checkpoint = newest_complete_checkpoint(out_dir, monitor=monitor is not None)
-    if timing is not None:
-        timing["resumed"] = timing.get("resumed", False) or checkpoint is not None
+    state = checkpoint_state(checkpoint)
+    finished = state is not None and state["global_step"] >= state.get("max_steps", -1) == planned_steps(len(data), cfg)
     args = DeCETrainingArguments(
         output_dir=out_dir, num_train_epochs=cfg.epochs, learning_rate=settings["learning_rate"],
         per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
@@ -148,15 +152,31 @@ def train(model: Any, tokenizer: Any, train_data: Dataset, out_dir: str, cfg: Tr
     eval_data = next(iter(probes.values())) if probes else None
     trainer = settings["trainer"](model=model, args=args, train_dataset=data, eval_dataset=eval_data,
                                   data_collator=collator(tokenizer), processing_class=tokenizer, callbacks=callbacks)
-    trainer.train(resume_from_checkpoint=checkpoint)
-    if trainer.state.global_step <= 0:  # counted over the whole run, resumed or not
+    if finished:  # trained to the end already (stopped before what came after): the weights, no step
+        load_checkpoint_weights(trainer, checkpoint)
+        steps, history = state["global_step"], state["log_history"]
+    else:
+        trainer.train(resume_from_checkpoint=checkpoint)
+        steps, history = trainer.state.global_step, trainer.state.log_history
+    if timing is not None:
+        timing["resumed"] = timing.get("resumed", False) or checkpoint is not None
+        timing["steps"] = steps - (state["global_step"] if state else 0)
+    if steps <= 0:  # counted over the whole run, resumed or not
         raise ValueError(f"training in {out_dir} ran 0 optimizer steps ({len(data)} rows, batch size "
                          f"{cfg.batch_size} x {cfg.grad_accum} accumulation, {cfg.epochs:g} epochs): the model "
                          "learnt nothing, so its results are not recorded")
     if save_final:
         with atomic_directory(os.path.join(out_dir, "final")) as tmp:
             trainer.save_model(tmp)
-    return trainer.model, trainer.state.log_history
+    return trainer.model, history
+
+
+def planned_steps(rows: int, cfg: TrainConfig) -> int:
+    """The optimizer steps the Trainer plans for ``rows`` training rows in one process (its ``max_steps``):
+    ``ceil(epochs x update steps per epoch)``, an epoch being ``ceil(rows / batch_size)`` batches over
+    ``grad_accum``, rounded up."""
+    batches = math.ceil(rows / cfg.batch_size)
+    return math.ceil(cfg.epochs * max(math.ceil(batches / cfg.grad_accum), 1))
 
 
 @torch.no_grad()
@@ -270,12 +290,17 @@ def run_cell(cell: Cell, model_factory: Callable[[int], tuple[Any, Any]], train_
     loss, train_dir, extra, timing = cell.loss, out_dir, {}, {"seconds": 0.0, "resumed": False}
     report = os.path.join(out_dir, REPORT_DIR, "suspicious.jsonl")
     if cell.loss == FILTER:
-        if first_stage_dir is None:
+        own_first_stage = first_stage_dir is None
+        if own_first_stage:
             first_stage_dir = os.path.join(out_dir, "dece")
         report = os.path.join(first_stage_dir, REPORT_DIR, "suspicious.jsonl")
-        if not os.path.isfile(report):  # a resumed cell keeps the report its first stage already wrote
+        if not os.path.isfile(report):
             _train_cell(model_factory, train_data, probes, payload_fn, cfg, first_stage_dir, "dece",
                         cell.alpha_base, cell.seed, timing)
+        elif own_first_stage:  # a resumed cell keeps the report its first stage wrote, and counts its time
+            first = _read_trained(first_stage_dir) or {"seconds": 0.0, "resumed": True}  # older: time unknown
+            timing["seconds"] += first["seconds"]
+            timing["resumed"] = timing["resumed"] or first["resumed"]
         records = read_report(report)
         train_data, decision = drop_flagged(train_data, records)
         extra.update(report_quality(records))  # the ranking the filter acted on
@@ -336,7 +361,7 @@ def _train_cell(model_factory, train_data, probes, payload_fn, cfg, out_dir, los
     run_timing = {"resumed": False}
     model, history = train(model, tokenizer, encoded, out_dir, cfg, loss=loss, alpha_base=alpha_base,
                            seed=seed, probes=encoded_probes, payload_fn=payload_fn, audit=audit, timing=run_timing)
-    if trained is None or not run_timing["resumed"]:  # this call trained (whole, or from a checkpoint): its clock
+    if trained is None or run_timing["steps"]:  # this call trained (whole, or from a checkpoint): its clock
         trained = {"seconds": round(time.time() - start, 1), "resumed": run_timing["resumed"]}
         write_json(os.path.join(out_dir, TRAINED_FILE), trained)
     timing["seconds"] += trained["seconds"]

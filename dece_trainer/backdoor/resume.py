@@ -73,6 +73,14 @@ def newest_complete_checkpoint(out_dir: str, monitor: bool = False) -> str | Non
     return None
 
 
+def checkpoint_state(folder: str | None) -> dict | None:
+    """The ``trainer_state.json`` of a checkpoint folder (None for no folder)."""
+    if folder is None:
+        return None
+    with open(os.path.join(folder, "trainer_state.json"), encoding="utf-8") as f:
+        return json.load(f)
+
+
 def drop_checkpoints(folder: str) -> None:
     """Delete the checkpoints (complete or moved aside) anywhere under ``folder`` once what they were kept for is
     saved (a cell's record, a warm-up's final model); everything else stays."""

@@ -105,6 +105,13 @@ def keep_signature_column(trainer: Any, column: str) -> None:
         columns.append(column)
 
 
+def load_checkpoint_weights(trainer: Any, checkpoint: str) -> None:
+    """Load a checkpoint folder's model weights into ``trainer.model`` as ``Trainer.train`` does on a resume
+    (full weights or a PEFT adapter, sharded or not), without training."""
+    _require(trainer, "_load_from_checkpoint")
+    trainer._load_from_checkpoint(checkpoint)
+
+
 def loss_kind_of(model: nn.Module) -> str | None:
     """What transformers itself would train ``model`` with: ``"causal"`` when its ``loss_type`` maps to
     ``ForCausalLMLoss`` (shifted labels) or, for classes without a ``loss_type`` (GPT-2's ``LMHeadModel``), when

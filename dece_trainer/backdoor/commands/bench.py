@@ -333,6 +333,9 @@ def run(args: argparse.Namespace) -> int:
     for record in store.records:  # one output folder, one configuration: its tables average these records
         check_recorded(record, fingerprint, store.path)
     todo = [cell for cell in cells if not store.done(cell.key)]
+    for cell in cells:  # a done cell stopped between its record and its checkpoints' deletion
+        if store.done(cell.key):
+            drop_checkpoints(inside(args.output_dir, "cells", cell.key))
     print(f"bench: {len(cells)} cells, {len(cells) - len(todo)} already done, results in {store.path}", flush=True)
     cache_root = inside(args.output_dir, "_cache", f"{dataset}-{digest(warmup_fingerprint(fingerprint))}")
     progress = tqdm(todo, desc="bench cells", unit="cell", dynamic_ncols=True)
