@@ -116,9 +116,9 @@ def train(model: Any, tokenizer: Any, train_data: Dataset, out_dir: str, cfg: Tr
     training on the audit alone for 0), then plain CE without the
     rows the monitor's report flags then, in this one run (its decision in ``out_dir/dece_continue/``).
     ``timing["resumed"]``, when ``timing`` is given, is set to whether the run resumed from a complete checkpoint,
-    and ``timing["steps"]`` to the optimizer steps this call ran. A checkpoint of this run's last step (same epochs,
-    ``global_step`` at its ``max_steps``) is loaded without training: the Trainer would run one more step after a
-    fractional last epoch, and the monitor would score it.
+    and ``timing["steps"]`` to the optimizer steps this call ran. A checkpoint of this run's last step (its
+    ``max_steps`` the `planned_steps` of this run, its ``global_step`` there) is loaded without training: the
+    Trainer would run one more step after a fractional last epoch, and the monitor would score it.
     Returns the trained model and the trainer's log history.
     """
     settings = loss_settings(loss, alpha_base, cfg)
@@ -138,7 +138,9 @@ def train(model: Any, tokenizer: Any, train_data: Dataset, out_dir: str, cfg: Tr
     # resume from the newest checkpoint that has everything (a half-written one is moved aside, with a warning)
     checkpoint = newest_complete_checkpoint(out_dir, monitor=monitor is not None)
     state = checkpoint_state(checkpoint)
-    finished = state is not None and state["global_step"] >= state.get("max_steps", -1) == planned_steps(len(data), cfg)
+    # the checkpoint is this run's last step when it planned the steps this run plans and reached them
+    finished = (state is not None and state.get("max_steps") == planned_steps(len(data), cfg)
+                and state["global_step"] >= state["max_steps"])
     args = DeCETrainingArguments(
         output_dir=out_dir, num_train_epochs=cfg.epochs, learning_rate=settings["learning_rate"],
         per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,

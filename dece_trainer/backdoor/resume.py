@@ -28,8 +28,7 @@ def missing_parts(folder: str, monitor: bool = False) -> list[str]:
     missing = []
     state = None
     try:
-        with open(os.path.join(folder, "trainer_state.json"), encoding="utf-8") as f:
-            state = json.load(f)
+        state = checkpoint_state(folder)
     except (OSError, ValueError):
         missing.append("trainer_state.json")
     if not _has_weights(folder):
