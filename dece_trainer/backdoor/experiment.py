@@ -36,7 +36,7 @@ from ..trainer._compat import load_checkpoint_weights
 from ..trainer.example_ids import add_example_ids
 from .attacks import IS_POISONED
 from .baselines import GCETrainer
-from .grid import CONTINUE, FILTER, LOSSES, ONION, Cell
+from .grid import CONTINUE, FILTER, FILTER_FIRST_STAGE, LOSSES, ONION, Cell
 from .onion import choose_onion_threshold, onion_clean, removed_share
 from .resume import checkpoint_state, newest_complete_checkpoint
 
@@ -294,7 +294,7 @@ def run_cell(cell: Cell, model_factory: Callable[[int], tuple[Any, Any]], train_
     if cell.loss == FILTER:
         own_first_stage = first_stage_dir is None
         if own_first_stage:
-            first_stage_dir = os.path.join(out_dir, "dece")
+            first_stage_dir = os.path.join(out_dir, FILTER_FIRST_STAGE)
         report = os.path.join(first_stage_dir, REPORT_DIR, "suspicious.jsonl")
         if not os.path.isfile(report):
             _train_cell(model_factory, train_data, probes, payload_fn, cfg, first_stage_dir, "dece",

@@ -17,6 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 
 from ..data import SOURCE, TARGET, build_prompt
 from ..io import atomic_directory, inside
+from .attacks import IS_POISONED
 from .experiment import TrainConfig, encode, train
 from .models import SMALL_SIZES, load_pretrained, small_causal_lm, train_bpe_tokenizer
 from .resume import drop_checkpoints
@@ -51,20 +52,32 @@ def warm_started(fresh: ModelFactory, benchmark: Benchmark, warm_dir: str, warmu
     return make
 
 
+def tokenizer_texts(benchmark: Benchmark) -> list[str]:
+    """The clean text a from-scratch tokenizer is trained on: the warm-up split's prompts and targets, the same
+    for every cell of the task; without a warm-up split, the training rows not marked poisoned. Never a
+    poisoned row, so no trigger or payload becomes a learned merge, and never text that depends on which cell
+    of a grid built the (cached) tokenizer first."""
+    if benchmark.warmup is not None:
+        rows = benchmark.warmup
+    else:
+        rows = benchmark.train
+        if IS_POISONED in rows.column_names:
+            rows = rows.select([i for i, poisoned in enumerate(rows[IS_POISONED]) if not poisoned])
+    return [build_prompt(s) for s in rows[SOURCE]] + list(rows[TARGET])
+
+
 def small_factory(benchmark: Benchmark, size: str, cache_dir: str, warmup_epochs: float, cfg: TrainConfig,
                   vocab_size: int = 4000) -> ModelFactory:
-    """From-scratch small Llama with a BPE tokenizer trained on the benchmark's text (cached), warm-started."""
+    """From-scratch small Llama with a BPE tokenizer trained on the task's clean text (``tokenizer_texts``),
+    both cached, warm-started."""
     if size not in SMALL_SIZES:
         raise ValueError(f"unknown model {size!r}; valid: {', '.join(SMALL_SIZES)}, smollm2, or a path/Hub id")
-    cache = Path(cache_dir)
-    tok_dir = cache / f"tokenizer-v{vocab_size}"
+    cache = Path(cache_dir) / f"bpe{vocab_size}-clean"  # the tokenizer and the warm-up models made with it
+    tok_dir = cache / "tokenizer"
     if (tok_dir / "tokenizer.json").exists():
         tokenizer = PreTrainedTokenizerFast.from_pretrained(tok_dir)
     else:
-        texts = [build_prompt(s) for s in benchmark.train[SOURCE]] + list(benchmark.train[TARGET])
-        if benchmark.warmup is not None:
-            texts += [build_prompt(s) for s in benchmark.warmup[SOURCE]] + list(benchmark.warmup[TARGET])
-        tokenizer = train_bpe_tokenizer(texts, vocab_size)
+        tokenizer = train_bpe_tokenizer(tokenizer_texts(benchmark), vocab_size)
         with atomic_directory(tok_dir) as tmp:
             tokenizer.save_pretrained(tmp)
 

@@ -131,22 +131,33 @@ def check_recorded(record: dict[str, Any], fingerprint: dict[str, Any], where: s
                          f"({differences(recorded or {}, fingerprint)}): {remedy}")
 
 
-def _has_checkpoints(cell_dir: str) -> bool:
-    """Checkpoints in the cell's folder or in its stage folders (a dece+filter cell's ``dece/``, ``retrain/``)."""
+def _resumable(cell_dir: str) -> str | None:
+    """What a rerun would reuse from the cell's folder, in words, or None: checkpoints in the folder or in its
+    stage folders (a dece+filter cell's ``dece/``, ``retrain/``), or the report of a dece+filter cell's finished
+    first stage (which the rerun reads instead of training it again)."""
+    from ..callbacks.early_learning import REPORT_DIR
+    from .grid import FILTER_FIRST_STAGE
+
     if not os.path.isdir(cell_dir):
-        return False
+        return None
     folders = [cell_dir] + [os.path.join(cell_dir, n) for n in os.listdir(cell_dir)
                             if os.path.isdir(os.path.join(cell_dir, n)) and not n.startswith("checkpoint-")]
-    return any(n.startswith("checkpoint-") for folder in folders for n in os.listdir(folder))
+    if any(n.startswith("checkpoint-") for folder in folders for n in os.listdir(folder)):
+        return "checkpoints"
+    if os.path.isfile(os.path.join(cell_dir, FILTER_FIRST_STAGE, REPORT_DIR, "suspicious.jsonl")):
+        return f"a finished DeCE first stage ({FILTER_FIRST_STAGE}/)"
+    return None
 
 
 def claim_cell_dir(cell_dir: str, fingerprint: dict[str, Any]) -> None:
-    """Stamp a cell's folder with this run's fingerprint before training in it; refuse to resume checkpoints
-    an interrupted run left there with other (or unrecorded) settings."""
+    """Stamp a cell's folder with this run's fingerprint before training in it; refuse to reuse what an
+    interrupted run (or one whose record was deleted) left there with other (or unrecorded) settings:
+    checkpoints, or a dece+filter cell's first-stage report."""
     from ..io import write_json
 
     stamp = os.path.join(cell_dir, STAMP)
-    if _has_checkpoints(cell_dir):
+    left = _resumable(cell_dir)
+    if left:
         try:
             with open(stamp, encoding="utf-8") as f:
                 old = json.load(f)
@@ -154,6 +165,6 @@ def claim_cell_dir(cell_dir: str, fingerprint: dict[str, Any]) -> None:
             old = None
         if old is None or digest(upgraded(old)) != digest(upgraded(fingerprint)):
             what = differences(old, fingerprint) if old is not None else "its settings were not recorded"
-            raise ValueError(f"{cell_dir} holds checkpoints of an interrupted run with other settings ({what}): "
+            raise ValueError(f"{cell_dir} holds {left} of an interrupted run with other settings ({what}): "
                              "delete that folder to train the cell afresh, or use another --output_dir")
     write_json(stamp, fingerprint)

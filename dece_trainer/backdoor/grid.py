@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 FILTER = "dece+filter"
+FILTER_FIRST_STAGE = "dece"  # the subfolder of a dece+filter cell that trains its own DeCE first stage
 CONTINUE = "dece+continue"
 ONION = "onion"  # a test-time defense: trains as ce
 LOSSES = ("ce", "dece", FILTER, "ls", "gce", "lowlr", ONION, CONTINUE)

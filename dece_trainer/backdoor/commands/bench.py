@@ -25,7 +25,7 @@ from ..checks import (
     optional_float,
 )
 from ..data import EMBEDDED_TASKS
-from ..grid import ALPHA_LOSSES, CONTINUE, FILTER, LOSS_HELP, LOSSES, ONION, Cell
+from ..grid import ALPHA_LOSSES, CONTINUE, FILTER, FILTER_FIRST_STAGE, LOSS_HELP, LOSSES, ONION, Cell
 
 if TYPE_CHECKING:
     from ..experiment import TrainConfig
@@ -278,11 +278,13 @@ def cells_of(args: argparse.Namespace, dataset: str, file_rate: float | None = N
 
 def finished_dece_dir(cell: Cell, store: ResultStore, output_dir: str) -> str | None:
     """For a dece+filter cell: the folder of the finished dece cell of the same grid point, whose report the
-    filter can reuse instead of training DeCE again; None otherwise."""
+    filter can reuse instead of training DeCE again; None otherwise, and None for a cell that began its own first
+    stage (its ``dece`` folder): resumed, it keeps the flags its ``retrain`` folder was trained on, even where a
+    dece cell of the same grid point was added to ``--losses`` since."""
     from ...callbacks.early_learning import REPORT_DIR
     from ...io import inside
 
-    if cell.loss != FILTER:
+    if cell.loss != FILTER or os.path.isdir(inside(output_dir, "cells", cell.key, FILTER_FIRST_STAGE)):
         return None
     sibling = dataclasses.replace(cell, loss="dece")
     folder = inside(output_dir, "cells", sibling.key)
