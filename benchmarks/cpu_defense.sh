@@ -8,7 +8,7 @@
 # and before training, where the switch point is chosen), continue / continue0 (dece+continue switching after
 # epoch 1 / before training on the data audit alone, without ContinueWithCE's guard, every attack, seed 1), ce and
 # dece (CE, and DeCE at the default, on every other attack, seed 1), lyra (seed 1: CE, DeCE at the default,
-# dece+continue, ls, gce, lowlr), dev_lyra (Lyra BadPre seed 0). lyra and dev_lyra run dece+continue at the
+# dece+continue, ls, gce, lowlr), dev_lyra (Lyra BadPre seed 0: dece+continue, then CE to compare). lyra and dev_lyra run dece+continue at the
 # library's default, the guarded switch before training, which on Lyra BadPre 20% waits for epoch 1. Every stage
 # but adaptive combines the data audit with the training signal (bench --audit). Each attack has its own folder,
 # <attack>_p<percent> (and <attack>_p<percent>_switch0; a folder holds one set of settings). With the guard, a
@@ -72,7 +72,7 @@ for stage in "${STAGES[@]}"; do
     dece) each_attack dece "" ;;
     lyra) lyra --losses "${LYRA_LOSSES:-ce,dece,dece+continue,ls,gce,lowlr}" --alpha_finals 0.5 --seeds 1 \
               --switch_epoch 0 --output_dir "$ROOT/lyra" ;;
-    dev_lyra) lyra --losses dece+continue --alpha_finals 0.5 --seeds 0 --switch_epoch 0 \
+    dev_lyra) lyra --losses dece+continue,ce --alpha_finals 0.5 --seeds 0 --switch_epoch 0 \
                   --output_dir "$ROOT/dev_lyra" ;;
     *) echo "unknown stage $stage (adaptive, dev, continue0, ce, dece, continue, lyra, dev_lyra)" >&2; exit 2 ;;
   esac
