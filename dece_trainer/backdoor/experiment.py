@@ -24,7 +24,7 @@ from ..callbacks import ContinueWithCE, EarlyLearningCallback
 from ..callbacks.continue_ce import DECISION_FILE
 from ..callbacks.continue_ce import OUTPUT_DIR as CONTINUE_DIR
 from ..callbacks.continue_ce import REPORT_FILE as CONTINUE_REPORT
-from ..callbacks.early_learning import REPORT_DIR
+from ..callbacks.early_learning import report_path
 from ..callbacks.example_history import auroc, precision_at_k
 from ..callbacks.poison_filter import Report, as_report, drop_flagged, read_report
 from ..data import SOURCE, TARGET, encode_causal, prompt_ids
@@ -290,12 +290,12 @@ def run_cell(cell: Cell, model_factory: Callable[[int], tuple[Any, Any]], train_
     the threshold and the shares of words deleted.
     """
     loss, train_dir, extra, timing = cell.loss, out_dir, {}, {"seconds": 0.0, "resumed": False}
-    report = os.path.join(out_dir, REPORT_DIR, "suspicious.jsonl")
+    report = report_path(out_dir)
     if cell.loss == FILTER:
         own_first_stage = first_stage_dir is None
         if own_first_stage:
             first_stage_dir = os.path.join(out_dir, FILTER_FIRST_STAGE)
-        report = os.path.join(first_stage_dir, REPORT_DIR, "suspicious.jsonl")
+        report = report_path(first_stage_dir)
         if not os.path.isfile(report):
             _train_cell(model_factory, train_data, probes, payload_fn, cfg, first_stage_dir, "dece",
                         cell.alpha_base, cell.seed, timing)

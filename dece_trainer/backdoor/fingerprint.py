@@ -135,7 +135,7 @@ def _resumable(cell_dir: str) -> str | None:
     """What a rerun would reuse from the cell's folder, in words, or None: checkpoints in the folder or in its
     stage folders (a dece+filter cell's ``dece/``, ``retrain/``), or the report of a dece+filter cell's finished
     first stage (which the rerun reads instead of training it again)."""
-    from ..callbacks.early_learning import REPORT_DIR
+    from ..callbacks.early_learning import report_path
     from .grid import FILTER_FIRST_STAGE
 
     if not os.path.isdir(cell_dir):
@@ -144,7 +144,7 @@ def _resumable(cell_dir: str) -> str | None:
                             if os.path.isdir(os.path.join(cell_dir, n)) and not n.startswith("checkpoint-")]
     if any(n.startswith("checkpoint-") for folder in folders for n in os.listdir(folder)):
         return "checkpoints"
-    if os.path.isfile(os.path.join(cell_dir, FILTER_FIRST_STAGE, REPORT_DIR, "suspicious.jsonl")):
+    if os.path.isfile(report_path(os.path.join(cell_dir, FILTER_FIRST_STAGE))):
         return f"a finished DeCE first stage ({FILTER_FIRST_STAGE}/)"
     return None
 

@@ -64,6 +64,7 @@ from .worst_tokens import TokenEvidence, WorstTokens, recurrence_scores
 logger = logging.getLogger(__name__)
 
 REPORT_DIR = "early_learning"
+REPORT_FILE = "suspicious.jsonl"  # in REPORT_DIR: one JSON record per training row (`report_path`)
 # The monitor's entry in TrainerState.stateful_callbacks (trainer_state.json of every checkpoint). Not the class
 # name: transformers' own restore (restore_callback_states_from_checkpoint=True) would rebuild a callback of that
 # name from JSON arguments, dropping the probes, payload_fn and the attachment to the trainer.
@@ -74,6 +75,11 @@ _ARRAY_DTYPES = {"float16": np.float16, "float32": np.float32, "uint8": np.uint8
 _HISTORY_ARRAYS = {"loss": "float16", "prob": "float16", "worst_prob": "float16", "visits": "uint8"}
 _TOKEN_ARRAYS = {"token_ce": "float16", "token_ids": "int32", "token_prev": "int32"}
 AUTO_AUDIT = "auto"  # audit=: audit the training dataset's own texts when training starts
+
+
+def report_path(output_dir: str) -> str:
+    """The report the monitor writes at the end of a run whose ``TrainingArguments.output_dir`` is ``output_dir``."""
+    return os.path.join(output_dir, REPORT_DIR, REPORT_FILE)
 
 
 class EarlyLearningCallback(TrainerCallback):
@@ -432,7 +438,7 @@ class EarlyLearningCallback(TrainerCallback):
         if self.history.num_epochs == 0 or not state.is_world_process_zero:
             return
         out_dir = os.path.join(args.output_dir, REPORT_DIR)
-        self.write_report(os.path.join(out_dir, "suspicious.jsonl"))
+        self.write_report(os.path.join(out_dir, REPORT_FILE))
         if self.plots:
             drew = plot_curves(state.log_history, os.path.join(out_dir, "curves.png"))
             drew = plot_loss_histogram(self.history, os.path.join(out_dir, "loss_histogram.png"),

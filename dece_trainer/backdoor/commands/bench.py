@@ -281,15 +281,14 @@ def finished_dece_dir(cell: Cell, store: ResultStore, output_dir: str) -> str | 
     filter can reuse instead of training DeCE again; None otherwise, and None for a cell that began its own first
     stage (its ``dece`` folder): resumed, it keeps the flags its ``retrain`` folder was trained on, even where a
     dece cell of the same grid point was added to ``--losses`` since."""
-    from ...callbacks.early_learning import REPORT_DIR
+    from ...callbacks.early_learning import report_path
     from ...io import inside
 
     if cell.loss != FILTER or os.path.isdir(inside(output_dir, "cells", cell.key, FILTER_FIRST_STAGE)):
         return None
     sibling = dataclasses.replace(cell, loss="dece")
     folder = inside(output_dir, "cells", sibling.key)
-    report = os.path.join(folder, REPORT_DIR, "suspicious.jsonl")
-    return folder if store.done(sibling.key) and os.path.isfile(report) else None
+    return folder if store.done(sibling.key) and os.path.isfile(report_path(folder)) else None
 
 
 def run(args: argparse.Namespace) -> int:
