@@ -214,8 +214,11 @@ def test_auto_audit_needs_the_training_texts(tmp_path, tokenizer, train_texts):
                           data_collator=tiny.pad_collator(tokenizer),
                           callbacks=[EarlyLearningCallback(audit="auto", plots=False)])
     with pytest.raises(ValueError, match=r"audit='auto' audits the training rows' texts.*pass the records: "
-                                         r"audit=dece_trainer\.audit\.audit_dataset"):
+                                         r"audit=dece_trainer\.audit\.audit_dataset") as raised:
         trainer.train()
+    # the columns it has, not pair_texts' advice to pass column arguments this callback does not take
+    message = str(raised.value)
+    assert "its columns are ['is_poisoned', 'input_ids'" in message and "source_column" not in message
 
 
 @pytest.mark.parametrize("ids", [None, [1000 + 3 * i for i in range(32)]], ids=["0..n-1", "kept-from-larger"])

@@ -338,8 +338,10 @@ class EarlyLearningCallback(TrainerCallback):
             try:
                 sources, targets = pair_texts(data)
             except ValueError as err:
+                # pair_texts' own advice names its column arguments, which this callback does not take
+                detail = str(err) if str(err).startswith("row ") else f"its columns are {list(data.column_names)}"
                 raise ValueError(f"audit='auto' audits the training rows' texts, but the training dataset holds none "
-                                 f"that dece_trainer.data.pair_texts reads ({err}). Keep its source/target, "
+                                 f"that dece_trainer.data.pair_texts reads ({detail}). Keep its source/target, "
                                  "prompt/completion or messages columns, or audit the rows before tokenising them and "
                                  "pass the records: audit=dece_trainer.audit.audit_dataset(raw_train, "
                                  "id_column='example_id'), raw_train carrying the ids add_example_ids gave the "

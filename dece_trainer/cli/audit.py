@@ -21,14 +21,15 @@ def add_parser(subparsers) -> None:
     p.add_argument("--source_column", default="source", help="the column the model reads")
     p.add_argument("--target_column", default="target", help="the column the model learns to write")
     p.add_argument("--id_column", default=None,
-                   help="a column of unique non-negative integer ids for the report (default: the 0-based row)")
+                   help="a column of unique non-negative integer ids for the report; None: the 0-based row")
     p.add_argument("--output_dir", required=True, help="where suspicious.jsonl and audit_summary.json go")
     p.add_argument("--fence", type=float, default=FENCE,
                    help="flag rows whose score's modified z-score exceeds this (> 0; lower flags more)")
     p.add_argument("--min_support", type=int, default=None,
-                   help="fewest rows a feature must hold to count (default: max(3, ceil(rows / 1000)))")
+                   help="fewest rows a feature must hold to count; None: max(3, ceil(rows / 1000))")
     p.add_argument("--max_share", type=float, default=0.5, help="most rows a feature may hold, as a share")
-    p.add_argument("--top", type=int, default=10, help="patterns to print")
+    p.add_argument("--top", type=int, default=10,
+                   help="most patterns to print: those behind the flagged rows, strongest first")
     p.set_defaults(func=run)
 
 
