@@ -194,7 +194,8 @@ def test_card_yaml_has_dece_settings(monitored_card, tmp_path, tokenizer):
     trainer, _ = monitored_card
     meta = front_matter(pathlib.Path(trainer.args.output_dir) / "README.md")
     assert meta["dece"] == {"loss": "dece", "trained_steps": trainer.state.global_step, "alpha_base": 0.9,
-                            "alpha_final": None, "label_smoothing": 0.05, "schedule": "epoch", "last_alpha": 0.9}
+                            "alpha_final": None, "label_smoothing": 0.05, "schedule": "epoch", "last_alpha": 0.9,
+                            "ce_since_step": None}
     assert {"dece", "backdoor-defense", "my-tag"} <= set(meta["tags"])
 
     final = DeCETrainer(model=tiny.make_model("gpt2", tokenizer),  # alpha_final: the derived base, rounded

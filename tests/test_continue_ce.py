@@ -123,6 +123,7 @@ def test_after_the_switch_the_loss_is_cross_entropy_over_the_kept_rows(tmp_path,
     trainer.create_model_card(model_name="tiny-continue")
     card = (tmp_path / "ref" / "README.md").read_text()
     assert "### Training notes" in card and "then with plain cross-entropy" in card
+    assert "for its first 4 optimizer steps, then with plain cross-entropy" in card and "ce_since_step: 4" in card
     assert f"without the {len(callback.dropped_ids)} training rows" in card
 
 
@@ -175,6 +176,7 @@ def test_a_resumed_run_reuses_the_decision(tmp_path, tokenizer, data, monkeypatc
     assert logs_with(resumed, DROPPED) == logs_with(whole, DROPPED)
     saved = json.loads((tmp_path / "resumed" / OUTPUT_DIR / DECISION_FILE).read_text())
     assert saved["dropped"] == whole_cb.dropped_ids
+    assert resumed._ce_since_step() == whole._ce_since_step() == 4  # the card's switch step, not the resume's
 
 
 def test_a_malformed_saved_decision_is_refused_naming_the_checkpoint(tmp_path, tokenizer, data):
@@ -338,7 +340,9 @@ def test_switch_epoch_0_trains_cross_entropy_from_the_first_step_without_the_row
     report = [json.loads(line) for line in (tmp_path / "zero" / OUTPUT_DIR / "suspicious.jsonl").open()]
     assert [r["example_id"] for r in report[:len(expected)]] == [r["example_id"] for r in audit[:len(expected)]]
     trainer.create_model_card(model_name="tiny-continue-0")
-    assert "from the first step, without the" in (tmp_path / "zero" / "README.md").read_text()
+    card = (tmp_path / "zero" / "README.md").read_text()
+    assert "from the first step, without the" in card and "ce_since_step: 0" in card
+    assert "This model was fine-tuned with plain cross-entropy from its first step" in card
 
 
 def test_switch_epoch_0_needs_the_audit_and_a_resumed_run_reuses_its_decision(tmp_path, tokenizer):

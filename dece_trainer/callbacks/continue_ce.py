@@ -297,7 +297,7 @@ class ContinueWithCE(TrainerCallback):
         dropped = record["dropped"]
         if dropped:
             trainer.set_row_filter(dropped)
-            trainer.set_loss_override(1.0, 0.0)
+            trainer.set_loss_override(1.0, 0.0, since_step=record["switch_step"])
             fence = _fmt(record["summary"].get("fence"))
             if record.get("decision_epoch", record["switch_epoch"]) == 0:
                 self._set_note(f"dece+continue: trained with plain cross-entropy (alpha 1, no label smoothing) from "

@@ -14,7 +14,7 @@ from transformers import Seq2SeqTrainer, Trainer
 from ..ops.chunks import LossOutput
 from ..ops.dece_loss import dece_loss_and_token_ce
 from ..ops.schedule import dece_alpha, grad_bound
-from ..validation import check_alpha, check_example_ids, check_label_smoothing
+from ..validation import check_alpha, check_example_ids, check_int, check_label_smoothing
 from . import _compat, fused_head
 from .alignment import CAUSAL, SEQ2SEQ, align_targets, decoder_input_ids_from_labels, logits_of, model_kind
 from .dece_config import DeCESettings
@@ -102,6 +102,7 @@ class DeCEMixin:
         self.token_stats_listeners: list[Callable[[torch.Tensor | None, LossOutput], None]] = []
         self._dece_dropped: torch.Tensor | None = None  # sorted example ids left out of training (set_row_filter)
         self._dece_override: tuple[float, float] | None = None  # (alpha, label smoothing) (set_loss_override)
+        self._dece_override_since: int | None = None  # the optimizer step the override took effect at
         self.training_notes: list[str] = []  # lines for the model card (a callback's account of what it did)
         for callback in self.callback_handler.callbacks:
             self._attach_if_wanted(callback)
@@ -157,15 +158,20 @@ class DeCEMixin:
 
     # ---- hooks for callbacks: leave rows out, override the loss ---------------------------------
 
-    def set_loss_override(self, alpha: float | None, label_smoothing: float = 0.0) -> None:
+    def set_loss_override(self, alpha: float | None, label_smoothing: float = 0.0,
+                          since_step: int | None = None) -> None:
         """Train every following step at blend weight ``alpha`` with ``label_smoothing`` instead of the schedule's
-        (``alpha=1, label_smoothing=0``: plain cross-entropy); ``None`` goes back to the settings. The optimizer, the
-        LR schedule and the DeCE settings (what the model card reports) are untouched; the logs show the weight the
-        steps used (``dece_alpha``), and evaluation takes the last step's."""
+        (``alpha=1, label_smoothing=0``: plain cross-entropy); ``None`` goes back to the settings. ``since_step``: the
+        optimizer step the override took effect at (default: now; a run resumed after it gives the original step),
+        which the model card reports. The optimizer, the LR schedule and the DeCE settings (the card's table) are
+        untouched; the logs show the weight the steps used (``dece_alpha``), and evaluation takes the last step's."""
         if alpha is None:
             self._dece_override = None
+            self._dece_override_since = None
             return
         self._dece_override = (check_alpha(alpha, "alpha"), check_label_smoothing(label_smoothing, "label_smoothing"))
+        self._dece_override_since = (self.state.global_step if since_step is None
+                                     else check_int(since_step, "since_step", minimum=0))
 
     @property
     def dece_row_filter(self) -> list[int]:
@@ -438,6 +444,10 @@ class DeCEMixin:
             self._dece_warned.add(key)
             logger.warning(message)
 
+    def _ce_since_step(self) -> int | None:
+        """The optimizer step from which `set_loss_override` trained plain cross-entropy, when it did."""
+        return self._dece_override_since if self._dece_override == (1.0, 0.0) else None
+
     def create_model_card(self, *args, tags: str | list[str] | None = None, **kwargs) -> None:
         """The Trainer's (or TRL's, PEFT's) card, plus what it was trained with: the DeCE settings, what the logged
         losses are, the paper's citation and the ``dece``/``backdoor-defense`` tags for DeCE; "cross-entropy" and no
@@ -455,7 +465,7 @@ class DeCEMixin:
         loss = TrainingLoss(kind=kind, settings=self.dece, alpha_base=self.dece_alpha_base,
                             last_alpha=self.dece_last_alpha, trained_steps=self.state.global_step,
                             custom_name=f"{type(self).__name__}.token_loss" if kind == CUSTOM else None,
-                            notes=tuple(self.training_notes))
+                            notes=tuple(self.training_notes), ce_since_step=self._ce_since_step())
         update_model_card(os.path.join(self.args.output_dir, "README.md"), loss, self.state.log_history,
                           TASK_TYPES[self.dece_model_kind], model_name_for(self.args.output_dir))
 

@@ -71,6 +71,8 @@ class TrainingLoss:
             card claims nothing of the loss; None: unknown (taken as trained).
         notes: lines a callback adds to say what it did to the run (the trainer's ``training_notes``, e.g.
             ``ContinueWithCE``'s switch to cross-entropy), printed under "Training notes".
+        ce_since_step: the optimizer step from which a DeCE run trained plain cross-entropy (a switch such as
+            ``ContinueWithCE``'s; 0: from the first step), None when it never switched.
     """
 
     kind: str
@@ -80,6 +82,7 @@ class TrainingLoss:
     custom_name: str | None = None
     trained_steps: int | None = None
     notes: tuple[str, ...] = ()
+    ce_since_step: int | None = None
 
     @property
     def untrained(self) -> bool:
@@ -106,7 +109,7 @@ def card_metadata(loss: TrainingLoss) -> dict[str, Any]:
     s = loss.settings
     return {"loss": loss.kind, "trained_steps": loss.trained_steps, "alpha_base": _plain(loss.alpha_base),
             "alpha_final": _plain(s.alpha_final), "label_smoothing": _plain(s.label_smoothing),
-            "schedule": s.schedule, "last_alpha": _plain(loss.last_alpha)}
+            "schedule": s.schedule, "last_alpha": _plain(loss.last_alpha), "ce_since_step": loss.ce_since_step}
 
 
 def _last(log_history: list[dict], key: str) -> float | None:
@@ -190,12 +193,15 @@ def section(loss: TrainingLoss, log_history: list[dict]) -> str:
         table = _table(rows)
         body = (
             "## Backdoor defense: DeCE\n\n"
-            "This model was fine-tuned with the Deceptive Cross-Entropy loss (DeCE; Yang et al., ACM TOSEM, "
-            f"[arXiv:2407.08956]({PAPER_URL})) using [dece-trainer]({url}). DeCE blends the model's distribution "
+            + _dece_lead(loss, url) +
+            " DeCE blends the model's distribution "
             "with a label-smoothed target, `q = a * p + (1 - a) * t`, which bounds the gradient of improbable "
             "(e.g. poisoned trigger -> payload) examples by `a / (1 - a)` so that they are not memorised.\n\n"
             + table +
-            "\n**Logged losses.** The training `loss` is the DeCE loss (the objective optimised), not cross-entropy; "
+            "\n**Logged losses.** The training `loss` is "
+            + ("the DeCE loss (the objective optimised), not cross-entropy" if loss.ce_since_step is None else
+               "the DeCE loss (the objective optimised) before the switch and plain cross-entropy (alpha 1, no label "
+               "smoothing) from it") + "; "
             "`ce_loss` is plain cross-entropy `-log p[y]` of the same logits on the same label tokens. `eval_loss` is "
             "plain cross-entropy on the evaluation label tokens (the same as `eval_ce_loss`), comparable across "
             "epochs and with cross-entropy runs; `eval_dece_loss` is the DeCE loss at the last training step's "
@@ -224,6 +230,20 @@ def section(loss: TrainingLoss, log_history: list[dict]) -> str:
         )
         cite = ""
     return f"{BEGIN}\n{body}{_notes(loss)}{_monitor_table(monitor_metrics(log_history))}{cite}{END}\n"
+
+
+def _dece_lead(loss: TrainingLoss, url: str) -> str:
+    """The DeCE section's first sentence: what the run trained with, a switch to cross-entropy included."""
+    dece = (f"the Deceptive Cross-Entropy loss (DeCE; Yang et al., ACM TOSEM, [arXiv:2407.08956]({PAPER_URL})) "
+            f"using [dece-trainer]({url})")
+    if loss.ce_since_step is None:
+        return f"This model was fine-tuned with {dece}."
+    if loss.ce_since_step == 0:
+        return (f"This model was fine-tuned with plain cross-entropy from its first step: the run was set up with "
+                f"{dece}, with the settings below, and switched to cross-entropy before training, leaving out the "
+                "rows its backdoor defense flagged (see Training notes).")
+    return (f"This model was fine-tuned with {dece} for its first {loss.ce_since_step} optimizer steps, then with "
+            "plain cross-entropy (see Training notes).")
 
 
 def update_model_card(path: str, loss: TrainingLoss, log_history: list[dict], task_type: str,
