@@ -221,7 +221,12 @@ def test_wiring_and_arguments(tmp_path, tokenizer, data):
     with pytest.raises(ValueError, match="fence"):
         ContinueWithCE(monitor, fence=0)
     with pytest.raises(ValueError, match=r"switch_epoch=3 leaves no epoch to train with CE"):
-        run(tokenizer, data, sgd_args(tmp_path, "late"), switch_epoch=3)
+        DeCETrainer(model=tiny.make_model("llama", tokenizer), args=sgd_args(tmp_path, "late"), train_dataset=data,
+                    data_collator=tiny.pad_collator(tokenizer), callbacks=[ContinueWithCE(monitor, switch_epoch=3)])
+    # and when training begins, for arguments changed after the trainer was built
+    trainer.args.num_train_epochs = 1
+    with pytest.raises(ValueError, match=r"switch_epoch=1 leaves no epoch to train with CE.*num_train_epochs=1"):
+        trainer.train()
 
 
 def test_row_filter_and_loss_override_hooks(tmp_path, tokenizer, data):
@@ -441,8 +446,7 @@ def test_a_deferred_switch_resumes_waiting_and_refuses_what_it_cannot_keep(tmp_p
     broken, _, _ = audited_run(tokenizer, args, rows, switch_epoch=0, audit_confidence=10.0)
     with pytest.raises(ValueError, match=r"checkpoint at step 2 .*`guard` must be a JSON object"):
         broken.train(resume_from_checkpoint=str(tmp_path / "d" / "checkpoint-2"))
-    # a guarded run needs an epoch after the one it may wait for
-    short, _, _ = audited_run(tokenizer, sgd_args(tmp_path, "short", num_train_epochs=1), rows,
-                              switch_epoch=0, audit_confidence=10.0)
+    # a guarded run needs an epoch after the one it may wait for: refused when the trainer is built
     with pytest.raises(ValueError, match=r"switch_epoch=0 is guarded \(audit_confidence=10\).*num_train_epochs=1"):
-        short.train()
+        audited_run(tokenizer, sgd_args(tmp_path, "short", num_train_epochs=1), rows, switch_epoch=0,
+                    audit_confidence=10.0)

@@ -145,6 +145,7 @@ class ContinueWithCE(TrainerCallback):
             raise TypeError(f"ContinueWithCE needs a DeCE trainer (DeCETrainer, DeCESeq2SeqTrainer, DeCESFTTrainer): "
                             f"{type(trainer).__name__} has no {', '.join(missing)}")
         _refuse_unsupported(trainer.train_dataset, trainer.args, self.switch_epoch)
+        self._check_epochs(trainer.args)
         self._trainer = trainer
         callbacks = trainer.callback_handler.callbacks
         if self.monitor not in callbacks:  # the monitor closes the epoch before this callback reads its report
@@ -152,6 +153,19 @@ class ContinueWithCE(TrainerCallback):
         self.monitor.attach(trainer)
         if self not in callbacks:
             trainer.add_callback(self)
+
+    def _check_epochs(self, args: Any) -> None:
+        """An epoch of CE after the switch (after epoch 1 too when the guard may defer), or a one-line error
+        naming the settings; checked when the callback attaches and again when training begins."""
+        epochs = math.ceil(float(args.num_train_epochs))
+        if self.switch_epoch >= epochs:
+            raise ValueError(f"switch_epoch={self.switch_epoch} leaves no epoch to train with CE in a run of "
+                             f"num_train_epochs={args.num_train_epochs:g}: switch earlier or train longer")
+        if self.switch_epoch == 0 and self.audit_confidence is not None and epochs <= FALLBACK_EPOCH:
+            raise ValueError(f"switch_epoch=0 is guarded (audit_confidence={self.audit_confidence:g}): where the audit "
+                             f"is not confident the run decides at the end of epoch {FALLBACK_EPOCH}, which leaves no "
+                             f"epoch to train with CE in a run of num_train_epochs={args.num_train_epochs:g}: train "
+                             f"longer, or set audit_confidence=None to let the audit decide whatever its margin")
 
     # ---- training events --------------------------------------------------------------------------
 
@@ -164,15 +178,7 @@ class ContinueWithCE(TrainerCallback):
         if self.monitor not in callbacks or callbacks.index(self.monitor) > callbacks.index(self):
             raise ValueError("ContinueWithCE reads its monitor's report once the monitor has closed the epoch: pass "
                              "callbacks=[monitor, ContinueWithCE(monitor)] (the monitor first)")
-        epochs = math.ceil(float(args.num_train_epochs))
-        if self.switch_epoch >= epochs:
-            raise ValueError(f"switch_epoch={self.switch_epoch} leaves no epoch to train with CE in a run of "
-                             f"num_train_epochs={args.num_train_epochs:g}: switch earlier or train longer")
-        if self.switch_epoch == 0 and self.audit_confidence is not None and epochs <= FALLBACK_EPOCH:
-            raise ValueError(f"switch_epoch=0 is guarded (audit_confidence={self.audit_confidence:g}): where the audit "
-                             f"is not confident the run decides at the end of epoch {FALLBACK_EPOCH}, which leaves no "
-                             f"epoch to train with CE in a run of num_train_epochs={args.num_train_epochs:g}: train "
-                             f"longer, or set audit_confidence=None to let the audit decide whatever its margin")
+        self._check_epochs(args)
         self.decision = None
         self.guard = None
         self._set_note(None)
