@@ -204,3 +204,22 @@ def test_card_yaml_has_dece_settings(monitored_card, tmp_path, tokenizer):
     dece = front_matter(tmp_path / "out" / "README.md")["dece"]
     assert dece["alpha_final"] == 0.5 and dece["alpha_base"] == pytest.approx(0.5 ** (1 / 3), abs=1e-12)
     assert dece["alpha_base"] == float(f"{0.5 ** (1 / 3):.12g}") and dece["last_alpha"] is None
+
+
+@pytest.mark.parametrize("since,steps,says", [
+    (None, 12, "This model was fine-tuned with the Deceptive Cross-Entropy loss"),
+    (4, 12, "for its first 4 optimizer steps, then with plain cross-entropy (see Training notes)."),
+    (0, 12, "This model was fine-tuned with plain cross-entropy from its first step"),
+    (12, 12, "its switch to plain cross-entropy came at its last step (12), so no step trained with cross-entropy"),
+])
+def test_card_says_when_a_run_switched_to_cross_entropy(since, steps, says):
+    from dece_trainer.trainer.dece_config import DeCESettings
+
+    loss = model_card.TrainingLoss(kind="dece", settings=DeCESettings(alpha_base=0.9), alpha_base=0.9,
+                                   last_alpha=0.9 if since is None else 1.0, trained_steps=steps,
+                                   notes=() if since is None else ("a callback's note",), ce_since_step=since)
+    text = model_card.section(loss, [])
+    assert says in text and ("a callback's note" in text) == (since is not None)
+    assert ("The training `loss` is plain cross-entropy at every step" in text) == (since == 0)
+    assert ("before the switch and plain cross-entropy" in text) == (since not in (None, 0))
+    assert model_card.card_metadata(loss)["ce_since_step"] == since

@@ -187,6 +187,11 @@ def test_a_malformed_saved_decision_is_refused_naming_the_checkpoint(tmp_path, t
     path.write_text(json.dumps(state))
     with pytest.raises(ValueError, match=r"ContinueWithCE's decision in the checkpoint at step 8.*duplicated"):
         run(tokenizer, data, sgd_args(tmp_path, "resumed", save_strategy="epoch"), resume=str(path.parent))
+    state["stateful_callbacks"][STATE_KEY]["dropped"] = [3]
+    state["stateful_callbacks"][STATE_KEY]["switch_step"] = None
+    path.write_text(json.dumps(state))
+    with pytest.raises(ValueError, match=r"checkpoint at step 8.*switch_step \(a decision that drops rows switched\)"):
+        run(tokenizer, data, sgd_args(tmp_path, "resumed2", save_strategy="epoch"), resume=str(path.parent))
 
 
 def test_max_steps_and_streaming_data_are_refused(tmp_path, tokenizer, data):
@@ -253,10 +258,15 @@ def test_row_filter_and_loss_override_hooks(tmp_path, tokenizer, data):
     assert trainer.dece_row_filter == []
     trainer.set_loss_override(1.0, 0.0)
     assert trainer.dece_alpha == 1.0 and trainer.dece_label_smoothing == 0.0
+    assert trainer._ce_since_step() == 0  # the current step
     with pytest.raises(ValueError, match="alpha"):
         trainer.set_loss_override(0.0)
+    with pytest.raises(ValueError, match=r"`since_step` must not be after the current step 0, got 3"):
+        trainer.set_loss_override(0.5, 0.0, since_step=3)
+    assert trainer.dece_alpha == 1.0 and trainer._ce_since_step() == 0  # a refused call changes nothing
     trainer.set_loss_override(None)
     assert trainer.dece_alpha == 0.99 and trainer.dece_label_smoothing == trainer.dece.label_smoothing
+    assert trainer._ce_since_step() is None
 
 
 @pytest.mark.slow

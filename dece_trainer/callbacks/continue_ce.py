@@ -366,8 +366,11 @@ class ContinueWithCE(TrainerCallback):
                     raise ValueError("a pending decision must hold the guard's deferral")
                 return record
             check_int(record["decision_step"], "decision_step", minimum=0)
-            check_int(record["switch_step"], "switch_step", minimum=0, allow_none=True)
             dropped = check_example_ids(record["dropped"], "dropped", "the saved decision").tolist()
+            if dropped:
+                check_int(record["switch_step"], "switch_step (a decision that drops rows switched)", minimum=0)
+            elif record["switch_step"] is not None:
+                raise ValueError(f"`switch_step` must be null where no row was dropped, got {record['switch_step']!r}")
             if not isinstance(record["summary"], dict):
                 raise ValueError("`summary` must be a JSON object")
         except ValueError as err:

@@ -29,7 +29,8 @@ def add_parser(subparsers) -> None:
                    help="fewest rows a feature must hold to count; None: max(3, ceil(rows / 1000))")
     p.add_argument("--max_share", type=float, default=0.5, help="most rows a feature may hold, as a share")
     p.add_argument("--top", type=int, default=10,
-                   help="most patterns to print: those behind the flagged rows, strongest first")
+                   help="most patterns to print: those behind the flagged rows (any row's when none is "
+                        "flagged), strongest first")
     p.set_defaults(func=run)
 
 

@@ -169,9 +169,12 @@ class DeCEMixin:
             self._dece_override = None
             self._dece_override_since = None
             return
-        self._dece_override = (check_alpha(alpha, "alpha"), check_label_smoothing(label_smoothing, "label_smoothing"))
-        self._dece_override_since = (self.state.global_step if since_step is None
-                                     else check_int(since_step, "since_step", minimum=0))
+        override = (check_alpha(alpha, "alpha"), check_label_smoothing(label_smoothing, "label_smoothing"))
+        step = self.state.global_step
+        since = step if since_step is None else check_int(since_step, "since_step", minimum=0)
+        if since > step:
+            raise ValueError(f"`since_step` must not be after the current step {step}, got {since}")
+        self._dece_override, self._dece_override_since = override, since
 
     @property
     def dece_row_filter(self) -> list[int]:

@@ -199,9 +199,7 @@ def section(loss: TrainingLoss, log_history: list[dict]) -> str:
             "(e.g. poisoned trigger -> payload) examples by `a / (1 - a)` so that they are not memorised.\n\n"
             + table +
             "\n**Logged losses.** The training `loss` is "
-            + ("the DeCE loss (the objective optimised), not cross-entropy" if loss.ce_since_step is None else
-               "the DeCE loss (the objective optimised) before the switch and plain cross-entropy (alpha 1, no label "
-               "smoothing) from it") + "; "
+            + _logged_loss(loss) + "; "
             "`ce_loss` is plain cross-entropy `-log p[y]` of the same logits on the same label tokens. `eval_loss` is "
             "plain cross-entropy on the evaluation label tokens (the same as `eval_ce_loss`), comparable across "
             "epochs and with cross-entropy runs; `eval_dece_loss` is the DeCE loss at the last training step's "
@@ -236,14 +234,28 @@ def _dece_lead(loss: TrainingLoss, url: str) -> str:
     """The DeCE section's first sentence: what the run trained with, a switch to cross-entropy included."""
     dece = (f"the Deceptive Cross-Entropy loss (DeCE; Yang et al., ACM TOSEM, [arXiv:2407.08956]({PAPER_URL})) "
             f"using [dece-trainer]({url})")
-    if loss.ce_since_step is None:
+    see = " (see Training notes)" if loss.notes else ""
+    since = loss.ce_since_step
+    if since is None:
         return f"This model was fine-tuned with {dece}."
-    if loss.ce_since_step == 0:
+    if since == 0:
         return (f"This model was fine-tuned with plain cross-entropy from its first step: the run was set up with "
-                f"{dece}, with the settings below, and switched to cross-entropy before training, leaving out the "
-                "rows its backdoor defense flagged (see Training notes).")
-    return (f"This model was fine-tuned with {dece} for its first {loss.ce_since_step} optimizer steps, then with "
-            "plain cross-entropy (see Training notes).")
+                f"{dece}, with the settings below, and switched to cross-entropy before training{see}.")
+    if loss.trained_steps is not None and since >= loss.trained_steps:
+        return (f"This model was fine-tuned with {dece}; its switch to plain cross-entropy came at its last step "
+                f"({since}), so no step trained with cross-entropy{see}.")
+    return (f"This model was fine-tuned with {dece} for its first {since} optimizer steps, then with plain "
+            f"cross-entropy{see}.")
+
+
+def _logged_loss(loss: TrainingLoss) -> str:
+    """What the logged training ``loss`` is, a switch to cross-entropy included."""
+    if loss.ce_since_step is None:
+        return "the DeCE loss (the objective optimised), not cross-entropy"
+    if loss.ce_since_step == 0:
+        return "plain cross-entropy at every step (the DeCE loss at alpha 1 without label smoothing)"
+    return ("the DeCE loss (the objective optimised) before the switch and plain cross-entropy (alpha 1, no label "
+            "smoothing) from it")
 
 
 def update_model_card(path: str, loss: TrainingLoss, log_history: list[dict], task_type: str,
