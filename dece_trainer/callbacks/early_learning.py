@@ -440,7 +440,7 @@ class EarlyLearningCallback(TrainerCallback):
         if self.history.num_epochs == 0 or not state.is_world_process_zero:
             return
         out_dir = os.path.join(args.output_dir, REPORT_DIR)
-        self.write_report(os.path.join(out_dir, REPORT_FILE))
+        self.write_report(report_path(args.output_dir))
         if self.plots:
             drew = plot_curves(state.log_history, os.path.join(out_dir, "curves.png"))
             drew = plot_loss_histogram(self.history, os.path.join(out_dir, "loss_histogram.png"),
